@@ -1,0 +1,80 @@
+# locker — build, test, benchmark. `make help` lists the targets.
+LUA_VERSION ?= 5.4
+LUA        ?= lua$(LUA_VERSION)
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+PKG_CONFIG ?= pkg-config
+CC         ?= cc
+
+# Where Lua's headers are: Debian's lua5.x or LuaJIT (make LUA_VERSION=jit).
+ifeq ($(LUA_VERSION),jit)
+LUA_PC     ?= luajit
+LUA        := luajit
+LUA_ABI    := 5.1
+else
+LUA_PC     ?= lua$(LUA_VERSION)
+LUA_ABI    := $(LUA_VERSION)
+endif
+LUA_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
+DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags libcurl libcjson 2>/dev/null)
+DEP_LIBS   := $(shell $(PKG_CONFIG) --libs libcurl libcjson 2>/dev/null || echo -lcurl -lcjson)
+
+WARN       = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
+             -Wno-unused-function
+OPT       ?= -O2 -g
+CFLAGS    ?= $(OPT)
+ALL_CFLAGS = -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(LUA_CFLAGS) \
+             $(DEP_CFLAGS) $(CFLAGS)
+LDFLAGS   ?=
+ALL_LDFLAGS = -shared -pthread $(LDFLAGS)
+
+BUILD   ?= build/$(LUA_VERSION)
+SRCS     = $(wildcard src/*.c)
+OBJS     = $(SRCS:src/%.c=$(BUILD)/%.o)
+CORE     = $(BUILD)/locker/core.so
+
+LMOD_DIR ?= $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)
+CMOD_DIR ?= $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)
+
+.PHONY: all help deps test sanitize bench demo install lint clean
+
+all: $(CORE) ## build locker/core.so for LUA_VERSION (5.4 by default)
+
+help: ## list the documented targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+$(BUILD)/%.o: src/%.c $(wildcard src/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(CORE): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(DEP_LIBS)
+
+# Debian packages the build and the tests need (idempotent; sudo when not root).
+DEPS_DEB = gcc make pkg-config libcurl4-openssl-dev libcjson-dev lua5.4 \
+           liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client
+deps: ## install the Debian packages needed to build and test
+	@sh tools/install-deps $(DEPS_DEB)
+
+lint: ## the thread boundary: only the binding includes lua.h
+	@n=$$(grep -l -E '#include *[<"](lua|lauxlib|lualib|compat)\.h' src/*.c | wc -l); \
+	 test "$$n" -eq 1 || { echo "lint: $$n C files include lua.h"; exit 1; }
+
+test: deps ## build and run the specs against a throwaway etcd
+	@$(MAKE) --no-print-directory lint all
+	@LOCKER_BUILD=$(BUILD) LUA="$(LUA)" sh tools/run-specs
+
+sanitize: deps ## the specs with the core built under ASan + UBSan
+	@$(MAKE) --no-print-directory BUILD=build/sanitize \
+	   OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	   LDFLAGS="-fsanitize=address,undefined" all
+	@LOCKER_BUILD=build/sanitize LUA="$(LUA)" LOCKER_SANITIZE=1 sh tools/run-specs
+
+install: all ## install the modules (PREFIX, DESTDIR)
+	install -d $(LMOD_DIR)/locker $(CMOD_DIR)/locker
+	install -m 644 lua/locker/*.lua $(LMOD_DIR)/locker/
+	install -m 755 $(CORE) $(CMOD_DIR)/locker/core.so
+
+clean: ## remove build output
+	rm -rf build

@@ -1,0 +1,297 @@
+--- locker: distributed locks and health records on etcd.
+-- The public API. A C engine thread (locker.core) does every etcd call and
+-- all refresh timing; this file validates arguments, turns the engine's
+-- events into return values and callbacks, and waits without blocking the
+-- scheduler (see locker.sched).
+local core = require "locker.core"
+local sched = require "locker.sched"
+
+local type, pairs, tostring, error, setmetatable, select = type, pairs, tostring, error, setmetatable, select
+local floor, huge = math.floor, math.huge
+local coroutine = coroutine
+
+local _M = { _VERSION = "0.1.0" }
+
+--- Limits (bytes). A name ends up inside an etcd key, a value inside one
+-- gateway request (etcd refuses requests over 1.5 MiB; base64 adds a third).
+_M.MAX_NAME = 512
+_M.MAX_VALUE = 1024 * 1024
+_M.MAX_PREFIX = 256
+
+_M.spawn = sched.spawn
+_M.run = sched.run
+_M.sleep = sched.sleep
+_M.step = sched.step
+
+--- Where errors of callbacks go (a function receiving one string).
+function _M.on_error(fn)
+    if type(fn) ~= "function" then error("locker.on_error: expected a function", 2) end
+    sched.on_error = fn
+end
+
+-- ---------------------------------------------------------------- checks --
+
+local function fail_opt(where, name, want, got)
+    error(("%s: option '%s' must be %s (got %s)"):format(where, name, want, tostring(got)), 3)
+end
+
+local function check_keys(where, opts, allowed)
+    for k in pairs(opts) do
+        if not allowed[k] then
+            error(("%s: unknown option '%s'"):format(where, tostring(k)), 3)
+        end
+    end
+end
+
+local function check_name(where, name)
+    if type(name) ~= "string" then
+        error(("%s: name must be a string (got %s)"):format(where, type(name)), 3)
+    end
+    if name == "" then error(where .. ": name is empty", 3) end
+    if #name > _M.MAX_NAME then
+        error(("%s: name is %d bytes, the limit is %d"):format(where, #name, _M.MAX_NAME), 3)
+    end
+    if name:find("/", 1, true) then
+        error(("%s: name %q contains '/' (it would reach into other locks' keys)"):format(where, name), 3)
+    end
+    if name:find("\0", 1, true) then
+        error(("%s: name %q contains a NUL byte"):format(where, name), 3)
+    end
+end
+
+local function check_value(where, value)
+    if type(value) ~= "string" then
+        error(("%s: value must be a string (got %s)"):format(where, type(value)), 3)
+    end
+    if #value > _M.MAX_VALUE then
+        error(("%s: value is %d bytes, the limit is %d"):format(where, #value, _M.MAX_VALUE), 3)
+    end
+end
+
+-- ---------------------------------------------------------------- client --
+
+local Client = {}
+Client.__index = Client
+
+local Lock = {}
+Lock.__index = Lock
+
+local CLOSED = { ok = false, code = "closed", msg = "client is closed" }
+
+-- Waits for the answer to request id; yields inside a spawned coroutine.
+local function await(self, id)
+    local slot = {}
+    self._pending[id] = slot
+    local co = sched.current()
+    if co then
+        slot.co = co
+        return coroutine.yield()
+    end
+    sched.loop(function() return slot.ev ~= nil end)
+    return slot.ev
+end
+
+local function answer(ev)
+    if ev.ok then return true end
+    return nil, ev.msg, ev.code
+end
+
+--- Delivers the engine's events: answers to waiting calls, ownership
+-- changes to locks (on_change runs as a spawned coroutine). A loop that
+-- drives the client through client:fd() calls this when the fd is readable.
+function Client:dispatch()
+    local evs = self._core:events()
+    for i = 1, #evs do
+        local ev = evs[i]
+        if ev.kind == "result" then
+            local slot = self._pending[ev.id]
+            if slot then
+                self._pending[ev.id] = nil
+                slot.ev = ev
+                if slot.co then sched.wake(slot.co, ev) end
+            end
+        else
+            local lock = self._locks[ev.id]
+            if lock and lock._on_change then
+                sched.spawn(lock._on_change, ev.owned, lock, ev.msg, ev.code)
+            end
+        end
+    end
+end
+
+--- The fd that is readable when the client has events (for other loops).
+function Client:fd()
+    return self._core:fd()
+end
+
+local lock_opts = { timeout = true, wait = true, keep = true, on_change = true }
+
+--- Takes the lock NAME with VALUE; waits until owned (see opts).
+-- @return Lock, or nil, message, code ("timeout", "locked", "unavailable", ...)
+function Client:lock(name, value, opts)
+    if self._closed then return nil, "client is closed", "closed" end
+    check_name("client:lock", name)
+    if value == nil then value = "" end
+    check_value("client:lock", value)
+    opts = opts or {}
+    if type(opts) ~= "table" then error("client:lock: opts must be a table", 2) end
+    check_keys("client:lock", opts, lock_opts)
+    local timeout = opts.timeout
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
+        fail_opt("client:lock", "timeout", "a number of seconds >= 0", timeout)
+    end
+    for _, k in ipairs({ "wait", "keep" }) do
+        if opts[k] ~= nil and type(opts[k]) ~= "boolean" then
+            fail_opt("client:lock", k, "a boolean", opts[k])
+        end
+    end
+    if opts.on_change ~= nil and type(opts.on_change) ~= "function" then
+        fail_opt("client:lock", "on_change", "a function", opts.on_change)
+    end
+    local timeout_ms = (timeout == nil or timeout == huge) and -1 or floor(timeout * 1000)
+    local id, status = self._core:lock(name, value, timeout_ms, opts.wait ~= false, opts.keep == true)
+    local lock = setmetatable({
+        client = self, name = name, _id = id, _status = status,
+        _on_change = opts.on_change,
+    }, Lock)
+    self._locks[id] = lock
+    local ev = await(self, id)
+    if ev.ok then return lock end
+    self._locks[id] = nil
+    lock._released = true
+    return nil, ev.msg, ev.code
+end
+
+--- The value of NAME's owner, or nil when nobody holds it.
+-- @return value | nil | nil, message, code
+function Client:get(name)
+    local owner, msg, code = self:owner(name)
+    if owner then return owner.value end
+    if msg == nil then return nil end
+    return nil, msg, code
+end
+
+--- NAME's owner as { value =, token =, revision = }, or nil when none.
+function Client:owner(name)
+    if self._closed then return nil, "client is closed", "closed" end
+    check_name("client:owner", name)
+    local ev = await(self, self._core:get(name))
+    if not ev.ok then return nil, ev.msg, ev.code end
+    if ev.value == nil then return nil end
+    return { value = ev.value, token = ev.token, revision = ev.revision }
+end
+
+--- Closes the client: every lock is released at once (the session lease is
+-- revoked), waiting calls return nil, msg, "closed". Idempotent.
+function Client:close()
+    if self._closed then return true end
+    self._closed = true
+    self._core:close()
+    self:dispatch()
+    for id, slot in pairs(self._pending) do
+        self._pending[id] = nil
+        slot.ev = CLOSED
+        if slot.co then sched.wake(slot.co, CLOSED) end
+    end
+    for id, lock in pairs(self._locks) do
+        lock._released = true
+        self._locks[id] = nil
+    end
+    sched.remove_source(self)
+    return true
+end
+
+function Client:closed()
+    return self._closed == true
+end
+
+Client.__close = Client.close
+Client.__gc = Client.close  -- Lua 5.2+; the core's own __gc covers 5.1
+
+-- ------------------------------------------------------------------ lock --
+
+--- Whether the engine currently holds the lock (no I/O; true to the engine
+-- even when events have not been dispatched yet).
+function Lock:owned()
+    return not self._released and self._status:owned()
+end
+
+--- The fencing token (the owner key's create_revision) while owned, else nil.
+function Lock:token()
+    if not self:owned() then return nil end
+    return self._status:token()
+end
+
+--- Changes the value while holding the lock (guarded by the token).
+-- @return true, or nil, message, code ("not_owner", ...)
+function Lock:set(value)
+    check_value("lock:set", value)
+    if self._released or self.client._closed then
+        return nil, ("lock '%s': released"):format(self.name), "not_owner"
+    end
+    return answer(await(self.client, self.client._core:set(self._id, value)))
+end
+
+--- Releases the lock (its key is deleted at once). Idempotent.
+function Lock:release()
+    if self._released then return true end
+    self._released = true
+    local client = self.client
+    if client._closed then return true end
+    local ev = await(client, client._core:release(self._id))
+    client._locks[self._id] = nil
+    return answer(ev)
+end
+
+Lock.__close = Lock.release
+
+-- ----------------------------------------------------------------- new --
+
+local new_opts = { endpoints = true, prefix = true, ttl = true, timeout = true }
+
+--- Makes a client. opts: endpoints (list of http(s) URLs), prefix
+-- ("/locker/"), ttl (seconds, 10), timeout (seconds per request, 5).
+-- Misuse raises; no I/O happens until the first call.
+function _M.new(opts)
+    if type(opts) ~= "table" then error("locker.new: expected an options table", 2) end
+    check_keys("locker.new", opts, new_opts)
+    local endpoints = opts.endpoints
+    if type(endpoints) ~= "table" or #endpoints == 0 then
+        fail_opt("locker.new", "endpoints", "a non-empty list of URLs", endpoints)
+    end
+    local eps = {}
+    for i = 1, #endpoints do
+        local url = endpoints[i]
+        if type(url) ~= "string" or not url:match("^https?://[^/%s]+/?$") then
+            fail_opt("locker.new", "endpoints", "URLs like http://host:port", url)
+        end
+        eps[i] = (url:gsub("/$", ""))
+    end
+    local prefix = opts.prefix
+    if prefix == nil then prefix = "/locker/" end
+    if type(prefix) ~= "string" or prefix == "" or #prefix > _M.MAX_PREFIX
+        or prefix:find("\0", 1, true) or prefix:byte(-1) == 255 then
+        fail_opt("locker.new", "prefix", "a non-empty string without NUL, at most "
+                 .. _M.MAX_PREFIX .. " bytes", prefix)
+    end
+    local ttl = opts.ttl
+    if ttl == nil then ttl = 10 end
+    if type(ttl) ~= "number" or ttl ~= floor(ttl) or ttl < 2 or ttl > 86400 then
+        fail_opt("locker.new", "ttl", "a whole number of seconds from 2 to 86400", ttl)
+    end
+    local timeout = opts.timeout
+    if timeout == nil then timeout = 5 end
+    if type(timeout) ~= "number" or not (timeout > 0 and timeout <= 3600) then
+        fail_opt("locker.new", "timeout", "a number of seconds > 0", timeout)
+    end
+    local c, msg, code = core.new(eps, prefix, ttl, floor(timeout * 1000))
+    if not c then return nil, msg, code end
+    local self = setmetatable({
+        _core = c, _pending = {}, _locks = {},
+        prefix = prefix, ttl = ttl, timeout = timeout, endpoints = eps,
+    }, Client)
+    sched.add_source(self)
+    return self
+end
+
+return _M

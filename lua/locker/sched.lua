@@ -1,0 +1,139 @@
+--- The coroutine scheduler behind locker.spawn / locker.run / locker.sleep.
+-- Waiting calls made inside a coroutine started by spawn yield to it; made
+-- anywhere else, they drive it (and so every spawned coroutine) until their
+-- own answer arrives. Everything it waits on is a source: an object with
+-- :fd() and :dispatch() (a client). Callbacks run as spawned coroutines.
+local core = require "locker.core"
+
+local coroutine, select, pairs, type = coroutine, select, pairs, type
+local unpack = table.unpack or unpack
+local traceback = debug.traceback
+local poll, now = core.poll, core.now
+
+local sched = {}
+
+local ready = {}                                    -- { co, nargs, args... }
+local timers = {}                                   -- { at = t, co = co }
+local mine = setmetatable({}, { __mode = "k" })     -- coroutines we run
+local sources = setmetatable({}, { __mode = "k" })  -- clients with an fd
+local live = 0                                      -- spawned, not finished
+
+--- Where errors of callbacks and spawned coroutines go. Replace it to log
+-- elsewhere; it receives one string (message and traceback).
+function sched.on_error(msg)
+    io.stderr:write("locker: ", tostring(msg), "\n")
+end
+
+--- The running coroutine if this scheduler runs it, else nil.
+function sched.current()
+    local co = coroutine.running()
+    if co and mine[co] then return co end
+    return nil
+end
+
+--- Starts fn(...) as a coroutine run by the scheduler; returns it.
+function sched.spawn(fn, ...)
+    if type(fn) ~= "function" then
+        error("locker.spawn: expected a function, got " .. type(fn), 2)
+    end
+    local co = coroutine.create(fn)
+    mine[co] = true
+    live = live + 1
+    ready[#ready + 1] = { co, select("#", ...), ... }
+    return co
+end
+
+--- Makes a waiting coroutine runnable; it resumes with the given values.
+function sched.wake(co, ...)
+    ready[#ready + 1] = { co, select("#", ...), ... }
+end
+
+function sched.add_source(src) sources[src] = true end
+function sched.remove_source(src) sources[src] = nil end
+
+local function resume(entry)
+    local co = entry[1]
+    if coroutine.status(co) ~= "suspended" then return end
+    local ok, err = coroutine.resume(co, unpack(entry, 3, 2 + entry[2]))
+    if not ok then sched.on_error(traceback(co, err)) end
+    if coroutine.status(co) == "dead" then
+        mine[co] = nil
+        live = live - 1
+    end
+end
+
+local function dispatch_all()
+    for src in pairs(sources) do src:dispatch() end
+end
+
+-- Runs what is ready now; wakes due timers. Returns the next timer's time.
+local function run_ready()
+    local t, next_at = now(), nil
+    local i = 1
+    while i <= #timers do
+        local tm = timers[i]
+        if tm.at <= t then
+            timers[i] = timers[#timers]
+            timers[#timers] = nil
+            sched.wake(tm.co)
+        else
+            if not next_at or tm.at < next_at then next_at = tm.at end
+            i = i + 1
+        end
+    end
+    local batch = ready
+    ready = {}
+    for j = 1, #batch do resume(batch[j]) end
+    return next_at
+end
+
+--- One round without blocking: deliver events, run what is ready.
+function sched.step()
+    dispatch_all()
+    run_ready()
+end
+
+-- Drives everything until done() is true or the deadline passes.
+local function loop(done, deadline)
+    while true do
+        dispatch_all()
+        local next_at = run_ready()
+        if done() then return true end
+        if #ready == 0 then
+            local t = now()
+            if deadline and t >= deadline then return false end
+            local until_t = deadline
+            if next_at and (not until_t or next_at < until_t) then until_t = next_at end
+            local fds = {}
+            for src in pairs(sources) do fds[#fds + 1] = src:fd() end
+            if #fds == 0 and not until_t then
+                error("locker: every coroutine waits and nothing can wake them", 0)
+            end
+            poll(fds, until_t and until_t - t or -1)
+        end
+    end
+end
+sched.loop = loop
+
+--- Runs every spawned coroutine until none is left.
+function sched.run()
+    if sched.current() then error("locker.run: called from a spawned coroutine", 2) end
+    loop(function() return live == 0 end)
+end
+
+--- Waits for seconds: yields inside a spawned coroutine, else drives the
+-- scheduler (events, callbacks, other coroutines) for that long.
+function sched.sleep(seconds)
+    if type(seconds) ~= "number" or seconds < 0 then
+        error("locker.sleep: seconds must be a number >= 0", 2)
+    end
+    local co = sched.current()
+    if co then
+        timers[#timers + 1] = { at = now() + seconds, co = co }
+        coroutine.yield()
+    else
+        loop(function() return false end, now() + seconds)
+    end
+end
+
+return sched

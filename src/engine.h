@@ -1,0 +1,54 @@
+/* The engine: one background thread per client that does every etcd call and
+ * owns all timing (lease renewal, retries, lock waits). The Lua binding talks
+ * to it only through this interface: commands in, events out. */
+#ifndef LK_ENGINE_H
+#define LK_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "msg.h"
+
+typedef struct lk_engine lk_engine;
+
+typedef struct lk_config {
+    char **endpoints;          /* "http://host:port", no trailing slash */
+    int n_endpoints;
+    char *prefix;              /* key prefix, e.g. "/locker/" */
+    size_t prefix_len;
+    int64_t ttl;               /* session lease, seconds */
+    int64_t timeout_ms;        /* per request */
+} lk_config;
+
+/* Copies cfg. Starts no thread (that happens on the first command, so a
+ * client made before fork() works in the child). NULL with err filled. */
+lk_engine *lk_engine_new(const lk_config *cfg, char *err, size_t err_size);
+
+/* Pollable fd: readable when events are waiting. */
+int lk_engine_fd(const lk_engine *e);
+
+/* Hands a command to the engine thread (starting it if needed); the engine
+ * owns cmd afterwards in every case. 0, or -1 with err filled (closed, used
+ * after fork, thread could not start). */
+int lk_engine_submit(lk_engine *e, lk_cmd *cmd, char *err, size_t err_size);
+
+/* Takes every waiting event (a list linked by next, oldest first) and clears
+ * the fd's readiness. The caller frees them with lk_event_free. */
+lk_event *lk_engine_take_events(lk_engine *e);
+
+/* Stops the engine: pending operations fail with "closed", the session lease
+ * is revoked (its keys vanish at once), the thread is joined. Idempotent;
+ * blocks at most about the request timeout. Events stay readable after. */
+void lk_engine_close(lk_engine *e);
+int lk_engine_closed(const lk_engine *e);
+
+/* Closes if needed, then frees. */
+void lk_engine_free(lk_engine *e);
+
+/* Process-wide library set-up (libcurl); call once, before any thread. */
+void lk_engine_global_init(void);
+
+/* Next request id (the Lua thread only calls this). */
+uint64_t lk_engine_next_id(lk_engine *e);
+
+#endif

@@ -1,0 +1,198 @@
+#include "etcd.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "b64.h"
+
+int lk_etcd_prefix_end(lk_buf *out, lk_bytes prefix)
+{
+    size_t n = prefix.n;
+    while (n > 0 && (unsigned char)prefix.p[n - 1] == 0xff) n--;
+    if (n == 0) return -1;
+    if (lk_buf_append(out, prefix.p, n)) return -1;
+    out->data[n - 1] = (char)((unsigned char)out->data[n - 1] + 1);
+    return 0;
+}
+
+/* Appends "name":"<base64 of b>". */
+static int field64(lk_buf *out, const char *name, lk_bytes b)
+{
+    if (lk_buf_printf(out, "\"%s\":\"", name)) return -1;
+    if (lk_b64_encode(out, b.p, b.n)) return -1;
+    return lk_buf_puts(out, "\"");
+}
+
+/* Appends "key":..,"range_end":.. covering every key under dir. */
+static int dir_range(lk_buf *out, lk_bytes dir)
+{
+    lk_buf end = {0};
+    int rc = -1;
+    if (lk_etcd_prefix_end(&end, dir)) goto fail;
+    if (field64(out, "key", dir) || lk_buf_puts(out, ",")) goto fail;
+    if (field64(out, "range_end", (lk_bytes){end.data, end.len})) goto fail;
+    rc = 0;
+fail:
+    lk_buf_free(&end);
+    return rc;
+}
+
+int lk_etcd_grant_body(lk_buf *out, int64_t ttl)
+{
+    return lk_buf_printf(out, "{\"TTL\":\"%" PRId64 "\"}", ttl);
+}
+
+int lk_etcd_lease_body(lk_buf *out, int64_t lease)
+{
+    return lk_buf_printf(out, "{\"ID\":\"%" PRId64 "\"}", lease);
+}
+
+int lk_etcd_delete_body(lk_buf *out, lk_bytes key)
+{
+    return lk_buf_puts(out, "{") || field64(out, "key", key) ||
+           lk_buf_puts(out, "}");
+}
+
+int lk_etcd_owner_body(lk_buf *out, lk_bytes dir)
+{
+    return lk_buf_puts(out, "{") || dir_range(out, dir) ||
+           lk_buf_puts(out, ",\"sort_order\":\"ASCEND\",\"sort_target\":"
+                            "\"CREATE\",\"limit\":\"1\"}");
+}
+
+static int put_op(lk_buf *out, lk_bytes key, lk_bytes value, int64_t lease)
+{
+    return lk_buf_puts(out, "{\"request_put\":{") ||
+           field64(out, "key", key) || lk_buf_puts(out, ",") ||
+           field64(out, "value", value) ||
+           lk_buf_printf(out, ",\"lease\":\"%" PRId64 "\"}}", lease);
+}
+
+int lk_etcd_acquire_body(lk_buf *out, lk_bytes key, lk_bytes value,
+                         int64_t lease, lk_bytes dir)
+{
+    return lk_buf_puts(out, "{\"success\":[") ||
+           put_op(out, key, value, lease) ||
+           lk_buf_puts(out, ",{\"request_range\":{") ||
+           field64(out, "key", key) ||
+           lk_buf_puts(out, ",\"keys_only\":true}},{\"request_range\":{") ||
+           dir_range(out, dir) ||
+           lk_buf_puts(out, ",\"sort_order\":\"ASCEND\",\"sort_target\":"
+                            "\"CREATE\",\"limit\":\"1\",\"keys_only\":true}}]}");
+}
+
+int lk_etcd_check_body(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key)
+{
+    return lk_buf_puts(out, "{\"success\":[{\"request_range\":{") ||
+           dir_range(out, dir) ||
+           lk_buf_printf(out, ",\"sort_order\":\"DESCEND\",\"sort_target\":"
+                              "\"CREATE\",\"limit\":\"1\",\"keys_only\":true,"
+                              "\"max_create_revision\":\"%" PRId64 "\"}},",
+                         my_rev - 1) ||
+           lk_buf_puts(out, "{\"request_range\":{") ||
+           field64(out, "key", key) ||
+           lk_buf_puts(out, ",\"keys_only\":true}}]}");
+}
+
+int lk_etcd_set_body(lk_buf *out, lk_bytes key, lk_bytes value,
+                     int64_t lease, int64_t token)
+{
+    return lk_buf_puts(out, "{\"compare\":[{") ||
+           field64(out, "key", key) ||
+           lk_buf_printf(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+                              "\"create_revision\":\"%" PRId64 "\"}],"
+                              "\"success\":[", token) ||
+           put_op(out, key, value, lease) || lk_buf_puts(out, "]}");
+}
+
+int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev)
+{
+    return lk_buf_puts(out, "{\"create_request\":{") || dir_range(out, dir) ||
+           lk_buf_printf(out, ",\"start_revision\":\"%" PRId64 "\"}}",
+                         start_rev);
+}
+
+int64_t lk_etcd_int(const cJSON *obj, const char *field)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, field);
+    if (cJSON_IsString(v) && v->valuestring) {
+        errno = 0;
+        long long n = strtoll(v->valuestring, NULL, 10);
+        return errno ? 0 : (int64_t)n;
+    }
+    if (cJSON_IsNumber(v)) return (int64_t)v->valuedouble;  /* small fields only */
+    return 0;
+}
+
+int64_t lk_etcd_revision(const cJSON *answer)
+{
+    return lk_etcd_int(cJSON_GetObjectItemCaseSensitive(answer, "header"),
+                       "revision");
+}
+
+/* Decodes base64 field `name` of obj into out (empty when absent). */
+static int decode_field(const cJSON *obj, const char *name, lk_buf *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    lk_buf_reset(out);
+    if (!v) return lk_buf_append(out, "", 0);
+    if (!cJSON_IsString(v) || !v->valuestring) return -1;
+    return lk_b64_decode(out, v->valuestring, strlen(v->valuestring));
+}
+
+int lk_etcd_kv(const cJSON *item, lk_kv *kv)
+{
+    if (!cJSON_IsObject(item)) return -1;
+    if (decode_field(item, "key", &kv->key)) return -1;
+    if (decode_field(item, "value", &kv->value)) return -1;
+    kv->create_rev = lk_etcd_int(item, "create_revision");
+    kv->mod_rev = lk_etcd_int(item, "mod_revision");
+    kv->lease = lk_etcd_int(item, "lease");
+    return 0;
+}
+
+void lk_etcd_kv_free(lk_kv *kv)
+{
+    lk_buf_free(&kv->key);
+    lk_buf_free(&kv->value);
+}
+
+const cJSON *lk_etcd_first_kv(const cJSON *range_answer)
+{
+    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(range_answer, "kvs");
+    return cJSON_IsArray(kvs) ? cJSON_GetArrayItem(kvs, 0) : NULL;
+}
+
+const cJSON *lk_etcd_txn_range(const cJSON *txn_answer, int n)
+{
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(txn_answer, "responses");
+    const cJSON *r = cJSON_IsArray(rs) ? cJSON_GetArrayItem(rs, n) : NULL;
+    return r ? cJSON_GetObjectItemCaseSensitive(r, "response_range") : NULL;
+}
+
+cJSON *lk_etcd_parse(const char *body, size_t len, long http_status,
+                     char *msg, size_t msg_size, int *grpc_code)
+{
+    *grpc_code = -1;
+    cJSON *root = body && len ? cJSON_ParseWithLength(body, len) : NULL;
+    if (root && cJSON_IsObject(root)) {
+        const cJSON *err = cJSON_GetObjectItemCaseSensitive(root, "error");
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "message");
+        if (!err && http_status == 200) return root;
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(root, "code");
+        if (cJSON_IsNumber(code)) *grpc_code = code->valueint;
+        const char *text = cJSON_IsString(m) ? m->valuestring
+                         : cJSON_IsString(err) ? err->valuestring : NULL;
+        snprintf(msg, msg_size, "etcd: %s (HTTP %ld)",
+                 text ? text : "error without message", http_status);
+        cJSON_Delete(root);
+        return NULL;
+    }
+    cJSON_Delete(root);
+    snprintf(msg, msg_size, "etcd gateway answered HTTP %ld with %s",
+             http_status, len ? "a body that is not a JSON object" : "no body");
+    return NULL;
+}

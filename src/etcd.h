@@ -1,0 +1,80 @@
+/* etcd's v3 HTTP/JSON gateway: request bodies and answer parsing (cJSON).
+ * Keys and values travel as base64; int64 fields (lease IDs, revisions)
+ * travel as JSON strings and are read with strtoll, never through a double. */
+#ifndef LK_ETCD_H
+#define LK_ETCD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cJSON.h>
+
+#include "buf.h"
+
+/* Gateway paths. */
+#define LK_PATH_GRANT     "/v3/lease/grant"
+#define LK_PATH_KEEPALIVE "/v3/lease/keepalive"
+#define LK_PATH_REVOKE    "/v3/lease/revoke"
+#define LK_PATH_TXN       "/v3/kv/txn"
+#define LK_PATH_RANGE     "/v3/kv/range"
+#define LK_PATH_DELETE    "/v3/kv/deleterange"
+#define LK_PATH_WATCH     "/v3/watch"
+
+/* A byte string that is not NUL-safe to assume: pointer and length. */
+typedef struct lk_bytes {
+    const char *p;
+    size_t n;
+} lk_bytes;
+
+/* Smallest key greater than every key that starts with prefix (etcd's
+ * "prefix end"); written to out. 0 or -1 (no memory, or all bytes 0xff). */
+int lk_etcd_prefix_end(lk_buf *out, lk_bytes prefix);
+
+/* Request bodies. Each appends to out and returns 0, or -1 (no memory). */
+int lk_etcd_grant_body(lk_buf *out, int64_t ttl);
+int lk_etcd_lease_body(lk_buf *out, int64_t lease);   /* keepalive, revoke */
+int lk_etcd_delete_body(lk_buf *out, lk_bytes key);
+/* Range of the lowest create_revision under dir (the owner), with values. */
+int lk_etcd_owner_body(lk_buf *out, lk_bytes dir);
+/* Txn: put key=value on lease, then read key and the owner of dir (keys only). */
+int lk_etcd_acquire_body(lk_buf *out, lk_bytes key, lk_bytes value,
+                         int64_t lease, lk_bytes dir);
+/* Txn: the newest key under dir created before my_rev (my predecessor), and
+ * key itself (does it still exist?). Keys only. */
+int lk_etcd_check_body(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key);
+/* Txn: put key=value on lease if key's create_revision is still token. */
+int lk_etcd_set_body(lk_buf *out, lk_bytes key, lk_bytes value,
+                     int64_t lease, int64_t token);
+/* Watch create request for every key under dir from start_rev (0: now). */
+int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev);
+
+/* An int64 field sent as a JSON string (or number); 0 when absent. */
+int64_t lk_etcd_int(const cJSON *obj, const char *field);
+/* The header revision of an answer object, 0 when absent. */
+int64_t lk_etcd_revision(const cJSON *answer);
+
+/* One key-value from an answer, key and value decoded. */
+typedef struct lk_kv {
+    lk_buf key;
+    lk_buf value;
+    int64_t create_rev;
+    int64_t mod_rev;
+    int64_t lease;
+} lk_kv;
+/* Decodes a "kvs" element into kv (whose bufs it resets first). 0, or -1 on
+ * malformed base64 or no memory. */
+int lk_etcd_kv(const cJSON *item, lk_kv *kv);
+void lk_etcd_kv_free(lk_kv *kv);
+
+/* First element of "kvs" in a range answer, or NULL. */
+const cJSON *lk_etcd_first_kv(const cJSON *range_answer);
+/* The n-th response_range of a txn answer, or NULL. */
+const cJSON *lk_etcd_txn_range(const cJSON *txn_answer, int n);
+
+/* Parses an HTTP answer. Returns the root object, or NULL with msg filled
+ * (etcd's own error message when it sent one) and *grpc_code set (-1 when
+ * the answer was not an etcd error at all). */
+cJSON *lk_etcd_parse(const char *body, size_t len, long http_status,
+                     char *msg, size_t msg_size, int *grpc_code);
+
+#endif

@@ -1,0 +1,263 @@
+#include "http.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define POOL_MAX 16
+
+struct lk_http {
+    CURLM *multi;
+    char **endpoints;          /* borrowed from the engine's config */
+    int n_endpoints;
+    int current;               /* the endpoint that answered last */
+    long connect_timeout_ms;
+    struct curl_slist *headers;
+    lk_req *inflight;
+    int n_inflight;
+    CURL *pool[POOL_MAX];      /* idle easy handles, kept for reuse */
+    int n_pool;
+};
+
+lk_http *lk_http_new(char **endpoints, int n, long connect_timeout_ms)
+{
+    lk_http *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    h->endpoints = endpoints;
+    h->n_endpoints = n;
+    h->connect_timeout_ms = connect_timeout_ms;
+    h->multi = curl_multi_init();
+    h->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    /* curl waits up to a second for "100 Continue" on bodies over 1 KiB. */
+    if (h->headers) {
+        struct curl_slist *more = curl_slist_append(h->headers, "Expect:");
+        if (more) h->headers = more;
+        else { curl_slist_free_all(h->headers); h->headers = NULL; }
+    }
+    if (!h->multi || !h->headers) {
+        lk_http_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+CURLM *lk_http_multi(lk_http *h)
+{
+    return h->multi;
+}
+
+static void unlink_req(lk_req *r)
+{
+    lk_http *h = r->http;
+    if (r->prev) r->prev->next = r->next;
+    else if (h->inflight == r) h->inflight = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+}
+
+/* Frees the request and returns its easy handle to the pool. */
+static void free_req(lk_req *r)
+{
+    lk_http *h = r->http;
+    if (r->easy) {
+        curl_multi_remove_handle(h->multi, r->easy);
+        if (h->n_pool < POOL_MAX) {
+            curl_easy_reset(r->easy);
+            h->pool[h->n_pool++] = r->easy;
+        } else {
+            curl_easy_cleanup(r->easy);
+        }
+    }
+    lk_buf_free(&r->body);
+    lk_buf_free(&r->answer);
+    free(r);
+}
+
+void lk_http_free(lk_http *h)
+{
+    if (!h) return;
+    while (h->inflight) {
+        lk_req *r = h->inflight;
+        unlink_req(r);
+        free_req(r);
+    }
+    for (int i = 0; i < h->n_pool; i++) curl_easy_cleanup(h->pool[i]);
+    if (h->multi) curl_multi_cleanup(h->multi);
+    curl_slist_free_all(h->headers);
+    free(h);
+}
+
+lk_req *lk_req_new(lk_http *h, const char *path, lk_req_done_fn on_done,
+                   void *owner, long timeout_ms)
+{
+    lk_req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->http = h;
+    r->path = path;
+    r->on_done = on_done;
+    r->owner = owner;
+    r->timeout_ms = timeout_ms;
+    return r;
+}
+
+/* Hands each complete line to on_line; nonzero when on_line ended it. */
+static int split_lines(lk_req *r)
+{
+    size_t start = 0;
+    int stop = 0;
+    for (size_t i = 0; i < r->answer.len && !stop; i++) {
+        if (r->answer.data[i] != '\n') continue;
+        if (i > start) stop = r->on_line(r, r->answer.data + start, i - start);
+        start = i + 1;
+    }
+    lk_buf_consume(&r->answer, start);
+    return stop;
+}
+
+/* libcurl's write callback: only collects (no API calls from callbacks). */
+static size_t on_write(char *p, size_t size, size_t n, void *ud)
+{
+    lk_req *r = ud;
+    if (lk_buf_append(&r->answer, p, size * n)) return 0;  /* aborts: no memory */
+    return size * n;
+}
+
+/* Sets up the easy handle for the current endpoint and adds it. */
+static int launch(lk_req *r)
+{
+    lk_http *h = r->http;
+    char url[1024];
+    snprintf(url, sizeof url, "%s%s", h->endpoints[h->current], r->path);
+    if (!r->easy) {
+        r->easy = h->n_pool ? h->pool[--h->n_pool] : curl_easy_init();
+        if (!r->easy) return -1;
+    }
+    CURL *c = r->easy;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->headers);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, r->body.data ? r->body.data : "");
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)r->body.len);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(c, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, r->error);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, h->connect_timeout_ms);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, r->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 5L);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, 2L);
+    r->error[0] = '\0';
+    r->result = CURLE_OK;
+    r->status = 0;
+    lk_buf_reset(&r->answer);
+    r->tries++;
+    if (curl_multi_add_handle(h->multi, c) != CURLM_OK) return -1;
+    return 0;
+}
+
+int lk_req_start(lk_req *r)
+{
+    lk_http *h = r->http;
+    if (launch(r)) {
+        free_req(r);
+        return -1;
+    }
+    r->next = h->inflight;
+    if (h->inflight) h->inflight->prev = r;
+    h->inflight = r;
+    h->n_inflight++;
+    return 0;
+}
+
+void lk_req_cancel(lk_req *r)
+{
+    if (!r) return;
+    unlink_req(r);
+    r->http->n_inflight--;
+    free_req(r);
+}
+
+int lk_req_transport_failed(const lk_req *r)
+{
+    return r->result != CURLE_OK;
+}
+
+const char *lk_req_error(const lk_req *r)
+{
+    return r->error[0] ? r->error : curl_easy_strerror(r->result);
+}
+
+const char *lk_req_endpoint(const lk_req *r)
+{
+    return r->http->endpoints[r->http->current];
+}
+
+/* A failure where the request cannot have reached etcd: safe to resend. */
+static int never_sent(CURLcode rc)
+{
+    return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+           rc == CURLE_COULDNT_RESOLVE_PROXY;
+}
+
+/* Ends a request: on_done, then free. */
+static void finish(lk_req *r)
+{
+    unlink_req(r);
+    r->http->n_inflight--;
+    r->on_done(r);
+    free_req(r);
+}
+
+#define MAX_STREAMS 64
+
+/* Delivers stream lines outside libcurl's callbacks. Handlers may cancel
+ * other (non-stream) requests, so the streams are collected first. */
+static void deliver_lines(lk_http *h)
+{
+    lk_req *streams[MAX_STREAMS];
+    int n = 0;
+    for (lk_req *r = h->inflight; r && n < MAX_STREAMS; r = r->next)
+        if (r->on_line && memchr(r->answer.data ? r->answer.data : "", '\n',
+                                 r->answer.len))
+            streams[n++] = r;
+    for (int i = 0; i < n; i++) {
+        if (split_lines(streams[i])) {
+            streams[i]->result = CURLE_ABORTED_BY_CALLBACK;
+            finish(streams[i]);
+        }
+    }
+}
+
+int lk_http_perform(lk_http *h)
+{
+    int running = 0;
+    curl_multi_perform(h->multi, &running);
+    deliver_lines(h);
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(h->multi, &left))) {
+        if (m->msg != CURLMSG_DONE) continue;
+        lk_req *r = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        CURLcode rc = m->data.result;
+        curl_multi_remove_handle(h->multi, m->easy_handle);
+        if (never_sent(rc) && r->tries < h->n_endpoints) {
+            h->current = (h->current + 1) % h->n_endpoints;
+            if (launch(r) == 0) continue;
+        }
+        r->result = rc;
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
+        if (r->on_line) {  /* lines not yet handed over, and a last one */
+            split_lines(r);
+            if (r->answer.len) r->on_line(r, r->answer.data, r->answer.len);
+            lk_buf_reset(&r->answer);
+        }
+        finish(r);
+    }
+    return running;
+}
+
+int lk_http_inflight(const lk_http *h)
+{
+    return h->n_inflight;
+}

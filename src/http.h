@@ -1,0 +1,66 @@
+/* HTTP requests to etcd's gateway over one libcurl multi handle. Everything
+ * here runs on the engine thread only (libcurl-thread: one thread owns every
+ * handle). A request that could not connect is retried on the next endpoint,
+ * so a dead member costs one connect attempt, not a failed operation. */
+#ifndef LK_HTTP_H
+#define LK_HTTP_H
+
+#include <stdint.h>
+
+#include <curl/curl.h>
+
+#include "buf.h"
+
+typedef struct lk_http lk_http;
+typedef struct lk_req lk_req;
+
+/* Called once when a request is over (answer complete, or failed). The
+ * callee reads the outcome from the request; the request is freed after. */
+typedef void (*lk_req_done_fn)(lk_req *r);
+/* Stream requests: called with each complete newline-terminated message,
+ * outside libcurl's callbacks (so it may start and cancel other requests, but
+ * not its own: it returns nonzero to end the stream, and on_done follows). */
+typedef int (*lk_req_line_fn)(lk_req *r, const char *line, size_t n);
+
+struct lk_req {
+    lk_http *http;
+    CURL *easy;
+    const char *path;
+    lk_buf body;             /* what is sent */
+    lk_buf answer;           /* what came back (stream: not yet consumed) */
+    long timeout_ms;         /* whole request; 0 for streams */
+    lk_req_done_fn on_done;
+    lk_req_line_fn on_line;  /* non-NULL: a stream */
+    void *owner;             /* whoever waits for it */
+    uint64_t id;             /* the Lua request it answers, if any */
+    int tries;
+    CURLcode result;
+    long status;
+    char error[CURL_ERROR_SIZE];
+    lk_req *prev, *next;     /* in-flight list */
+};
+
+lk_http *lk_http_new(char **endpoints, int n, long connect_timeout_ms);
+void lk_http_free(lk_http *h);       /* cancels whatever is in flight */
+CURLM *lk_http_multi(lk_http *h);
+
+/* A new request for path, not yet started; NULL when out of memory. */
+lk_req *lk_req_new(lk_http *h, const char *path, lk_req_done_fn on_done,
+                   void *owner, long timeout_ms);
+/* Sends it. 0, or -1 (the request was freed without on_done). */
+int lk_req_start(lk_req *r);
+/* Abandons a request in flight without calling on_done, and frees it. */
+void lk_req_cancel(lk_req *r);
+/* Whether the request failed before an answer came (no connection, timeout). */
+int lk_req_transport_failed(const lk_req *r);
+/* A readable reason for a transport failure. */
+const char *lk_req_error(const lk_req *r);
+/* The URL it went to (endpoint + path), for messages. */
+const char *lk_req_endpoint(const lk_req *r);
+
+/* Drives transfers and calls on_done for each finished request. Returns the
+ * number of requests still running. */
+int lk_http_perform(lk_http *h);
+int lk_http_inflight(const lk_http *h);
+
+#endif

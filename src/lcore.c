@@ -1,0 +1,384 @@
+/* locker.core: the Lua binding, the only file on the Lua side of the thread
+ * boundary. It copies Lua values into commands, hands them to the engine,
+ * and turns the engine's events into Lua tables. It never blocks except in
+ * poll(), and never stores a lua_State anywhere. */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "compat.h"
+#include "engine.h"
+
+#define CLIENT_MT "locker.core.client"
+#define STATUS_MT "locker.core.status"
+#define MAX_POLL_FDS 256
+
+typedef struct {
+    lk_engine *engine;   /* NULL once freed */
+} client_box;
+
+typedef struct {
+    lk_status *status;   /* one reference */
+} status_box;
+
+/* Revisions and tokens are int64. On Lua 5.1/LuaJIT a number holds 2^53
+ * exactly; beyond that the value goes out as a decimal string. */
+static void push_int64(lua_State *L, int64_t v)
+{
+#if LUA_VERSION_NUM >= 503
+    lua_pushinteger(L, (lua_Integer)v);
+#else
+    if (v <= (INT64_C(1) << 53) && v >= -(INT64_C(1) << 53)) {
+        lua_pushnumber(L, (lua_Number)v);
+    } else {
+        char s[32];
+        snprintf(s, sizeof s, "%" PRId64, v);
+        lua_pushstring(L, s);
+    }
+#endif
+}
+
+static uint64_t check_id(lua_State *L, int i)
+{
+    lua_Number n = luaL_checknumber(L, i);
+    return (uint64_t)n;
+}
+
+static lk_engine *check_client(lua_State *L)
+{
+    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    if (!b->engine || lk_engine_closed(b->engine))
+        luaL_error(L, "locker: client is closed");
+    return b->engine;
+}
+
+/* core.new(endpoints, prefix, ttl_s, timeout_ms) -> client | nil, msg, code */
+static int l_new(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    size_t prefix_len;
+    const char *prefix = luaL_checklstring(L, 2, &prefix_len);
+    lk_config cfg = {0};
+    cfg.prefix = (char *)prefix;
+    cfg.prefix_len = prefix_len;
+    cfg.ttl = (int64_t)luaL_checknumber(L, 3);
+    cfg.timeout_ms = (int64_t)luaL_checknumber(L, 4);
+    int n = (int)lua_rawlen(L, 1);
+    luaL_argcheck(L, n > 0, 1, "no endpoints");
+    cfg.endpoints = lua_newuserdata(L, sizeof(char *) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        cfg.endpoints[i] = (char *)luaL_checkstring(L, -1);
+        lua_pop(L, 1);  /* still referenced by the table */
+    }
+    cfg.n_endpoints = n;
+    client_box *b = lua_newuserdata(L, sizeof *b);
+    b->engine = NULL;  /* closed until made: __gc sees a consistent box */
+    luaL_setmetatable(L, CLIENT_MT);
+    char err[256];
+    b->engine = lk_engine_new(&cfg, err, sizeof err);
+    if (!b->engine) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        lua_pushliteral(L, "nomem");
+        return 3;
+    }
+    return 1;
+}
+
+static int submit(lua_State *L, lk_engine *e, lk_cmd *c)
+{
+    char err[256];
+    uint64_t id = c->id = lk_engine_next_id(e);
+    if (lk_engine_submit(e, c, err, sizeof err))
+        return luaL_error(L, "locker: %s", err);
+    lua_pushnumber(L, (lua_Number)id);
+    return 1;
+}
+
+static lk_cmd *new_cmd(lua_State *L, lk_cmd_kind kind)
+{
+    lk_cmd *c = lk_cmd_new(kind);
+    if (!c) luaL_error(L, "locker: out of memory");
+    return c;
+}
+
+/* Copies a Lua string into malloc'd memory: nothing crosses by reference. */
+static int copy_string(lua_State *L, int i, char **out, size_t *len)
+{
+    const char *s = luaL_checklstring(L, i, len);
+    *out = malloc(*len + 1);
+    if (!*out) return -1;
+    memcpy(*out, s, *len);
+    (*out)[*len] = '\0';
+    return 0;
+}
+
+/* client:lock(name, value, timeout_ms (<0: none), wait, keep) -> id, status */
+static int l_lock(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    luaL_checkstring(L, 2);
+    luaL_checkstring(L, 3);
+    int64_t timeout_ms = (int64_t)luaL_checknumber(L, 4);
+    status_box *sb = lua_newuserdata(L, sizeof *sb);
+    sb->status = NULL;
+    luaL_setmetatable(L, STATUS_MT);
+    lk_cmd *c = new_cmd(L, LK_CMD_LOCK);
+    if (copy_string(L, 2, &c->name, &c->name_len) ||
+        copy_string(L, 3, &c->value, &c->value_len) ||
+        !(sb->status = lk_status_new())) {
+        lk_cmd_free(c);
+        return luaL_error(L, "locker: out of memory");
+    }
+    c->status = lk_status_ref(sb->status);
+    c->timeout_ms = timeout_ms;
+    c->wait = lua_toboolean(L, 5);
+    c->keep = lua_toboolean(L, 6);
+    submit(L, e, c);
+    lua_pushvalue(L, -2);
+    return 2;
+}
+
+/* client:set(lock_id, value) -> id */
+static int l_set(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    lk_cmd *c = new_cmd(L, LK_CMD_SET);
+    c->target = check_id(L, 2);
+    if (copy_string(L, 3, &c->value, &c->value_len)) {
+        lk_cmd_free(c);
+        return luaL_error(L, "locker: out of memory");
+    }
+    return submit(L, e, c);
+}
+
+/* client:release(lock_id) -> id */
+static int l_release(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    lk_cmd *c = new_cmd(L, LK_CMD_RELEASE);
+    c->target = check_id(L, 2);
+    return submit(L, e, c);
+}
+
+/* client:get(name) -> id */
+static int l_get(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    lk_cmd *c = new_cmd(L, LK_CMD_GET);
+    if (copy_string(L, 2, &c->name, &c->name_len)) {
+        lk_cmd_free(c);
+        return luaL_error(L, "locker: out of memory");
+    }
+    return submit(L, e, c);
+}
+
+static int l_fd(lua_State *L)
+{
+    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    lua_pushinteger(L, b->engine ? lk_engine_fd(b->engine) : -1);
+    return 1;
+}
+
+static void push_event(lua_State *L, const lk_event *ev)
+{
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, ev->kind == LK_EV_OWNED ? "owned" : "result");
+    lua_setfield(L, -2, "kind");
+    lua_pushnumber(L, (lua_Number)ev->id);
+    lua_setfield(L, -2, "id");
+    if (ev->kind == LK_EV_OWNED) {
+        lua_pushboolean(L, ev->owned);
+        lua_setfield(L, -2, "owned");
+    } else {
+        lua_pushboolean(L, ev->ok);
+        lua_setfield(L, -2, "ok");
+    }
+    if (ev->token) {
+        push_int64(L, ev->token);
+        lua_setfield(L, -2, "token");
+    }
+    if (ev->revision) {
+        push_int64(L, ev->revision);
+        lua_setfield(L, -2, "revision");
+    }
+    if (ev->has_value) {
+        lua_pushlstring(L, ev->value ? ev->value : "", ev->value_len);
+        lua_setfield(L, -2, "value");
+    }
+    if (ev->code[0]) {
+        lua_pushstring(L, ev->code);
+        lua_setfield(L, -2, "code");
+    }
+    if (ev->msg) {
+        lua_pushstring(L, ev->msg);
+        lua_setfield(L, -2, "msg");
+    }
+}
+
+/* client:events() -> array of event tables (possibly empty). Works after
+ * close too, so that the last answers are not lost. */
+static int l_events(lua_State *L)
+{
+    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    lua_newtable(L);
+    if (!b->engine) return 1;
+    lk_event *ev = lk_engine_take_events(b->engine);
+    int i = 0;
+    while (ev) {
+        lk_event *next = ev->next;
+        push_event(L, ev);
+        lua_rawseti(L, -2, ++i);
+        lk_event_free(ev);
+        ev = next;
+    }
+    return 1;
+}
+
+/* close(), __close and __gc: one idempotent function that never raises. */
+static int l_close(lua_State *L)
+{
+    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    if (b->engine) lk_engine_close(b->engine);
+    return 0;
+}
+
+static int l_gc(lua_State *L)
+{
+    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    if (b->engine) lk_engine_free(b->engine);
+    b->engine = NULL;
+    return 0;
+}
+
+static int l_closed(lua_State *L)
+{
+    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    lua_pushboolean(L, !b->engine || lk_engine_closed(b->engine));
+    return 1;
+}
+
+static int l_status_owned(lua_State *L)
+{
+    status_box *sb = luaL_checkudata(L, 1, STATUS_MT);
+    lua_pushboolean(L, sb->status && lk_status_owned(sb->status));
+    return 1;
+}
+
+static int l_status_token(lua_State *L)
+{
+    status_box *sb = luaL_checkudata(L, 1, STATUS_MT);
+    int64_t t = sb->status ? lk_status_token(sb->status) : 0;
+    if (t) push_int64(L, t);
+    else lua_pushnil(L);
+    return 1;
+}
+
+static int l_status_gc(lua_State *L)
+{
+    status_box *sb = luaL_checkudata(L, 1, STATUS_MT);
+    lk_status_unref(sb->status);
+    sb->status = NULL;
+    return 0;
+}
+
+/* core.poll(fds, timeout_s) -> true when one of fds is readable. A timeout
+ * below 0 waits forever. Restarts after signals until the timeout. */
+static int l_poll(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    double timeout = luaL_optnumber(L, 2, -1);
+    struct pollfd fds[MAX_POLL_FDS];
+    int n = (int)lua_rawlen(L, 1);
+    luaL_argcheck(L, n <= MAX_POLL_FDS, 1, "too many fds");
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        fds[i].fd = (int)luaL_checknumber(L, -1);
+        fds[i].events = POLLIN;
+        fds[i].revents = 0;
+        lua_pop(L, 1);
+    }
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        int ms = -1;
+        if (timeout >= 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            double left = timeout - ((double)(now.tv_sec - start.tv_sec) +
+                                     (double)(now.tv_nsec - start.tv_nsec) / 1e9);
+            ms = left > 0 ? (int)(left * 1000 + 0.999) : 0;
+        }
+        int rc = poll(fds, (nfds_t)n, ms);
+        if (rc >= 0) {
+            lua_pushboolean(L, rc > 0);
+            return 1;
+        }
+        if (errno != EINTR) return luaL_error(L, "locker: poll: %s", strerror(errno));
+    }
+}
+
+/* core.now() -> monotonic seconds */
+static int l_now(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+static const luaL_Reg client_methods[] = {
+    {"lock", l_lock},
+    {"set", l_set},
+    {"release", l_release},
+    {"get", l_get},
+    {"fd", l_fd},
+    {"events", l_events},
+    {"close", l_close},
+    {"closed", l_closed},
+    {NULL, NULL}
+};
+
+static const luaL_Reg status_methods[] = {
+    {"owned", l_status_owned},
+    {"token", l_status_token},
+    {NULL, NULL}
+};
+
+static const luaL_Reg functions[] = {
+    {"new", l_new},
+    {"poll", l_poll},
+    {"now", l_now},
+    {NULL, NULL}
+};
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                      lua_CFunction gc)
+{
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+}
+
+__attribute__((visibility("default"))) int luaopen_locker_core(lua_State *L);
+
+int luaopen_locker_core(lua_State *L)
+{
+    lk_engine_global_init();
+    new_class(L, CLIENT_MT, client_methods, l_gc);
+    luaL_getmetatable(L, CLIENT_MT);
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__close");
+    lua_pop(L, 1);
+    new_class(L, STATUS_MT, status_methods, l_status_gc);
+    luaL_newlib(L, functions);
+    return 1;
+}

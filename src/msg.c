@@ -1,0 +1,95 @@
+#include "msg.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+lk_cmd *lk_cmd_new(lk_cmd_kind kind)
+{
+    lk_cmd *c = calloc(1, sizeof *c);
+    if (c) {
+        c->kind = kind;
+        c->timeout_ms = -1;
+    }
+    return c;
+}
+
+lk_event *lk_event_new(lk_event_kind kind, uint64_t id)
+{
+    lk_event *e = calloc(1, sizeof *e);
+    if (e) {
+        e->kind = kind;
+        e->id = id;
+    }
+    return e;
+}
+
+void lk_cmd_free(lk_cmd *c)
+{
+    if (!c) return;
+    free(c->name);
+    free(c->value);
+    lk_status_unref(c->status);
+    free(c);
+}
+
+void lk_event_free(lk_event *e)
+{
+    if (!e) return;
+    free(e->value);
+    free(e->msg);
+    free(e);
+}
+
+struct link { struct link *next; };
+
+struct lk_queue {
+    pthread_mutex_t mu;
+    struct link *head, *tail;
+};
+
+lk_queue *lk_queue_new(void)
+{
+    lk_queue *q = calloc(1, sizeof *q);
+    if (q && pthread_mutex_init(&q->mu, NULL)) {
+        free(q);
+        return NULL;
+    }
+    return q;
+}
+
+/* Takes the queue's mutex. */
+int lk_queue_push(lk_queue *q, void *msg)
+{
+    struct link *m = msg;
+    m->next = NULL;
+    pthread_mutex_lock(&q->mu);
+    int was_empty = q->head == NULL;
+    if (q->tail) q->tail->next = m;
+    else q->head = m;
+    q->tail = m;
+    pthread_mutex_unlock(&q->mu);
+    return was_empty;
+}
+
+/* Takes the queue's mutex; the caller owns the returned list. */
+void *lk_queue_take_all(lk_queue *q)
+{
+    pthread_mutex_lock(&q->mu);
+    struct link *all = q->head;
+    q->head = q->tail = NULL;
+    pthread_mutex_unlock(&q->mu);
+    return all;
+}
+
+void lk_queue_free(lk_queue *q, void (*free_msg)(void *))
+{
+    if (!q) return;
+    struct link *m = q->head;
+    while (m) {
+        struct link *next = m->next;
+        free_msg(m);
+        m = next;
+    }
+    pthread_mutex_destroy(&q->mu);
+    free(q);
+}

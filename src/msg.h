@@ -1,0 +1,71 @@
+/* The plain C data that crosses the thread boundary: commands from the Lua
+ * side to the engine, events from the engine back. Every pointer in a message
+ * is owned by the message (deep copies, never references into Lua). */
+#ifndef LK_MSG_H
+#define LK_MSG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+typedef enum {
+    LK_CMD_LOCK,     /* name, value, timeout_ms, wait, keep, status */
+    LK_CMD_SET,      /* target (lock id), value */
+    LK_CMD_RELEASE,  /* target (lock id) */
+    LK_CMD_GET,      /* name */
+    LK_CMD_CLOSE
+} lk_cmd_kind;
+
+typedef struct lk_cmd {
+    struct lk_cmd *next;
+    lk_cmd_kind kind;
+    uint64_t id;          /* request id; a lock's id is its LOCK request id */
+    uint64_t target;
+    char *name;
+    size_t name_len;
+    char *value;
+    size_t value_len;
+    int64_t timeout_ms;   /* < 0: wait forever */
+    int wait;
+    int keep;
+    lk_status *status;    /* LOCK only: one reference owned by the command */
+} lk_cmd;
+
+typedef enum {
+    LK_EV_RESULT,    /* the answer to request id: ok, or code + msg; value/token */
+    LK_EV_OWNED      /* lock id's ownership changed: owned, token, code + msg */
+} lk_event_kind;
+
+typedef struct lk_event {
+    struct lk_event *next;
+    lk_event_kind kind;
+    uint64_t id;
+    int ok;
+    int owned;
+    int has_value;
+    char *value;
+    size_t value_len;
+    int64_t token;
+    int64_t revision;
+    char code[16];       /* stable lowercase word, "" when ok */
+    char *msg;           /* for people; NULL when ok */
+} lk_event;
+
+/* Both return NULL when out of memory. */
+lk_cmd *lk_cmd_new(lk_cmd_kind kind);
+lk_event *lk_event_new(lk_event_kind kind, uint64_t id);
+/* Free a message and everything it owns (drops the status reference). */
+void lk_cmd_free(lk_cmd *c);
+void lk_event_free(lk_event *e);
+
+/* A mutex-protected FIFO of messages (commands or events: both start with a
+ * next pointer). push returns 1 when the queue was empty before. */
+typedef struct lk_queue lk_queue;
+lk_queue *lk_queue_new(void);
+int lk_queue_push(lk_queue *q, void *msg);
+/* Takes the whole content in order (a list linked by next), or NULL. */
+void *lk_queue_take_all(lk_queue *q);
+void lk_queue_free(lk_queue *q, void (*free_msg)(void *));
+
+#endif
