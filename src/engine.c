@@ -80,6 +80,11 @@ int lk_engine_fd(const lk_engine *e)
     return e->event_fd;
 }
 
+int64_t lk_engine_lease(const lk_engine *e)
+{
+    return __atomic_load_n(&e->lease_seen, __ATOMIC_ACQUIRE);
+}
+
 void lk_engine_global_init(void)
 {
     static int done;

@@ -50,6 +50,7 @@ struct lk_engine {
     pid_t thread_pid;          /* process that started the thread */
     int closed;                /* Lua side: close() was called */
     uint64_t next_id;
+    int64_t lease_seen;        /* session lease for lk_engine_lease (atomic) */
     /* engine thread only (the multi handle is made just before the thread
      * starts and, but for curl_multi_wakeup, used by the thread alone) */
     lk_http *http;

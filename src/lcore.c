@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -184,6 +185,21 @@ static int l_fd(lua_State *L)
     return 1;
 }
 
+/* client:lease() -> the session lease ID in hex (as etcdctl shows it), or nil */
+static int l_lease(lua_State *L)
+{
+    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    int64_t id = b->engine ? lk_engine_lease(b->engine) : 0;
+    if (!id) {
+        lua_pushnil(L);
+        return 1;
+    }
+    char s[32];
+    snprintf(s, sizeof s, "%" PRIx64, (uint64_t)id);
+    lua_pushstring(L, s);
+    return 1;
+}
+
 static void push_event(lua_State *L, const lk_event *ev)
 {
     lua_createtable(L, 0, 8);
@@ -337,6 +353,7 @@ static const luaL_Reg client_methods[] = {
     {"release", l_release},
     {"get", l_get},
     {"fd", l_fd},
+    {"lease", l_lease},
     {"events", l_events},
     {"close", l_close},
     {"closed", l_closed},

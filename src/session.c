@@ -63,6 +63,7 @@ static void on_grant(lk_req *r)
     }
     s->grant_failures = 0;
     s->lease = id;
+    __atomic_store_n(&e->lease_seen, id, __ATOMIC_RELEASE);
     s->jeopardy = 0;
     confirmed(e, (int64_t)r->id, ttl);  /* id: when it was sent */
     if (s->stream_ready) lk_locks_session_ready(e);
@@ -128,6 +129,7 @@ void lk_session_lease_gone(lk_engine *e, const char *why)
     lk_session *s = &e->session;
     if (!s->lease) return;
     s->lease = 0;
+    __atomic_store_n(&e->lease_seen, 0, __ATOMIC_RELEASE);
     s->jeopardy = 0;
     if (s->lease_req) {
         lk_req_cancel(s->lease_req);

@@ -201,6 +201,13 @@ function Client:close()
     return true
 end
 
+--- The session lease ID in hex (as etcdctl shows it), or nil before the
+-- first lock and after close. Contender keys end with it.
+function Client:lease()
+    if self._closed then return nil end
+    return self._core:lease()
+end
+
 function Client:closed()
     return self._closed == true
 end

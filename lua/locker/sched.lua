@@ -66,9 +66,9 @@ local function dispatch_all()
     for src in pairs(sources) do src:dispatch() end
 end
 
--- Runs what is ready now; wakes due timers. Returns the next timer's time.
+-- Wakes due timers, runs what is ready now. Returns the next timer's time.
 local function run_ready()
-    local t, next_at = now(), nil
+    local t = now()
     local i = 1
     while i <= #timers do
         local tm = timers[i]
@@ -77,13 +77,16 @@ local function run_ready()
             timers[#timers] = nil
             sched.wake(tm.co)
         else
-            if not next_at or tm.at < next_at then next_at = tm.at end
             i = i + 1
         end
     end
     local batch = ready
     ready = {}
     for j = 1, #batch do resume(batch[j]) end
+    local next_at = nil
+    for j = 1, #timers do
+        if not next_at or timers[j].at < next_at then next_at = timers[j].at end
+    end
     return next_at
 end
 
