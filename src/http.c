@@ -126,7 +126,8 @@ static int launch(lk_req *r)
 {
     lk_http *h = r->http;
     char url[1024];
-    snprintf(url, sizeof url, "%s%s", h->endpoints[h->current], r->path);
+    r->endpoint = h->current;
+    snprintf(url, sizeof url, "%s%s", h->endpoints[r->endpoint], r->path);
     if (!r->easy) {
         r->easy = h->n_pool ? h->pool[--h->n_pool] : curl_easy_init();
         if (!r->easy) return -1;
@@ -189,7 +190,7 @@ const char *lk_req_error(const lk_req *r)
 
 const char *lk_req_endpoint(const lk_req *r)
 {
-    return r->http->endpoints[r->http->current];
+    return r->http->endpoints[r->endpoint];
 }
 
 /* A failure where the request cannot have reached etcd: safe to resend. */
@@ -242,7 +243,10 @@ int lk_http_perform(lk_http *h)
         CURLcode rc = m->data.result;
         curl_multi_remove_handle(h->multi, m->easy_handle);
         if (never_sent(rc) && r->tries < h->n_endpoints) {
-            h->current = (h->current + 1) % h->n_endpoints;
+            /* move on from the endpoint that failed, unless another
+             * request already did */
+            if (h->current == r->endpoint)
+                h->current = (r->endpoint + 1) % h->n_endpoints;
             if (launch(r) == 0) continue;
         }
         r->result = rc;

@@ -34,6 +34,7 @@ struct lk_req {
     void *owner;             /* whoever waits for it */
     uint64_t id;             /* the Lua request it answers, if any */
     int tries;
+    int endpoint;            /* index of the endpoint it went to */
     CURLcode result;
     long status;
     char error[CURL_ERROR_SIZE];
