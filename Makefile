@@ -52,8 +52,13 @@ $(CORE): $(OBJS)
 	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(DEP_LIBS)
 
 # Debian packages the build and the tests need (idempotent; sudo when not root).
-DEPS_DEB = gcc make pkg-config libcurl4-openssl-dev libcjson-dev lua5.4 \
-           liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client
+DEPS_DEB = gcc make pkg-config curl procps libcurl4-openssl-dev libcjson-dev \
+           lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client
+ifeq ($(LUA_VERSION),jit)
+DEPS_DEB += luajit libluajit-5.1-dev
+else ifneq ($(LUA_VERSION),5.4)
+DEPS_DEB += lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev
+endif
 deps: ## install the Debian packages needed to build and test
 	@sh tools/install-deps $(DEPS_DEB)
 

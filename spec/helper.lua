@@ -23,12 +23,14 @@ function quote(s)
 end
 helper.quote = quote
 
+--- Whether process pid runs (a zombie, exited but not reaped, does not).
 function helper.alive(pid)
-    local _, ok = sh("kill -0 " .. pid)
-    if not ok then return false end
-    -- a zombie (exited, not yet reaped) is not alive
-    local st = sh("ps -o stat= -p " .. pid)
-    return not st:match("^%s*Z")
+    local f = io.open("/proc/" .. pid .. "/stat")
+    if not f then return false end
+    local stat = f:read("*a")
+    f:close()
+    local state = stat:match("^%d+ %b() (%a)")
+    return state ~= nil and state ~= "Z"
 end
 
 function helper.kill(pid, sig)
