@@ -57,6 +57,8 @@ lk_engine *lk_engine_new(const lk_config *cfg, char *err, size_t err_size)
     e->commands = lk_queue_new();
     e->events = lk_queue_new();
     if (!e->commands || !e->events) goto nomem;
+    if (lk_cache_init(&e->cache)) goto nomem;
+    e->cache_ready = 1;
     return e;
 nomem:
     snprintf(err, err_size, "out of memory creating the client");
@@ -78,6 +80,11 @@ int lk_engine_fd(const lk_engine *e)
 {
     ensure_event_fd((lk_engine *)e);
     return e->event_fd;
+}
+
+lk_cache *lk_engine_cache(lk_engine *e)
+{
+    return &e->cache;
 }
 
 int64_t lk_engine_lease(const lk_engine *e)
@@ -170,6 +177,7 @@ static void serve(lk_engine *e, lk_cmd *c)
         if (!e->stopping) {
             e->stopping = 1;
             lk_locks_close(e);
+            lk_watches_close(e);
             lk_session_stop(e);
         }
         lk_cmd_free(c);
@@ -180,7 +188,8 @@ static void serve(lk_engine *e, lk_cmd *c)
         lk_cmd_free(c);
         return;
     }
-    lk_lock_command(e, c);
+    if (c->kind == LK_CMD_WATCH || c->kind == LK_CMD_UNWATCH) lk_watch_command(e, c);
+    else lk_lock_command(e, c);
 }
 
 /* The engine thread's body: owns the multi handle and everything on it. */
@@ -201,6 +210,8 @@ static void *run(void *arg)
             int64_t t = lk_session_tick(e, now);
             if (t && t < next) next = t;
             t = lk_locks_tick(e, now);
+            if (t && t < next) next = t;
+            t = lk_watches_tick(e, now);
             if (t && t < next) next = t;
         }
         int wait = next > now ? (int)(next - now) : 0;
@@ -309,6 +320,7 @@ void lk_engine_free(lk_engine *e)
     lk_queue_free(e->commands, (void (*)(void *))lk_cmd_free);
     lk_queue_free(e->events, (void (*)(void *))lk_event_free);
     if (e->event_fd >= 0 && e->fd_pid == getpid()) close(e->event_fd);
+    if (e->cache_ready) lk_cache_destroy(&e->cache);
     free_config(&e->cfg);
     free(e);
 }

@@ -45,6 +45,9 @@ int lk_engine_closed(const lk_engine *e);
 /* Closes if needed, then frees. */
 void lk_engine_free(lk_engine *e);
 
+/* The watched names' cache (read with lk_cache_get from any thread). */
+struct lk_cache *lk_engine_cache(lk_engine *e);
+
 /* The session lease ID, 0 when there is none (any thread). */
 int64_t lk_engine_lease(const lk_engine *e);
 

@@ -56,6 +56,11 @@ int lk_etcd_delete_body(lk_buf *out, lk_bytes key)
            lk_buf_puts(out, "}");
 }
 
+int lk_etcd_dir_body(lk_buf *out, lk_bytes dir)
+{
+    return lk_buf_puts(out, "{") || dir_range(out, dir) || lk_buf_puts(out, "}");
+}
+
 int lk_etcd_owner_body(lk_buf *out, lk_bytes dir)
 {
     return lk_buf_puts(out, "{") || dir_range(out, dir) ||

@@ -34,6 +34,8 @@ int lk_etcd_prefix_end(lk_buf *out, lk_bytes prefix);
 int lk_etcd_grant_body(lk_buf *out, int64_t ttl);
 int lk_etcd_lease_body(lk_buf *out, int64_t lease);   /* keepalive, revoke */
 int lk_etcd_delete_body(lk_buf *out, lk_bytes key);
+/* Range of every key under dir, with values (a watch's snapshot). */
+int lk_etcd_dir_body(lk_buf *out, lk_bytes dir);
 /* Range of the lowest create_revision under dir (the owner), with values. */
 int lk_etcd_owner_body(lk_buf *out, lk_bytes dir);
 /* Txn: put key=value on lease, then read key and the owner of dir (keys only). */

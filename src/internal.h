@@ -10,6 +10,7 @@
 #include <cJSON.h>
 
 #include "buf.h"
+#include "cache.h"
 #include "engine.h"
 #include "etcd.h"
 #include "http.h"
@@ -19,6 +20,7 @@
 #define LK_MSG_SIZE 512
 
 typedef struct lk_lock lk_lock;
+typedef struct lk_watch lk_watch;
 
 /* The session: one lease shared by every lock of the client, and one watch
  * stream on the client's prefix that tells waiters when to look again. */
@@ -51,6 +53,8 @@ struct lk_engine {
     int closed;                /* Lua side: close() was called */
     uint64_t next_id;
     int64_t lease_seen;        /* session lease for lk_engine_lease (atomic) */
+    lk_cache cache;            /* watched names' owner values (own mutex) */
+    int cache_ready;
     /* engine thread only (the multi handle is made just before the thread
      * starts and, but for curl_multi_wakeup, used by the thread alone) */
     lk_http *http;
@@ -60,6 +64,8 @@ struct lk_engine {
     lk_map locks_by_id;        /* id (8 bytes) -> lock */
     lk_lock *locks;            /* every lock, for lease-wide transitions */
     int64_t lock_tick_at;      /* when lock timers need a look; 0: never */
+    lk_map watches;            /* name -> lk_watch */
+    int64_t watch_tick_at;
     lk_buf scratch;
 };
 
@@ -80,6 +86,7 @@ lk_req *lk_send(lk_engine *e, const char *path, lk_req_done_fn done,
 
 /* session.c */
 void lk_session_need(lk_engine *e);          /* lease + stream, soon */
+void lk_session_need_stream(lk_engine *e);   /* the stream only */
 int lk_session_ready(const lk_engine *e);
 int64_t lk_session_tick(lk_engine *e, int64_t now);  /* next deadline */
 void lk_session_lease_gone(lk_engine *e, const char *why);
@@ -94,8 +101,19 @@ void lk_locks_lease_lost(lk_engine *e, const char *why);
 void lk_locks_jeopardy(lk_engine *e);
 void lk_locks_renewed(lk_engine *e);
 void lk_locks_resync(lk_engine *e);
-void lk_locks_deleted(lk_engine *e, const char *key, size_t len);
+void lk_locks_deleted(lk_engine *e, const char *name, size_t name_len,
+                      const char *key, size_t len);
 int64_t lk_locks_tick(lk_engine *e, int64_t now);
 void lk_locks_close(lk_engine *e);
+
+
+/* watch.c */
+void lk_watch_command(lk_engine *e, lk_cmd *c);   /* WATCH, UNWATCH */
+void lk_watches_changed(lk_engine *e, const char *name, size_t len,
+                        int deleted, const lk_kv *kv);
+void lk_watches_stream_ready(lk_engine *e);
+void lk_watches_resync(lk_engine *e);
+int64_t lk_watches_tick(lk_engine *e, int64_t now);
+void lk_watches_close(lk_engine *e);
 
 #endif

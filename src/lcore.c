@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "compat.h"
+#include "cache.h"
 #include "engine.h"
 
 #define CLIENT_MT "locker.core.client"
@@ -178,6 +179,72 @@ static int l_get(lua_State *L)
     return submit(L, e, c);
 }
 
+/* client:watch(name) -> id: follow name's owner (events carry the id) */
+static int l_watch(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    lk_cmd *c = new_cmd(L, LK_CMD_WATCH);
+    if (copy_string(L, 2, &c->name, &c->name_len)) {
+        lk_cmd_free(c);
+        return luaL_error(L, "locker: out of memory");
+    }
+    /* known as watched at once, so cached() says "pending", not "not_watched" */
+    lk_cache_watch(lk_engine_cache(e), c->name, c->name_len);
+    return submit(L, e, c);
+}
+
+/* client:unwatch(name) -> id */
+static int l_unwatch(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    lk_cmd *c = new_cmd(L, LK_CMD_UNWATCH);
+    if (copy_string(L, 2, &c->name, &c->name_len)) {
+        lk_cmd_free(c);
+        return luaL_error(L, "locker: out of memory");
+    }
+    lk_cache_forget(lk_engine_cache(e), c->name, c->name_len);
+    return submit(L, e, c);
+}
+
+/* client:cached(name) -> value, token, revision | nil (nobody holds it) |
+ * nil, msg, "pending" / "not_watched". No I/O. */
+static int l_cached(lua_State *L)
+{
+    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    size_t len;
+    const char *name = luaL_checklstring(L, 2, &len);
+    if (!b->engine || lk_engine_closed(b->engine)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "client is closed");
+        lua_pushliteral(L, "closed");
+        return 3;
+    }
+    lk_blob *v;
+    int64_t token = 0, revision = 0;
+    switch (lk_cache_get(lk_engine_cache(b->engine), name, len, &v, &token,
+                         &revision)) {
+    case LK_CACHE_HELD:
+        lua_pushlstring(L, v->data, v->len);  /* may raise: no mutex held */
+        lk_blob_unref(v);
+        push_int64(L, token);
+        push_int64(L, revision);
+        return 3;
+    case LK_CACHE_GONE:
+        lua_pushnil(L);
+        return 1;
+    case LK_CACHE_PENDING:
+        lua_pushnil(L);
+        lua_pushfstring(L, "'%s' is watched but not known yet", name);
+        lua_pushliteral(L, "pending");
+        return 3;
+    default:
+        lua_pushnil(L);
+        lua_pushfstring(L, "'%s' is not watched by this client", name);
+        lua_pushliteral(L, "not_watched");
+        return 3;
+    }
+}
+
 static int l_fd(lua_State *L)
 {
     client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
@@ -203,7 +270,8 @@ static int l_lease(lua_State *L)
 static void push_event(lua_State *L, const lk_event *ev)
 {
     lua_createtable(L, 0, 8);
-    lua_pushstring(L, ev->kind == LK_EV_OWNED ? "owned" : "result");
+    lua_pushstring(L, ev->kind == LK_EV_OWNED ? "owned"
+                    : ev->kind == LK_EV_WATCH ? "watch" : "result");
     lua_setfield(L, -2, "kind");
     lua_pushnumber(L, (lua_Number)ev->id);
     lua_setfield(L, -2, "id");
@@ -225,6 +293,10 @@ static void push_event(lua_State *L, const lk_event *ev)
     if (ev->has_value) {
         lua_pushlstring(L, ev->value ? ev->value : "", ev->value_len);
         lua_setfield(L, -2, "value");
+    }
+    if (ev->resync) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "resync");
     }
     if (ev->code[0]) {
         lua_pushstring(L, ev->code);
@@ -352,6 +424,9 @@ static const luaL_Reg client_methods[] = {
     {"set", l_set},
     {"release", l_release},
     {"get", l_get},
+    {"watch", l_watch},
+    {"unwatch", l_unwatch},
+    {"cached", l_cached},
     {"fd", l_fd},
     {"lease", l_lease},
     {"events", l_events},

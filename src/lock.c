@@ -586,14 +586,10 @@ void lk_locks_resync(lk_engine *e)
     }
 }
 
-void lk_locks_deleted(lk_engine *e, const char *key, size_t len)
+void lk_locks_deleted(lk_engine *e, const char *name, size_t name_len,
+                      const char *key, size_t len)
 {
-    size_t plen = e->cfg.prefix_len;
-    if (len <= plen) return;
-    const char *name = key + plen;
-    const char *slash = memchr(name, '/', len - plen);
-    if (!slash) return;
-    lk_lock *l = lk_map_get(&e->locks_by_name, name, (size_t)(slash - name));
+    lk_lock *l = lk_map_get(&e->locks_by_name, name, name_len);
     if (!l || l->state == LS_DELETE) return;
     int mine = l->lease && len == l->key.len && !memcmp(key, l->key.data, len);
     if (l->state == LS_CHECK) {

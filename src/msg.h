@@ -14,6 +14,8 @@ typedef enum {
     LK_CMD_SET,      /* target (lock id), value */
     LK_CMD_RELEASE,  /* target (lock id) */
     LK_CMD_GET,      /* name */
+    LK_CMD_WATCH,    /* name: follow its owner's value (id names the events) */
+    LK_CMD_UNWATCH,  /* name */
     LK_CMD_CLOSE
 } lk_cmd_kind;
 
@@ -34,7 +36,9 @@ typedef struct lk_cmd {
 
 typedef enum {
     LK_EV_RESULT,    /* the answer to request id: ok, or code + msg; value/token */
-    LK_EV_OWNED      /* lock id's ownership changed: owned, token, code + msg */
+    LK_EV_OWNED,     /* lock id's ownership changed: owned, token, code + msg */
+    LK_EV_WATCH      /* watch id's owner value: value (has_value 0: gone),
+                        token, revision, resync */
 } lk_event_kind;
 
 typedef struct lk_event {
@@ -48,6 +52,7 @@ typedef struct lk_event {
     size_t value_len;
     int64_t token;
     int64_t revision;
+    int resync;          /* WATCH: state re-read after a gap (compaction) */
     char code[16];       /* stable lowercase word, "" when ok */
     char *msg;           /* for people; NULL when ok */
 } lk_event;

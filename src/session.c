@@ -177,6 +177,7 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         s->stream_rev = 0;
         cJSON_Delete(root);
         lk_locks_resync(e);
+        lk_watches_resync(e);
         return -1;
     }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "canceled"))) {
@@ -188,6 +189,7 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         s->stream_failures = 0;
         if (s->stream_rev == 0) s->stream_rev = header_rev;
         if (s->lease) lk_locks_session_ready(e);
+        lk_watches_stream_ready(e);
     }
     const cJSON *events = cJSON_GetObjectItemCaseSensitive(res, "events");
     const cJSON *ev;
@@ -197,8 +199,17 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         const cJSON *item = cJSON_GetObjectItemCaseSensitive(ev, "kv");
         if (lk_etcd_kv(item, &kv)) continue;
         if (kv.mod_rev > s->stream_rev) s->stream_rev = kv.mod_rev;
-        if (cJSON_IsString(type) && strcmp(type->valuestring, "DELETE") == 0)
-            lk_locks_deleted(e, kv.key.data, kv.key.len);
+        /* keys are prefix NAME "/" ...: route by NAME */
+        size_t plen = e->cfg.prefix_len;
+        const char *name = kv.key.data + plen;
+        const char *slash = kv.key.len > plen
+                          ? memchr(name, '/', kv.key.len - plen) : NULL;
+        if (!slash) continue;
+        size_t name_len = (size_t)(slash - name);
+        int deleted = cJSON_IsString(type) &&
+                      strcmp(type->valuestring, "DELETE") == 0;
+        if (deleted) lk_locks_deleted(e, name, name_len, kv.key.data, kv.key.len);
+        lk_watches_changed(e, name, name_len, deleted, &kv);
     }
     lk_etcd_kv_free(&kv);
     cJSON_Delete(root);
@@ -241,6 +252,12 @@ void lk_session_need(lk_engine *e)
     if (!s->stream && !s->stream_retry_at) open_stream(e);
 }
 
+void lk_session_need_stream(lk_engine *e)
+{
+    lk_session *s = &e->session;
+    if (!s->stream && !s->stream_retry_at) open_stream(e);
+}
+
 int lk_session_ready(const lk_engine *e)
 {
     return e->session.lease && e->session.stream_ready;
@@ -249,7 +266,7 @@ int lk_session_ready(const lk_engine *e)
 int64_t lk_session_tick(lk_engine *e, int64_t now)
 {
     lk_session *s = &e->session;
-    int wanted = e->locks != NULL;
+    int wanted = e->locks != NULL || e->watches.count > 0;
     int64_t next = 0;
 #define SOONER(t) do { if ((t) && (!next || (t) < next)) next = (t); } while (0)
     if (s->lease) {

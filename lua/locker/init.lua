@@ -6,7 +6,7 @@
 local core = require "locker.core"
 local sched = require "locker.sched"
 
-local type, pairs, tostring, error, setmetatable, select = type, pairs, tostring, error, setmetatable, select
+local type, pairs, next, tostring, error, setmetatable = type, pairs, next, tostring, error, setmetatable
 local floor, huge = math.floor, math.huge
 local coroutine = coroutine
 
@@ -76,6 +76,8 @@ Client.__index = Client
 local Lock = {}
 Lock.__index = Lock
 
+local deliver  -- function(sub, event), defined with Watch below
+
 local CLOSED = { ok = false, code = "closed", msg = "client is closed" }
 
 -- Waits for the answer to request id; yields inside a spawned coroutine.
@@ -96,6 +98,127 @@ local function answer(ev)
     return nil, ev.msg, ev.code
 end
 
+-- ----------------------------------------------------------------- watch --
+
+local Watch = {}
+Watch.__index = Watch
+
+local function push(w, ev)
+    if w._fn then
+        sched.call_in_order(w, w._fn, ev.value, ev)
+        return
+    end
+    local q = w._queue
+    q[#q + 1] = ev
+    if w._waiter then
+        local co = w._waiter
+        w._waiter, w._wait_mark = nil, nil
+        sched.wake(co)
+    end
+end
+
+-- One engine subscription per watched name, fanned out to its watchers.
+deliver = function(sub, raw)
+    local ev = { name = sub.name, value = raw.value, token = raw.token,
+                 revision = raw.revision, resync = raw.resync == true }
+    sub.last = ev
+    for w in pairs(sub.watchers) do push(w, ev) end
+end
+
+--- The next change: value (nil when nobody holds the name) and the event
+-- { name, value, token, revision, resync }. Yields in a spawned coroutine.
+-- When no event comes (timeout seconds passed, or the watch was canceled or
+-- its client closed) it returns nil, nil, message, code.
+function Watch:next(timeout)
+    local q = self._queue
+    if not q then error("watch:next: this watch has a callback", 2) end
+    local deadline = timeout and sched.now() + timeout
+    while #q == 0 do
+        if self._ended then return nil, nil, self._ended.msg, self._ended.code end
+        if deadline and sched.now() >= deadline then
+            return nil, nil, "no change within " .. timeout .. " s", "timeout"
+        end
+        local co = sched.current()
+        if co then
+            local mark = {}
+            self._waiter, self._wait_mark = co, mark
+            if deadline then
+                sched.wake_at(co, deadline, function() return self._wait_mark == mark end)
+            end
+            coroutine.yield()
+            self._waiter, self._wait_mark = nil, nil
+        else
+            sched.loop(function() return #q > 0 or self._ended end, deadline)
+        end
+    end
+    local ev = table.remove(q, 1)
+    return ev.value, ev
+end
+
+--- Iterates over events (tables; ev.value nil = gone) until the watch ends.
+function Watch:events()
+    return function()
+        local _, ev = self:next()
+        return ev
+    end
+end
+
+local function end_watch(w, msg, code)
+    if w._ended then return end
+    w._ended = { msg = msg, code = code }
+    if w._waiter then
+        local co = w._waiter
+        w._waiter, w._wait_mark = nil, nil
+        sched.wake(co)
+    end
+end
+
+--- Stops the watch. Idempotent.
+function Watch:cancel()
+    if self._ended then return true end
+    end_watch(self, "watch canceled", "canceled")
+    local client, sub = self.client, self._sub
+    sub.watchers[self] = nil
+    if next(sub.watchers) == nil and not client._closed then
+        client._watching[sub.name] = nil
+        client._subs[sub.id] = nil
+        client._core:unwatch(sub.name)
+    end
+    return true
+end
+
+Watch.__close = Watch.cancel
+
+--- Follows NAME's owner: fn(value, ev) on the current state, then on every
+-- change (value nil: nobody holds it). Without fn, changes queue up for
+-- watch:next(). One etcd stream serves every watch of the client.
+function Client:watch(name, fn)
+    if self._closed then error("client:watch: client is closed", 2) end
+    check_name("client:watch", name)
+    if fn ~= nil and type(fn) ~= "function" then
+        error("client:watch: fn must be a function (got " .. type(fn) .. ")", 2)
+    end
+    local sub = self._watching[name]
+    if not sub then
+        sub = { name = name, watchers = {} }
+        sub.id = self._core:watch(name)
+        self._watching[name] = sub
+        self._subs[sub.id] = sub
+    end
+    local w = setmetatable({ client = self, name = name, _sub = sub, _fn = fn,
+                             _queue = not fn and {} or nil }, Watch)
+    sub.watchers[w] = true
+    if sub.last then push(w, sub.last) end  -- the current state, as others saw it
+    return w
+end
+
+--- The latest known value of a watched NAME, without I/O: value, token,
+-- revision; nil when nobody holds it; nil, msg, "pending" before the first
+-- answer; nil, msg, "not_watched" when this client does not watch NAME.
+function Client:cached(name)
+    return self._core:cached(name)
+end
+
 --- Delivers the engine's events: answers to waiting calls, ownership
 -- changes to locks (on_change runs as a spawned coroutine). A loop that
 -- drives the client through client:fd() calls this when the fd is readable.
@@ -110,10 +233,13 @@ function Client:dispatch()
                 slot.ev = ev
                 if slot.co then sched.wake(slot.co, ev) end
             end
+        elseif ev.kind == "watch" then
+            local sub = self._subs[ev.id]
+            if sub then deliver(sub, ev) end
         else
             local lock = self._locks[ev.id]
             if lock and lock._on_change then
-                sched.spawn(lock._on_change, ev.owned, lock, ev.msg, ev.code)
+                sched.call_in_order(lock, lock._on_change, ev.owned, lock, ev.msg, ev.code)
             end
         end
     end
@@ -196,6 +322,10 @@ function Client:close()
     for id, lock in pairs(self._locks) do
         lock._released = true
         self._locks[id] = nil
+    end
+    for name, sub in pairs(self._watching) do
+        for w in pairs(sub.watchers) do end_watch(w, "client is closed", "closed") end
+        self._watching[name] = nil
     end
     sched.remove_source(self)
     return true
@@ -294,7 +424,7 @@ function _M.new(opts)
     local c, msg, code = core.new(eps, prefix, ttl, floor(timeout * 1000))
     if not c then return nil, msg, code end
     local self = setmetatable({
-        _core = c, _pending = {}, _locks = {},
+        _core = c, _pending = {}, _locks = {}, _watching = {}, _subs = {},
         prefix = prefix, ttl = ttl, timeout = timeout, endpoints = eps,
     }, Client)
     sched.add_source(self)

@@ -48,6 +48,32 @@ function sched.wake(co, ...)
     ready[#ready + 1] = { co, select("#", ...), ... }
 end
 
+--- Calls fn(...) as part of one coroutine per box, in the order of the
+-- calls: a box's callbacks never overlap or overtake each other, even when
+-- one of them waits. An error in fn is reported and the next call goes on.
+-- (On plain Lua 5.1 a callback cannot wait: its pcall cannot yield.)
+function sched.call_in_order(box, fn, ...)
+    local q = box._calls
+    if not q then
+        q = { first = 1, last = 0 }
+        box._calls = q
+    end
+    q.last = q.last + 1
+    q[q.last] = { fn, select("#", ...), ... }
+    if q.running then return end
+    q.running = true
+    sched.spawn(function()
+        while q.first <= q.last do
+            local c = q[q.first]
+            q[q.first] = nil
+            q.first = q.first + 1
+            local ok, err = xpcall(function() return c[1](unpack(c, 3, 2 + c[2])) end, traceback)
+            if not ok then sched.on_error(err) end
+        end
+        q.running = false
+    end)
+end
+
 function sched.add_source(src) sources[src] = true end
 function sched.remove_source(src) sources[src] = nil end
 
@@ -75,7 +101,7 @@ local function run_ready()
         if tm.at <= t then
             timers[i] = timers[#timers]
             timers[#timers] = nil
-            sched.wake(tm.co)
+            if not tm.valid or tm.valid() then sched.wake(tm.co) end
         else
             i = i + 1
         end
@@ -122,6 +148,14 @@ sched.loop = loop
 function sched.run()
     if sched.current() then error("locker.run: called from a spawned coroutine", 2) end
     loop(function() return live == 0 end)
+end
+
+sched.now = now
+
+--- Wakes co at time t if still_waiting() is then true (so a timer that
+-- outlives the wait it was for wakes nobody).
+function sched.wake_at(co, t, still_waiting)
+    timers[#timers + 1] = { at = t, co = co, valid = still_waiting }
 end
 
 --- Waits for seconds: yields inside a spawned coroutine, else drives the

@@ -1,0 +1,361 @@
+/* Watches: the owner's value of a name, followed through the session's one
+ * watch stream (fanned out here by name) and published to the cache. Each
+ * watched name keeps its contenders (key, value, create_revision) so that
+ * every owner change is known from the stream alone: a new owner, a set by
+ * the owner, the owner's key going. Waiter churn changes nothing visible. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define RETRY_MS 250
+
+typedef struct contender {
+    lk_buf key;
+    lk_blob *value;
+    int64_t create_rev;
+} contender;
+
+typedef struct change {
+    int deleted;
+    lk_kv kv;
+} change;
+
+typedef enum {
+    WS_NEED_SYNC,   /* wants a snapshot once the stream is ready */
+    WS_SYNCING,     /* snapshot (range) in flight; stream changes buffered */
+    WS_LIVE         /* following the stream */
+} watch_state;
+
+struct lk_watch {
+    lk_engine *engine;
+    uint64_t id;             /* events carry it */
+    watch_state state;
+    lk_buf name, dir;
+    lk_req *req;
+    int64_t retry_at;
+    contender *cs;
+    size_t n, cap;
+    int64_t applied;         /* revision the contenders reflect */
+    change *pending;         /* seen while SYNCING */
+    size_t n_pending, cap_pending;
+    int reported;            /* first event sent */
+    int resync;              /* next event follows a resync */
+    lk_buf owner_key;        /* as last reported */
+    lk_blob *owner_value;    /* NULL: gone */
+};
+
+static void clear_contenders(lk_watch *w)
+{
+    for (size_t i = 0; i < w->n; i++) {
+        lk_buf_free(&w->cs[i].key);
+        lk_blob_unref(w->cs[i].value);
+    }
+    w->n = 0;
+}
+
+static void clear_pending(lk_watch *w)
+{
+    for (size_t i = 0; i < w->n_pending; i++) lk_etcd_kv_free(&w->pending[i].kv);
+    w->n_pending = 0;
+}
+
+static void free_watch(lk_watch *w)
+{
+    if (w->req) lk_req_cancel(w->req);
+    clear_contenders(w);
+    clear_pending(w);
+    free(w->cs);
+    free(w->pending);
+    lk_buf_free(&w->name);
+    lk_buf_free(&w->dir);
+    lk_buf_free(&w->owner_key);
+    lk_blob_unref(w->owner_value);
+    free(w);
+}
+
+static contender *find(lk_watch *w, const char *key, size_t len)
+{
+    for (size_t i = 0; i < w->n; i++)
+        if (w->cs[i].key.len == len && !memcmp(w->cs[i].key.data, key, len))
+            return &w->cs[i];
+    return NULL;
+}
+
+/* Applies one change to the contender set. 0, or -1 (no memory). */
+static int apply(lk_watch *w, int deleted, const lk_kv *kv)
+{
+    contender *c = find(w, kv->key.data, kv->key.len);
+    if (deleted) {
+        if (c) {
+            lk_buf_free(&c->key);
+            lk_blob_unref(c->value);
+            *c = w->cs[--w->n];
+        }
+        return 0;
+    }
+    lk_blob *v = lk_blob_new(kv->value.data, kv->value.len);
+    if (!v) return -1;
+    if (c) {  /* a set by the contender: its create_revision stays */
+        lk_blob_unref(c->value);
+        c->value = v;
+        return 0;
+    }
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 4;
+        contender *cs = realloc(w->cs, cap * sizeof *cs);
+        if (!cs) {
+            lk_blob_unref(v);
+            return -1;
+        }
+        w->cs = cs;
+        w->cap = cap;
+    }
+    c = &w->cs[w->n++];
+    memset(c, 0, sizeof *c);
+    c->value = v;
+    c->create_rev = kv->create_rev;
+    return lk_buf_append(&c->key, kv->key.data, kv->key.len);
+}
+
+static const contender *owner(const lk_watch *w)
+{
+    const contender *o = NULL;
+    for (size_t i = 0; i < w->n; i++)
+        if (!o || w->cs[i].create_rev < o->create_rev) o = &w->cs[i];
+    return o;
+}
+
+static int same_blob(const lk_blob *a, const lk_blob *b)
+{
+    if (!a || !b) return a == b;
+    return a->len == b->len && !memcmp(a->data, b->data, a->len);
+}
+
+/* Emits an event and updates the cache when the owner or its value changed
+ * (always for the first event and after a resync). */
+static void report(lk_engine *e, lk_watch *w)
+{
+    const contender *o = owner(w);
+    lk_blob *value = o ? o->value : NULL;
+    int same_key = o ? (w->owner_key.len == o->key.len &&
+                        !memcmp(w->owner_key.data, o->key.data, o->key.len))
+                     : w->owner_key.len == 0;
+    if (w->reported && !w->resync && same_key && same_blob(w->owner_value, value))
+        return;
+    lk_buf_reset(&w->owner_key);
+    if (o) lk_buf_append(&w->owner_key, o->key.data, o->key.len);
+    lk_blob_unref(w->owner_value);
+    w->owner_value = value;
+    lk_blob_ref(value);
+    int64_t token = o ? o->create_rev : 0;
+    lk_cache_set(&e->cache, w->name.data, w->name.len, value, token, w->applied);
+    lk_event *ev = lk_event_new(LK_EV_WATCH, w->id);
+    if (ev) {
+        ev->ok = 1;
+        ev->revision = w->applied;
+        ev->token = token;
+        ev->resync = w->resync;
+        if (value) {
+            ev->has_value = 1;
+            ev->value = malloc(value->len + 1);
+            if (ev->value) {
+                memcpy(ev->value, value->data, value->len + 1);
+                ev->value_len = value->len;
+            }
+        }
+        lk_emit(e, ev);
+    }
+    w->reported = 1;
+    w->resync = 0;
+}
+
+static void retry_later(lk_engine *e, lk_watch *w)
+{
+    w->state = WS_NEED_SYNC;
+    w->retry_at = lk_now_ms() + RETRY_MS;
+    if (!e->watch_tick_at || w->retry_at < e->watch_tick_at)
+        e->watch_tick_at = w->retry_at;
+}
+
+static void on_snapshot(lk_req *r)
+{
+    lk_watch *w = r->owner;
+    lk_engine *e = w->engine;
+    w->req = NULL;
+    const char *code;
+    char msg[LK_MSG_SIZE];
+    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    if (!root) {
+        clear_pending(w);
+        retry_later(e, w);
+        return;
+    }
+    clear_contenders(w);
+    w->applied = lk_etcd_revision(root);
+    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
+    const cJSON *item;
+    lk_kv kv = {0};
+    cJSON_ArrayForEach(item, kvs) {
+        if (lk_etcd_kv(item, &kv) == 0) apply(w, 0, &kv);
+    }
+    lk_etcd_kv_free(&kv);
+    cJSON_Delete(root);
+    for (size_t i = 0; i < w->n_pending; i++) {
+        change *c = &w->pending[i];
+        if (c->kv.mod_rev <= w->applied) continue;
+        apply(w, c->deleted, &c->kv);
+        w->applied = c->kv.mod_rev;
+    }
+    clear_pending(w);
+    w->state = WS_LIVE;
+    report(e, w);
+}
+
+/* Reads every contender of the name; the stream must already be ready so
+ * that every later change reaches us through it. */
+static void start_sync(lk_engine *e, lk_watch *w)
+{
+    w->retry_at = 0;
+    if (!e->session.stream_ready) {
+        w->state = WS_NEED_SYNC;
+        lk_session_need_stream(e);
+        return;
+    }
+    lk_buf body = {0};
+    if (lk_etcd_dir_body(&body, (lk_bytes){w->dir.data, w->dir.len})) {
+        lk_buf_free(&body);
+        retry_later(e, w);
+        return;
+    }
+    clear_pending(w);
+    w->state = WS_SYNCING;
+    w->req = lk_send(e, LK_PATH_RANGE, on_snapshot, w, &body, 0);
+    if (!w->req) retry_later(e, w);
+}
+
+static void watch_command(lk_engine *e, lk_cmd *c)
+{
+    lk_watch *w = lk_map_get(&e->watches, c->name, c->name_len);
+    if (w) {  /* one subscription per name; the binding fans out */
+        lk_emit_fail(e, c->id, "protocol", "name is already watched");
+        return;
+    }
+    w = calloc(1, sizeof *w);
+    if (!w || lk_buf_append(&w->name, c->name, c->name_len) ||
+        lk_buf_append(&w->dir, e->cfg.prefix, e->cfg.prefix_len) ||
+        lk_buf_append(&w->dir, c->name, c->name_len) ||
+        lk_buf_append(&w->dir, "/", 1) ||
+        lk_map_put(&e->watches, c->name, c->name_len, w)) {
+        if (w) free_watch(w);
+        lk_emit_fail(e, c->id, "nomem", "watch: out of memory");
+        return;
+    }
+    w->engine = e;
+    w->id = c->id;
+    start_sync(e, w);  /* the binding already marked the name in the cache */
+}
+
+static void unwatch_command(lk_engine *e, lk_cmd *c)
+{
+    lk_watch *w = lk_map_del(&e->watches, c->name, c->name_len);
+    if (w) free_watch(w);  /* the binding already dropped it from the cache */
+    lk_emit_ok(e, c->id);
+}
+
+void lk_watch_command(lk_engine *e, lk_cmd *c)
+{
+    if (c->kind == LK_CMD_WATCH) watch_command(e, c);
+    else unwatch_command(e, c);
+    lk_cmd_free(c);
+}
+
+static int push_pending(lk_watch *w, int deleted, const lk_kv *kv)
+{
+    if (w->n_pending == w->cap_pending) {
+        size_t cap = w->cap_pending ? w->cap_pending * 2 : 4;
+        change *p = realloc(w->pending, cap * sizeof *p);
+        if (!p) return -1;
+        w->pending = p;
+        w->cap_pending = cap;
+    }
+    change *c = &w->pending[w->n_pending++];
+    memset(c, 0, sizeof *c);
+    c->deleted = deleted;
+    c->kv.create_rev = kv->create_rev;
+    c->kv.mod_rev = kv->mod_rev;
+    return lk_buf_append(&c->kv.key, kv->key.data, kv->key.len) ||
+           lk_buf_append(&c->kv.value, kv->value.data, kv->value.len);
+}
+
+void lk_watches_changed(lk_engine *e, const char *name, size_t len,
+                        int deleted, const lk_kv *kv)
+{
+    lk_watch *w = lk_map_get(&e->watches, name, len);
+    if (!w) return;
+    if (w->state == WS_SYNCING) {
+        if (push_pending(w, deleted, kv)) {  /* cannot buffer: read again */
+            lk_req_cancel(w->req);
+            w->req = NULL;
+            retry_later(e, w);
+        }
+        return;
+    }
+    if (w->state != WS_LIVE || kv->mod_rev <= w->applied) return;  /* seen */
+    if (apply(w, deleted, kv)) {
+        retry_later(e, w);
+        return;
+    }
+    w->applied = kv->mod_rev;
+    report(e, w);
+}
+
+void lk_watches_stream_ready(lk_engine *e)
+{
+    lk_map *m = &e->watches;
+    for (size_t i = 0; i < m->n_slots; i++)
+        for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
+            lk_watch *w = en->value;
+            if (w->state == WS_NEED_SYNC && !w->retry_at) start_sync(e, w);
+        }
+}
+
+void lk_watches_resync(lk_engine *e)
+{
+    lk_map *m = &e->watches;
+    for (size_t i = 0; i < m->n_slots; i++)
+        for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
+            lk_watch *w = en->value;
+            if (w->req) lk_req_cancel(w->req);
+            w->req = NULL;
+            clear_pending(w);
+            w->state = WS_NEED_SYNC;
+            w->retry_at = 0;
+            w->resync = 1;
+        }
+}
+
+int64_t lk_watches_tick(lk_engine *e, int64_t now)
+{
+    if (!e->watch_tick_at || now < e->watch_tick_at) return e->watch_tick_at;
+    e->watch_tick_at = 0;
+    lk_map *m = &e->watches;
+    for (size_t i = 0; i < m->n_slots; i++)
+        for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
+            lk_watch *w = en->value;
+            if (!w->retry_at) continue;
+            if (now >= w->retry_at) start_sync(e, w);
+            else if (!e->watch_tick_at || w->retry_at < e->watch_tick_at)
+                e->watch_tick_at = w->retry_at;
+        }
+    return e->watch_tick_at;
+}
+
+void lk_watches_close(lk_engine *e)
+{
+    lk_map *m = &e->watches;
+    for (size_t i = 0; i < m->n_slots; i++)
+        for (lk_map_entry *en = m->slots[i]; en; en = en->next)
+            free_watch(en->value);
+    lk_map_free(m);
+}
