@@ -52,7 +52,7 @@ $(CORE): $(OBJS)
 	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(DEP_LIBS)
 
 # Debian packages the build and the tests need (idempotent; sudo when not root).
-DEPS_DEB = gcc make pkg-config curl procps libcurl4-openssl-dev libcjson-dev \
+DEPS_DEB = gcc make pkg-config curl procps iproute2 socat libcurl4-openssl-dev libcjson-dev \
            lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client
 ifeq ($(LUA_VERSION),jit)
 DEPS_DEB += luajit libluajit-5.1-dev

@@ -65,6 +65,113 @@ function helper.read(path)
     return s
 end
 
+-- The interpreter running the specs (tools/run-specs exports it).
+helper.lua = os.getenv("LOCKER_LUA") or "lua5.4"
+
+local Holder = {}
+Holder.__index = Holder
+
+--- Starts spec/holder.lua in its own process, holding NAME with VALUE.
+-- Waits until it holds the lock (or fails). It keeps the module's
+-- environment, so a sanitizer runtime stays preloaded for it.
+function helper.holder(etcd, prefix, name, value, ttl)
+    local out = os.tmpname()
+    local cmd = ("exec %s spec/holder.lua %s %s %s %s %d >%s 2>&1")
+        :format(helper.lua, etcd.endpoint, quote(prefix), quote(name), quote(value),
+                ttl or 10, out)
+    local self = setmetatable({ out = out, stdin = assert(io.popen(cmd, "w")) }, Holder)
+    self:wait_for("^held")
+    self.pid = tonumber(helper.read(out):match("held %S+ (%d+)"))
+    return self
+end
+
+--- Sends a command line to the holder.
+function Holder:send(line)
+    self.stdin:write(line, "\n")
+    self.stdin:flush()
+end
+
+--- Waits until the holder's output has a line matching pattern.
+function Holder:wait_for(pattern, timeout)
+    return helper.wait_until("holder output " .. pattern, function()
+        for line in helper.read(self.out):gmatch("[^\n]+") do
+            if line:match(pattern) then return line end
+        end
+    end, timeout)
+end
+
+--- Kills the holder (SIGKILL unless told) and waits until it is gone.
+function Holder:kill(sig)
+    helper.kill(self.pid, sig or "KILL")
+    helper.wait_until("holder to die", function() return not helper.alive(self.pid) end)
+    pcall(self.stdin.close, self.stdin)
+end
+
+function Holder:quit()
+    if helper.alive(self.pid) then
+        self:send("quit")
+        pcall(self.stdin.close, self.stdin)
+    end
+    os.remove(self.out)
+end
+
+--- This process's pid.
+function helper.pid()
+    return tonumber(helper.read("/proc/self/stat"):match("^%d+"))
+end
+
+--- Established TCP connections from this process to port.
+function helper.connections(port)
+    local out = sh(("ss -tnpH state established '( dport = :%s )'"):format(port))
+    local n, me = 0, "pid=" .. helper.pid() .. ","
+    for line in out:gmatch("[^\n]+") do
+        if line:find(me, 1, true) then n = n + 1 end
+    end
+    return n
+end
+
+local Proxy = {}
+Proxy.__index = Proxy
+
+--- A TCP proxy (socat) to etcd on a port of its own, to cut and restore
+-- the client's connections while etcd itself stays up.
+function helper.proxy(etcd)
+    local self = setmetatable({ target = etcd.port }, Proxy)
+    self:start()
+    return self
+end
+
+function Proxy:start(port)
+    for _ = 1, 10 do
+        local p = port or (20000 + math.random(0, 39999))
+        local pid = helper.spawn(("exec setsid socat TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork TCP:127.0.0.1:%s")
+            :format(p, self.target))
+        local up = pcall(helper.wait_until, "the proxy to listen", function()
+            if not helper.alive(pid) then error("socat exited") end
+            return sh(("ss -tlnH '( sport = :%d )'"):format(p)):find("LISTEN", 1, true)
+        end, 5)
+        if up then
+            self.pid, self.port = pid, p
+            self.endpoint = "http://127.0.0.1:" .. p
+            return
+        end
+        helper.kill(pid, "KILL")
+        if port then break end
+    end
+    error("cannot start socat")
+end
+
+--- Cuts every connection through the proxy and stops listening.
+function Proxy:stop()
+    sh(("kill -KILL -%d"):format(self.pid))  -- the group: socat and its forks
+    helper.wait_until("the proxy to stop", function() return not helper.alive(self.pid) end)
+end
+
+--- Listens again on the same port.
+function Proxy:restart()
+    self:start(self.port)
+end
+
 local Etcd = {}
 Etcd.__index = Etcd
 

@@ -26,6 +26,10 @@ lk_http *lk_http_new(char **endpoints, int n, long connect_timeout_ms)
     h->n_endpoints = n;
     h->connect_timeout_ms = connect_timeout_ms;
     h->multi = curl_multi_init();
+    /* many watches or locks must not mean many connections: requests beyond
+     * this wait for a pooled one (the watch stream holds one for itself) */
+    if (h->multi)
+        curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)LK_MAX_CONNECTIONS);
     h->headers = curl_slist_append(NULL, "Content-Type: application/json");
     /* curl waits up to a second for "100 Continue" on bodies over 1 KiB. */
     if (h->headers) {

@@ -11,6 +11,9 @@
 
 #include "buf.h"
 
+/* Connections per etcd endpoint: the watch stream plus pooled requests. */
+#define LK_MAX_CONNECTIONS 8
+
 typedef struct lk_http lk_http;
 typedef struct lk_req lk_req;
 
