@@ -23,7 +23,8 @@ build = {
             sources = {
                 "src/b64.c", "src/buf.c", "src/engine.c", "src/etcd.c",
                 "src/http.c", "src/lcore.c", "src/lock.c", "src/map.c",
-                "src/msg.c", "src/session.c",
+                "src/msg.c", "src/session.c", "src/cache.c", "src/watch.c",
+                "src/proc.c",
             },
             defines = { "_GNU_SOURCE" },
             incdirs = { "$(CJSON_INCDIR)/cjson", "$(CURL_INCDIR)" },

@@ -8,11 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "compat.h"
 #include "cache.h"
 #include "engine.h"
+#include "proc.h"
 
 #define CLIENT_MT "locker.core.client"
 #define STATUS_MT "locker.core.status"
@@ -119,7 +122,8 @@ static int copy_string(lua_State *L, int i, char **out, size_t *len)
     return 0;
 }
 
-/* client:lock(name, value, timeout_ms (<0: none), wait, keep) -> id, status */
+/* client:lock(name, value, timeout_ms (<0: none), wait, keep, background)
+ * -> id, status */
 static int l_lock(lua_State *L)
 {
     lk_engine *e = check_client(L);
@@ -140,6 +144,7 @@ static int l_lock(lua_State *L)
     c->timeout_ms = timeout_ms;
     c->wait = lua_toboolean(L, 5);
     c->keep = lua_toboolean(L, 6);
+    c->background = lua_toboolean(L, 7);
     submit(L, e, c);
     lua_pushvalue(L, -2);
     return 2;
@@ -245,6 +250,114 @@ static int l_cached(lua_State *L)
     }
 }
 
+/* client:list() -> id; the answer's kvs: every key under the prefix */
+static int l_list(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    return submit(L, e, new_cmd(L, LK_CMD_LIST));
+}
+
+/* ---- processes and signals, for the command-line tool ---- */
+
+/* core.spawn(argv, extra_env) -> pid | nil, msg */
+static int l_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int n = (int)lua_rawlen(L, 1);
+    luaL_argcheck(L, n > 0, 1, "empty command");
+    int m = lua_istable(L, 2) ? (int)lua_rawlen(L, 2) : 0;
+    char **argv = lua_newuserdata(L, sizeof(char *) * (size_t)(n + 1));
+    char **env = lua_newuserdata(L, sizeof(char *) * (size_t)(m + 1));
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        argv[i] = (char *)luaL_checkstring(L, -1);
+        lua_pop(L, 1);  /* the table keeps it alive */
+    }
+    argv[n] = NULL;
+    for (int i = 0; i < m; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        env[i] = (char *)luaL_checkstring(L, -1);
+        lua_pop(L, 1);
+    }
+    env[m] = NULL;
+    char err[256];
+    pid_t pid = lk_proc_spawn(argv, env, err, sizeof err);
+    if (pid < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushinteger(L, pid);
+    return 1;
+}
+
+/* core.reap(pid) -> nil while it runs | exit status | nil, msg */
+static int l_reap(lua_State *L)
+{
+    int status = 0;
+    int rc = lk_proc_reap((pid_t)luaL_checkinteger(L, 1), &status);
+    if (rc == 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (rc < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(errno));
+        return 2;
+    }
+    lua_pushinteger(L, status);
+    return 1;
+}
+
+/* core.kill(pid, signal name or number) -> true | nil, msg */
+static int l_kill(lua_State *L)
+{
+    pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+    int sig = lua_type(L, 2) == LUA_TNUMBER ? (int)lua_tointeger(L, 2)
+            : lk_signal_number(luaL_checkstring(L, 2));
+    luaL_argcheck(L, sig > 0, 2, "unknown signal");
+    if (kill(pid, sig)) {
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(errno));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.signals({names}) -> fd readable when one arrives (they are blocked) */
+static int l_signals(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int sigs[32], n = (int)lua_rawlen(L, 1);
+    luaL_argcheck(L, n > 0 && n <= 32, 1, "1 to 32 signals");
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        sigs[i] = lk_signal_number(luaL_checkstring(L, -1));
+        luaL_argcheck(L, sigs[i] > 0, 1, "unknown signal");
+        lua_pop(L, 1);
+    }
+    int fd = lk_signal_fd(sigs, n);
+    if (fd < 0) return luaL_error(L, "locker: signalfd: %s", strerror(errno));
+    lua_pushinteger(L, fd);
+    return 1;
+}
+
+/* core.read_signal(fd) -> signal number | nil */
+static int l_read_signal(lua_State *L)
+{
+    int sig = lk_signal_read((int)luaL_checkinteger(L, 1));
+    if (sig) lua_pushinteger(L, sig);
+    else lua_pushnil(L);
+    return 1;
+}
+
+static int l_getpid(lua_State *L)
+{
+    lua_pushinteger(L, getpid());
+    return 1;
+}
+
 static int l_fd(lua_State *L)
 {
     client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
@@ -265,6 +378,26 @@ static int l_lease(lua_State *L)
     snprintf(s, sizeof s, "%" PRIx64, (uint64_t)id);
     lua_pushstring(L, s);
     return 1;
+}
+
+static void push_kvs(lua_State *L, const lk_event *ev)
+{
+    lua_createtable(L, (int)ev->n_kvs, 0);
+    for (size_t i = 0; i < ev->n_kvs; i++) {
+        const lk_event_kv *kv = &ev->kvs[i];
+        lua_createtable(L, 0, 4);
+        lua_pushlstring(L, kv->key, kv->key_len);
+        lua_setfield(L, -2, "key");
+        lua_pushlstring(L, kv->value, kv->value_len);
+        lua_setfield(L, -2, "value");
+        push_int64(L, kv->create_rev);
+        lua_setfield(L, -2, "create_revision");
+        char hex[32];
+        snprintf(hex, sizeof hex, "%" PRIx64, (uint64_t)kv->lease);
+        lua_pushstring(L, hex);
+        lua_setfield(L, -2, "lease");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
 }
 
 static void push_event(lua_State *L, const lk_event *ev)
@@ -293,6 +426,10 @@ static void push_event(lua_State *L, const lk_event *ev)
     if (ev->has_value) {
         lua_pushlstring(L, ev->value ? ev->value : "", ev->value_len);
         lua_setfield(L, -2, "value");
+    }
+    if (ev->kvs || ev->list) {
+        push_kvs(L, ev);
+        lua_setfield(L, -2, "kvs");
     }
     if (ev->resync) {
         lua_pushboolean(L, 1);
@@ -427,6 +564,7 @@ static const luaL_Reg client_methods[] = {
     {"watch", l_watch},
     {"unwatch", l_unwatch},
     {"cached", l_cached},
+    {"list", l_list},
     {"fd", l_fd},
     {"lease", l_lease},
     {"events", l_events},
@@ -445,6 +583,12 @@ static const luaL_Reg functions[] = {
     {"new", l_new},
     {"poll", l_poll},
     {"now", l_now},
+    {"spawn", l_spawn},
+    {"reap", l_reap},
+    {"kill", l_kill},
+    {"signals", l_signals},
+    {"read_signal", l_read_signal},
+    {"getpid", l_getpid},
     {NULL, NULL}
 };
 

@@ -32,6 +32,7 @@ struct lk_lock {
     int64_t my_rev;         /* the key's create_revision: the token */
     lk_buf pred;            /* the key we wait to see deleted */
     int wait, keep;
+    int background;         /* keeps trying even when etcd is unreachable */
     int64_t deadline;       /* for the first acquisition; 0: none */
     int64_t retry_at;       /* LS_RETRY, LS_DELETE after a failure */
     int reported;           /* lock() has its answer */
@@ -367,6 +368,7 @@ static void lock_command(lk_engine *e, lk_cmd *c)
     l->id = c->id;
     l->wait = c->wait;
     l->keep = c->keep;
+    l->background = c->background;
     l->status = c->status;
     c->status = NULL;
     if (c->timeout_ms >= 0) {
@@ -503,6 +505,67 @@ static void get_command(lk_engine *e, lk_cmd *c)
     lk_buf_free(&dir);
 }
 
+static char *take_buf(lk_buf *b, size_t *len)
+{
+    char *p = b->data ? b->data : calloc(1, 1);
+    *len = b->len;
+    *b = (lk_buf){0};
+    return p;
+}
+
+static void on_list(lk_req *r)
+{
+    lk_engine *e = r->owner;
+    const char *code;
+    char msg[LK_MSG_SIZE];
+    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    if (!root) {
+        lk_emit_fail(e, r->id, code, "status: %s", msg);
+        return;
+    }
+    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
+    int n = cJSON_GetArraySize(kvs);
+    lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
+    if (ev && n > 0 && !(ev->kvs = calloc((size_t)n, sizeof *ev->kvs))) {
+        lk_event_free(ev);
+        ev = NULL;
+    }
+    if (!ev) {
+        cJSON_Delete(root);
+        lk_emit_fail(e, r->id, "nomem", "status: out of memory");
+        return;
+    }
+    ev->ok = 1;
+    ev->list = 1;
+    ev->revision = lk_etcd_revision(root);
+    const cJSON *item;
+    lk_kv kv = {0};
+    cJSON_ArrayForEach(item, kvs) {
+        if (lk_etcd_kv(item, &kv)) continue;
+        lk_event_kv *o = &ev->kvs[ev->n_kvs++];
+        o->key = take_buf(&kv.key, &o->key_len);
+        o->value = take_buf(&kv.value, &o->value_len);
+        o->create_rev = kv.create_rev;
+        o->lease = kv.lease;
+    }
+    lk_etcd_kv_free(&kv);
+    cJSON_Delete(root);
+    lk_emit(e, ev);
+}
+
+static void list_command(lk_engine *e, lk_cmd *c)
+{
+    lk_buf body = {0};
+    lk_req *r = NULL;
+    if (lk_etcd_dir_body(&body, (lk_bytes){e->cfg.prefix, e->cfg.prefix_len}) ||
+        !(r = lk_send(e, LK_PATH_RANGE, on_list, e, &body, 0))) {
+        lk_buf_free(&body);
+        lk_emit_fail(e, c->id, "nomem", "status: out of memory");
+        return;
+    }
+    r->id = c->id;
+}
+
 void lk_lock_command(lk_engine *e, lk_cmd *c)
 {
     switch (c->kind) {
@@ -510,6 +573,7 @@ void lk_lock_command(lk_engine *e, lk_cmd *c)
     case LK_CMD_RELEASE: release_command(e, c); break;
     case LK_CMD_SET: set_command(e, c); break;
     case LK_CMD_GET: get_command(e, c); break;
+    case LK_CMD_LIST: list_command(e, c); break;
     default: lk_emit_fail(e, c->id, "protocol", "unknown command"); break;
     }
     lk_cmd_free(c);
@@ -529,7 +593,7 @@ void lk_locks_session_failed(lk_engine *e, const char *code, const char *msg)
 {
     for (lk_lock *l = e->locks, *next; l; l = next) {
         next = l->next;
-        if (l->state == LS_SESSION && !l->reported) {
+        if (l->state == LS_SESSION && !l->reported && !l->background) {
             report_fail(e, l, code, msg);
             finish(e, l);
         }

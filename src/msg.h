@@ -16,6 +16,7 @@ typedef enum {
     LK_CMD_GET,      /* name */
     LK_CMD_WATCH,    /* name: follow its owner's value (id names the events) */
     LK_CMD_UNWATCH,  /* name */
+    LK_CMD_LIST,     /* every contender key under the prefix (status) */
     LK_CMD_CLOSE
 } lk_cmd_kind;
 
@@ -31,6 +32,7 @@ typedef struct lk_cmd {
     int64_t timeout_ms;   /* < 0: wait forever */
     int wait;
     int keep;
+    int background;       /* LOCK: nobody waits for the answer; never give up */
     lk_status *status;    /* LOCK only: one reference owned by the command */
 } lk_cmd;
 
@@ -40,6 +42,16 @@ typedef enum {
     LK_EV_WATCH      /* watch id's owner value: value (has_value 0: gone),
                         token, revision, resync */
 } lk_event_kind;
+
+/* One key-value of a LIST answer. */
+typedef struct lk_event_kv {
+    char *key;
+    size_t key_len;
+    char *value;
+    size_t value_len;
+    int64_t create_rev;
+    int64_t lease;
+} lk_event_kv;
 
 typedef struct lk_event {
     struct lk_event *next;
@@ -55,6 +67,9 @@ typedef struct lk_event {
     int resync;          /* WATCH: state re-read after a gap (compaction) */
     char code[16];       /* stable lowercase word, "" when ok */
     char *msg;           /* for people; NULL when ok */
+    int list;            /* a LIST result (kvs may be empty) */
+    lk_event_kv *kvs;
+    size_t n_kvs;
 } lk_event;
 
 /* Both return NULL when out of memory. */

@@ -8,6 +8,7 @@ local sched = require "locker.sched"
 
 local type, pairs, next, tostring, error, setmetatable = type, pairs, next, tostring, error, setmetatable
 local floor, huge = math.floor, math.huge
+local ipairs = ipairs
 local coroutine = coroutine
 
 local _M = { _VERSION = "0.1.0" }
@@ -250,7 +251,8 @@ function Client:fd()
     return self._core:fd()
 end
 
-local lock_opts = { timeout = true, wait = true, keep = true, on_change = true }
+local lock_opts = { timeout = true, wait = true, keep = true, on_change = true,
+                    background = true }
 
 --- Takes the lock NAME with VALUE; waits until owned (see opts).
 -- @return Lock, or nil, message, code ("timeout", "locked", "unavailable", ...)
@@ -266,7 +268,7 @@ function Client:lock(name, value, opts)
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
         fail_opt("client:lock", "timeout", "a number of seconds >= 0", timeout)
     end
-    for _, k in ipairs({ "wait", "keep" }) do
+    for _, k in ipairs({ "wait", "keep", "background" }) do
         if opts[k] ~= nil and type(opts[k]) ~= "boolean" then
             fail_opt("client:lock", k, "a boolean", opts[k])
         end
@@ -274,13 +276,19 @@ function Client:lock(name, value, opts)
     if opts.on_change ~= nil and type(opts.on_change) ~= "function" then
         fail_opt("client:lock", "on_change", "a function", opts.on_change)
     end
+    if opts.background and (opts.keep ~= true or opts.wait == false or timeout) then
+        error("client:lock: a background lock keeps trying: it needs keep = true, "
+              .. "and takes no wait or timeout", 2)
+    end
     local timeout_ms = (timeout == nil or timeout == huge) and -1 or floor(timeout * 1000)
-    local id, status = self._core:lock(name, value, timeout_ms, opts.wait ~= false, opts.keep == true)
+    local id, status = self._core:lock(name, value, timeout_ms, opts.wait ~= false,
+                                       opts.keep == true, opts.background == true)
     local lock = setmetatable({
         client = self, name = name, _id = id, _status = status,
         _on_change = opts.on_change,
     }, Lock)
     self._locks[id] = lock
+    if opts.background then return lock end
     local ev = await(self, id)
     if ev.ok then return lock end
     self._locks[id] = nil
@@ -305,6 +313,38 @@ function Client:owner(name)
     if not ev.ok then return nil, ev.msg, ev.code end
     if ev.value == nil then return nil end
     return { value = ev.value, token = ev.token, revision = ev.revision }
+end
+
+--- Every name under the client's prefix that has contenders, sorted by
+-- name: { name =, value = <owner's>, token =, lease = <owner's, hex>,
+-- waiters = <contenders behind the owner> }. One request.
+function Client:status()
+    if self._closed then return nil, "client is closed", "closed" end
+    local ev = await(self, self._core:list())
+    if not ev.ok then return nil, ev.msg, ev.code end
+    local by_name, list = {}, {}
+    local plen = #self.prefix
+    for _, kv in ipairs(ev.kvs) do
+        local name = kv.key:sub(plen + 1):match("^([^/]+)/")
+        if name then
+            local e = by_name[name]
+            if not e then
+                e = { name = name, contenders = 0 }
+                by_name[name] = e
+                list[#list + 1] = e
+            end
+            e.contenders = e.contenders + 1
+            if not e.token or kv.create_revision < e.token then
+                e.token, e.value, e.lease = kv.create_revision, kv.value, kv.lease
+            end
+        end
+    end
+    for _, e in ipairs(list) do
+        e.waiters = e.contenders - 1
+        e.contenders = nil
+    end
+    table.sort(list, function(a, b) return a.name < b.name end)
+    return list
 end
 
 --- Closes the client: every lock is released at once (the session lease is
@@ -378,6 +418,13 @@ function Lock:release()
     local ev = await(client, client._core:release(self._id))
     client._locks[self._id] = nil
     return answer(ev)
+end
+
+--- The lock's etcd key (prefix NAME "/" hex(lease)), or nil when the
+-- client has no session lease.
+function Lock:key()
+    local lease = self.client:lease()
+    return lease and (self.client.prefix .. self.name .. "/" .. lease)
 end
 
 Lock.__close = Lock.release

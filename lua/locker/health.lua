@@ -1,0 +1,432 @@
+--- Health records and dependency watches, declared in a Lua file.
+--
+--     record "b" {                      -- b holds its record while healthy
+--         value = "10.0.0.2:8080",       -- or a function returning it
+--         check = function() return true end,  -- ok[, value]; optional
+--         every = 2,                     -- seconds between checks (5)
+--         requires = { "c" },            -- records b depends on
+--         drop_when = "any",             -- "any" (default), "all", or k of n down
+--         hold_down = 1,                 -- a dependency stays down this long first
+--         hold_up = 0,                   -- all stays healthy this long before return
+--     }
+--     watch "c" {
+--         up = function(value) end, down = function() end,
+--         change = function(value) end,
+--     }
+--
+-- health.load(path) parses (errors name the file, line and field),
+-- health.start(client, spec, opts) runs it: a record is held (a background
+-- lock with keep) while its check passes and its requirements are met, and
+-- dropped otherwise; it comes back by itself when they recover.
+local locker = require "locker"
+local sched = require "locker.sched"
+
+local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
+local concat, sort = table.concat, table.sort
+
+local health = {}
+
+-- ---------------------------------------------------------------- parse --
+
+local RECORD_FIELDS = {
+    value = { "string", "function" }, check = { "function" }, every = { "number" },
+    requires = { "table" }, drop_when = { "string", "number" },
+    hold_down = { "number" }, hold_up = { "number" },
+}
+local WATCH_FIELDS = { up = { "function" }, down = { "function" }, change = { "function" } }
+
+-- A config mistake: "file:line: what" (raised with level 0: no position
+-- of ours, no traceback).
+local function mistake(pos, fmt, ...)
+    error(pos .. ": " .. fmt:format(...), 0)
+end
+
+local function check_fields(pos, what, name, t, fields)
+    for k, v in pairs(t) do
+        local allowed = fields[k]
+        if type(k) ~= "string" or not allowed then
+            mistake(pos, "%s '%s': unknown field '%s'", what, name, tostring(k))
+        end
+        local ok = false
+        for _, ty in ipairs(allowed) do ok = ok or type(v) == ty end
+        if not ok then
+            mistake(pos, "%s '%s': field '%s' must be %s (got %s)", what, name, k,
+                    concat(allowed, " or "), type(v))
+        end
+    end
+end
+
+local function check_name(pos, what, name)
+    if type(name) ~= "string" then
+        mistake(pos, "%s needs a name: %s \"name\" { ... }", what, what)
+    end
+    if name == "" or #name > locker.MAX_NAME or name:find("[/%z]") then
+        mistake(pos, "%s '%s': a name is 1 to %d bytes without '/' or NUL", what, name,
+                locker.MAX_NAME)
+    end
+end
+
+local function record_spec(pos, name, t)
+    check_fields(pos, "record", name, t, RECORD_FIELDS)
+    local r = {
+        name = name, pos = pos, value = t.value or "", check = t.check,
+        every = t.every or 5, requires = {}, hold_down = t.hold_down or 0,
+        hold_up = t.hold_up or 0,
+    }
+    for i, dep in ipairs(t.requires or {}) do
+        check_name(pos, "record '" .. name .. "': requires[" .. i .. "]", dep)
+        r.requires[#r.requires + 1] = dep
+    end
+    local n = #r.requires
+    local dw = t.drop_when or "any"
+    if dw == "any" then r.drop_at = 1
+    elseif dw == "all" then r.drop_at = n
+    elseif type(dw) == "number" and dw >= 1 and dw <= n and dw == math.floor(dw) then
+        r.drop_at = dw
+    else
+        mistake(pos, "record '%s': field 'drop_when' must be \"any\", \"all\" or a whole "
+                .. "number from 1 to %d (the number of requires), got %s", name, n, tostring(dw))
+    end
+    if r.every <= 0 then mistake(pos, "record '%s': field 'every' must be > 0", name) end
+    if r.hold_down < 0 then mistake(pos, "record '%s': field 'hold_down' must be >= 0", name) end
+    if r.hold_up < 0 then mistake(pos, "record '%s': field 'hold_up' must be >= 0", name) end
+    return r
+end
+
+-- Refuses a cycle among the requirements of the records in one file.
+local function find_cycle(spec)
+    local color, stack = {}, {}
+    local function visit(name)
+        color[name] = "open"
+        stack[#stack + 1] = name
+        for _, dep in ipairs(spec.records[name].requires) do
+            if spec.records[dep] then
+                if color[dep] == "open" then
+                    local from = 1
+                    while stack[from] ~= dep do from = from + 1 end
+                    local path = {}
+                    for i = from, #stack do path[#path + 1] = stack[i] end
+                    path[#path + 1] = dep
+                    return path
+                elseif not color[dep] then
+                    local p = visit(dep)
+                    if p then return p end
+                end
+            end
+        end
+        stack[#stack] = nil
+        color[name] = "done"
+    end
+    for _, name in ipairs(spec.order) do
+        if not color[name] then
+            local p = visit(name)
+            if p then return p end
+        end
+    end
+end
+
+--- Parses a config from a string. Returns a spec, or nil and a message
+-- "chunkname:line: what was wrong".
+function health.parse(source, chunkname)
+    chunkname = chunkname or "=config"
+    local label = chunkname:gsub("^[=@]", "")
+    local spec = { records = {}, watches = {}, order = {}, file = label }
+    local env = setmetatable({}, { __index = _G })
+    local function where()
+        -- the config line that called record/watch
+        for level = 3, 6 do
+            local info = debug.getinfo(level, "Sl")
+            if info and info.short_src and info.source == chunkname then
+                return label .. ":" .. (info.currentline or "?")
+            end
+        end
+        return label
+    end
+    local function declare(what, fields, make)
+        return function(name)
+            local pos = where()
+            if type(name) == "table" then
+                mistake(pos, "%s needs a name: %s \"name\" { ... }", what, what)
+            end
+            check_name(pos, what, name)
+            return function(t)
+                if type(t) ~= "table" then
+                    mistake(pos, "%s '%s': expected a table of fields { ... }", what, name)
+                end
+                make(pos, name, t, fields)
+            end
+        end
+    end
+    env.record = declare("record", RECORD_FIELDS, function(pos, name, t)
+        if spec.records[name] then
+            mistake(pos, "record '%s' is declared twice (first at %s)", name, spec.records[name].pos)
+        end
+        spec.records[name] = record_spec(pos, name, t)
+        spec.order[#spec.order + 1] = name
+    end)
+    env.watch = declare("watch", WATCH_FIELDS, function(pos, name, t, fields)
+        check_fields(pos, "watch", name, t, fields)
+        local w = spec.watches[name] or { name = name, handlers = {} }
+        w.handlers[#w.handlers + 1] = t
+        spec.watches[name] = w
+    end)
+    local load = loadstring or load
+    local chunk, err
+    if setfenv then  -- Lua 5.1 / LuaJIT
+        chunk, err = load(source, chunkname)
+        if chunk then setfenv(chunk, env) end
+    else
+        chunk, err = load(source, chunkname, "t", env)
+    end
+    if not chunk then return nil, err end
+    local ok, msg = pcall(chunk)
+    if not ok then return nil, tostring(msg) end
+    local cycle = find_cycle(spec)
+    if cycle then
+        return nil, ("%s: cycle among requirements: %s"):format(
+            spec.records[cycle[1]].pos, concat(cycle, " -> "))
+    end
+    return spec
+end
+
+--- Reads and parses a config file: a spec, or nil and a message.
+function health.load(path)
+    local f, err = io.open(path)
+    if not f then return nil, err end
+    local source = f:read("*a")
+    f:close()
+    return health.parse(source, "@" .. path)
+end
+
+-- ------------------------------------------------------------------ run --
+
+local Health = {}
+Health.__index = Health
+
+local function stamp()
+    local t = os.time()
+    local frac = sched.now() % 1
+    return os.date("%H:%M:%S", t) .. (".%03d"):format(math.floor(frac * 1000))
+end
+
+-- Logs a line and an event table through the hook.
+function Health:_log(ev, fmt, ...)
+    ev.time = os.time()
+    local line = stamp() .. " " .. fmt:format(...)
+    local ok, err = pcall(self.log, line, ev)
+    if not ok then sched.on_error("health log hook: " .. tostring(err)) end
+end
+
+local function call_handler(self, fn, ...)
+    sched.call_in_order(self, fn, ...)
+end
+
+-- The number of r's requirements that are down (unknown counts as down).
+local function down_count(self, r)
+    local n = 0
+    for _, dep in ipairs(r.requires) do
+        if not (self.deps[dep] and self.deps[dep].up) then n = n + 1 end
+    end
+    return n
+end
+
+local function current_value(self, st)
+    local v = st.value
+    if type(v) == "function" then
+        local ok, got = pcall(v)
+        if not ok or type(got) ~= "string" then
+            self:_log({ kind = "record", name = st.name, state = "error" },
+                "record %s: value function failed: %s", st.name, tostring(got))
+            return nil
+        end
+        v = got
+    end
+    return v
+end
+
+local evaluate
+
+local function acquire(self, st)
+    local value = current_value(self, st)
+    if not value then return end
+    st.lock = self.client:lock(st.name, value, {
+        background = true, keep = true,
+        on_change = function(owned, lock)
+            if lock ~= st.lock then return end
+            st.held = owned
+            st.token = owned and lock:token() or nil
+            self:_log({ kind = "record", name = st.name, state = owned and "held" or "lost",
+                        token = st.token },
+                "record %s: %s%s", st.name, owned and "held" or "lost",
+                owned and (" (token " .. tostring(st.token) .. ")") or "")
+        end,
+    })
+    st.current = value
+    self:_log({ kind = "record", name = st.name, state = "acquiring" },
+        "record %s: acquiring", st.name)
+end
+
+local function drop(self, st, reason)
+    local lock = st.lock
+    st.lock, st.held, st.token = nil, false, nil
+    if lock then lock:release() end
+    self:_log({ kind = "record", name = st.name, state = "dropped", reason = reason },
+        "record %s: dropped (%s)", st.name, reason)
+end
+
+-- Decides whether record st should be held now. A drop caused by
+-- dependencies waits hold_down, a return waits hold_up: the condition must
+-- last that long (a flap restarts the wait). hold_passed: the wait is over.
+evaluate = function(self, st, hold_passed)
+    if self.stopped then return end
+    local r = st.spec
+    local deps_ok = #r.requires == 0 or down_count(self, r) < r.drop_at
+    local want = deps_ok and st.check_ok
+    local reason
+    if not st.check_ok then
+        reason = "check failing: " .. tostring(st.check_reason)
+    elseif not deps_ok then
+        local names = {}
+        for _, dep in ipairs(r.requires) do
+            if not (self.deps[dep] and self.deps[dep].up) then names[#names + 1] = dep end
+        end
+        reason = concat(names, ", ") .. " down"
+    end
+    st.reason, st.wanted = reason, want
+    if want == (st.lock ~= nil) then
+        st.pending = nil
+        return
+    end
+    local delay = want and r.hold_up or (st.check_ok and r.hold_down or 0)
+    if hold_passed or delay <= 0 then
+        st.pending = nil
+        if want then acquire(self, st) else drop(self, st, reason) end
+        return
+    end
+    if st.pending and st.pending.want == want then return end  -- already waiting
+    local mark = { want = want }
+    st.pending = mark
+    sched.spawn(function()
+        sched.sleep(delay)
+        if st.pending == mark and not self.stopped then evaluate(self, st, true) end
+    end)
+end
+
+local function on_dep(self, name, value)
+    local d = self.deps[name]
+    local was_up, old = d.up, d.value
+    d.up = value ~= nil
+    d.value = value
+    d.since = os.time()
+    local known = d.known
+    d.known = true
+    if d.up ~= was_up or not known then
+        self:_log({ kind = "dependency", name = name, state = d.up and "up" or "down", value = value },
+            "dependency %s: %s%s", name, d.up and "up" or "down",
+            d.up and (" (" .. value .. ")") or "")
+    end
+    local w = self.spec.watches[name]
+    if w then
+        for _, h in ipairs(w.handlers) do
+            if d.up and (not was_up or not known) then
+                if h.up then call_handler(self, h.up, value) end
+            elseif not d.up and (was_up or not known) then
+                if h.down then call_handler(self, h.down) end
+            elseif d.up and value ~= old then
+                if h.change then call_handler(self, h.change, value) end
+            end
+        end
+    end
+    for _, st in pairs(self.records) do
+        for _, dep in ipairs(st.spec.requires) do
+            if dep == name then evaluate(self, st) break end
+        end
+    end
+end
+
+local function run_checks(self, st)
+    local r = st.spec
+    while not self.stopped do
+        local ok, result, value = pcall(r.check)
+        local passed = ok and result and true or false
+        local why = not ok and tostring(result) or (not result and tostring(value or "check returned false"))
+        if passed ~= st.check_ok then
+            self:_log({ kind = "check", name = st.name, state = passed and "ok" or "failing", reason = why },
+                "record %s: check %s%s", st.name, passed and "ok" or "failing",
+                passed and "" or (" (" .. tostring(why) .. ")"))
+        end
+        st.check_ok, st.check_reason = passed, why
+        if passed and type(value) == "string" and value ~= st.current then
+            st.value = value
+            st.current = value
+            if st.lock and st.lock:owned() then st.lock:set(value) end
+        end
+        evaluate(self, st)
+        sched.sleep(r.every)
+    end
+end
+
+--- Runs spec with client. opts.log(line, event) receives every
+-- transition (default: print the line). Returns a Health object.
+function health.start(client, spec, opts)
+    opts = opts or {}
+    local self = setmetatable({
+        client = client, spec = spec, records = {}, deps = {}, watches = {},
+        log = opts.log or function(line) print(line) end,
+    }, Health)
+    for _, name in ipairs(spec.order) do
+        local r = spec.records[name]
+        self.records[name] = { name = name, spec = r, value = r.value,
+                               check_ok = r.check == nil, held = false }
+    end
+    local names = {}
+    for name in pairs(spec.watches) do names[name] = true end
+    for _, r in pairs(spec.records) do
+        for _, dep in ipairs(r.requires) do names[dep] = true end
+    end
+    for name in pairs(names) do
+        self.deps[name] = { up = false, known = false }
+        self.watches[#self.watches + 1] = client:watch(name, function(value)
+            if not self.stopped then on_dep(self, name, value) end
+        end)
+    end
+    for _, name in ipairs(spec.order) do
+        local st = self.records[name]
+        if st.spec.check then
+            sched.spawn(run_checks, self, st)
+        else
+            evaluate(self, st)
+        end
+    end
+    return self
+end
+
+--- The current state of every record and dependency (for status pages).
+function Health:state()
+    local out = { records = {}, dependencies = {} }
+    for name, st in pairs(self.records) do
+        out.records[name] = {
+            held = st.lock ~= nil and st.lock:owned(), wanted = st.wanted == true,
+            value = st.current, token = st.lock and st.lock:token() or nil,
+            check = st.spec.check and (st.check_ok and "ok" or "failing") or "none",
+            reason = st.reason,
+        }
+    end
+    for name, d in pairs(self.deps) do
+        out.dependencies[name] = { up = d.up, known = d.known, value = d.value, since = d.since }
+    end
+    return out
+end
+
+--- Stops: releases every record, cancels the watches.
+function Health:stop()
+    if self.stopped then return end
+    self.stopped = true
+    for _, w in ipairs(self.watches) do w:cancel() end
+    for _, st in pairs(self.records) do
+        if st.lock then st.lock:release() end
+        st.lock = nil
+    end
+end
+
+return health
