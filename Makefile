@@ -76,10 +76,19 @@ sanitize: deps ## the specs with the core built under ASan + UBSan
 	   LDFLAGS="-fsanitize=address,undefined" all
 	@LOCKER_BUILD=build/sanitize LUA="$(LUA)" LOCKER_SANITIZE=1 sh tools/run-specs
 
+LUA_ENV = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;"
+
+demo: deps ## the mesh-health cascade against a throwaway etcd
+	@$(MAKE) --no-print-directory all
+	@$(LUA_ENV) sh tools/with-etcd $(LUA) examples/mesh_health/demo.lua
+
 install: all ## install the modules (PREFIX, DESTDIR)
 	install -d $(LMOD_DIR)/locker $(CMOD_DIR)/locker
 	install -m 644 lua/locker/*.lua $(LMOD_DIR)/locker/
 	install -m 755 $(CORE) $(CMOD_DIR)/locker/core.so
+	install -d $(DESTDIR)$(PREFIX)/bin
+	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/locker > $(DESTDIR)$(PREFIX)/bin/locker
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/locker
 
 clean: ## remove build output
 	rm -rf build

@@ -547,6 +547,15 @@ static int l_poll(lua_State *L)
     }
 }
 
+/* core.time() -> wall-clock seconds (with fractions), for timestamps */
+static int l_time(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
 /* core.now() -> monotonic seconds */
 static int l_now(lua_State *L)
 {
@@ -583,6 +592,7 @@ static const luaL_Reg functions[] = {
     {"new", l_new},
     {"poll", l_poll},
     {"now", l_now},
+    {"time", l_time},
     {"spawn", l_spawn},
     {"reap", l_reap},
     {"kill", l_kill},

@@ -134,6 +134,9 @@ local function new_client(opts)
 end
 
 -- SIGINT / SIGTERM as a scheduler source: fn(signal number) on each.
+-- The scheduler holds sources weakly (a client may be collected), so the
+-- source is also kept here.
+local signal_sources = {}
 local function on_signals(fn)
     local fd = core.signals({ "INT", "TERM" })
     local src = {
@@ -147,6 +150,7 @@ local function on_signals(fn)
         end,
     }
     sched.add_source(src)
+    signal_sources[#signal_sources + 1] = src
     return src
 end
 
@@ -176,8 +180,7 @@ function commands.get(client, opts, words)
 end
 
 local function stamp()
-    local frac = core.now() % 1
-    return os.date("%H:%M:%S") .. (".%03d"):format(math.floor(frac * 1000))
+    return require("locker.health").stamp()
 end
 
 function commands.watch(client, opts, words)

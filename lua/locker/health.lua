@@ -203,11 +203,14 @@ end
 local Health = {}
 Health.__index = Health
 
-local function stamp()
-    local t = os.time()
-    local frac = sched.now() % 1
-    return os.date("%H:%M:%S", t) .. (".%03d"):format(math.floor(frac * 1000))
+local core = require "locker.core"
+
+-- "HH:MM:SS.mmm", local time.
+function health.stamp()
+    local t = core.time()
+    return os.date("%H:%M:%S", math.floor(t)) .. (".%03d"):format(math.floor(t % 1 * 1000))
 end
+local stamp = health.stamp
 
 -- Logs a line and an event table through the hook.
 function Health:_log(ev, fmt, ...)
@@ -424,8 +427,13 @@ function Health:stop()
     self.stopped = true
     for _, w in ipairs(self.watches) do w:cancel() end
     for _, st in pairs(self.records) do
-        if st.lock then st.lock:release() end
+        local lock = st.lock
         st.lock = nil
+        if lock then
+            lock:release()
+            self:_log({ kind = "record", name = st.name, state = "released" },
+                "record %s: released (stopping)", st.name)
+        end
     end
 end
 

@@ -1,0 +1,11 @@
+-- Service b needs c. Its record goes when c's does (a cascading blackout)
+-- and comes back by itself when c returns.
+record "b" {
+    value = "b.internal:7000",
+    requires = { "c" },
+}
+
+watch "c" {
+    down = function() print("b: c went away, b stops advertising itself") end,
+    up = function(addr) print("b: c is at " .. addr) end,
+}
