@@ -7,16 +7,27 @@ local helper = {}
 
 local quote
 
--- Runs a shell command; programs it starts never inherit a sanitizer
--- runtime preloaded into the test interpreter (make sanitize).
-local function sh(cmd)
-    local p = assert(io.popen("env -u LD_PRELOAD sh -c " .. quote(cmd .. " 2>&1")))
+local function run(prefix, cmd)
+    local p = assert(io.popen(prefix .. "sh -c " .. quote(cmd .. " 2>&1")))
     local out = p:read("*a")
     local ok, _, code = p:close()
     if type(ok) == "number" then code = ok; ok = code == 0 end  -- Lua 5.1
     return out, ok == true, code
 end
+
+-- Runs a shell command; programs it starts never inherit a sanitizer
+-- runtime preloaded into the test interpreter (make sanitize).
+local function sh(cmd)
+    return run("env -u LD_PRELOAD ", cmd)
+end
 helper.sh = sh
+
+--- Runs bin/locker with args (a shell-quoted string) and the spec's Lua
+-- environment; returns its output (stdout and stderr), success, exit code.
+function helper.locker(etcd, args, env)
+    return run("", ("LOCKER_ENDPOINTS=%s %s %s bin/locker %s")
+        :format(etcd and etcd.endpoint or "http://127.0.0.1:1", env or "", helper.lua, args))
+end
 
 function quote(s)
     return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
@@ -53,7 +64,7 @@ end
 --- Starts cmd in the background (its output to a file); returns pid, file.
 function helper.spawn(cmd)
     local out = os.tmpname()
-    local pid = sh(("%s </dev/null >%s 2>&1 & echo $!"):format(cmd, out))
+    local pid = sh(("(%s) </dev/null >%s 2>&1 & echo $!"):format(cmd, out))
     return tonumber(pid:match("%d+")), out
 end
 
