@@ -284,9 +284,11 @@ evaluate = function(self, st, hold_passed)
     if self.stopped then return end
     local r = st.spec
     local deps_ok = #r.requires == 0 or down_count(self, r) < r.drop_at
-    local want = deps_ok and st.check_ok
+    local want = deps_ok and st.check_ok == true
     local reason
-    if not st.check_ok then
+    if st.check_ok == nil then
+        reason = "check not run yet"
+    elseif not st.check_ok then
         reason = "check failing: " .. tostring(st.check_reason)
     elseif not deps_ok then
         local names = {}
@@ -300,7 +302,7 @@ evaluate = function(self, st, hold_passed)
         st.pending = nil
         return
     end
-    local delay = want and r.hold_up or (st.check_ok and r.hold_down or 0)
+    local delay = want and r.hold_up or (st.check_ok == true and r.hold_down or 0)
     if hold_passed or delay <= 0 then
         st.pending = nil
         if want then acquire(self, st) else drop(self, st, reason) end
@@ -380,7 +382,7 @@ function health.start(client, spec, opts)
     for _, name in ipairs(spec.order) do
         local r = spec.records[name]
         self.records[name] = { name = name, spec = r, value = r.value,
-                               check_ok = r.check == nil, held = false }
+                               check_ok = r.check == nil or nil, held = false }
     end
     local names = {}
     for name in pairs(spec.watches) do names[name] = true end
@@ -411,7 +413,8 @@ function Health:state()
         out.records[name] = {
             held = st.lock ~= nil and st.lock:owned(), wanted = st.wanted == true,
             value = st.current, token = st.lock and st.lock:token() or nil,
-            check = st.spec.check and (st.check_ok and "ok" or "failing") or "none",
+            check = not st.spec.check and "none" or st.check_ok == nil and "pending"
+                    or st.check_ok and "ok" or "failing",
             reason = st.reason,
         }
     end

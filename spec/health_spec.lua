@@ -1,0 +1,189 @@
+-- Health records against a real etcd: cascade, k of n, hold-down, checks,
+-- recovery, state and log hook.
+local locker = require "locker"
+local core = require "locker.core"
+local health = require "locker.health"
+local helper = require "helper"
+
+describe("health records", function()
+    local etcd, n, prefix
+    local running = {}
+    setup(function() etcd = helper.etcd() end)
+    teardown(function() etcd:destroy() end)
+    before_each(function()
+        n = (n or 0) + 1
+        prefix = "/health" .. n .. "/"
+    end)
+    after_each(function()
+        for _, r in ipairs(running) do r.h:stop(); r.client:close() end
+        running = {}
+    end)
+
+    local function client() return etcd:client({ prefix = prefix }) end
+
+    -- Runs a config in a client of its own; returns the Health and its log.
+    local function start(src)
+        local spec = assert(health.parse(src, "=test"))
+        local c = client()
+        local log = {}
+        local h = health.start(c, spec, { log = function(line, ev) log[#log + 1] = ev end })
+        running[#running + 1] = { h = h, client = c }
+        return h, log
+    end
+
+    -- An observer of records: up[name] is true while someone holds it.
+    local function observer(names)
+        local c = client()
+        local up, history = {}, {}
+        for _, name in ipairs(names) do
+            c:watch(name, function(v)
+                up[name] = v ~= nil
+                history[#history + 1] = name .. (v and " up" or " down")
+            end)
+        end
+        running[#running + 1] = { h = { stop = function() end }, client = c }
+        return up, history
+    end
+
+    it("cascades a -> b -> c down and back up", function()
+        local up, history = observer({ "a", "b", "c" })
+        local c = client()
+        local lc = assert(c:lock("c", "c-addr"))
+        start('record "b" { value = "b-addr", requires = { "c" } }')
+        start('record "a" { value = "a-addr", requires = { "b" } }')
+        helper.wait_until("a and b up", function() return up.a and up.b end)
+        local mark = #history
+        lc:release()
+        helper.wait_until("a down", function() return up.a == false end)
+        assert.same({ "c down", "b down", "a down" }, { history[mark + 1], history[mark + 2], history[mark + 3] })
+        mark = #history
+        lc = assert(c:lock("c", "c-addr"))
+        helper.wait_until("a up again", function() return up.a end)
+        assert.same({ "c up", "b up", "a up" }, { history[mark + 1], history[mark + 2], history[mark + 3] })
+        lc:release()
+        c:close()
+    end)
+
+    it("drops only when k of n requirements are down", function()
+        local up = observer({ "r" })
+        local c = client()
+        local deps = {}
+        for _, d in ipairs({ "p", "q", "s" }) do deps[d] = assert(c:lock(d, "x")) end
+        local h = start('record "r" { requires = { "p", "q", "s" }, drop_when = 2 }')
+        helper.wait_until("r up", function() return up.r end)
+        deps.p:release()
+        helper.wait_until("r to see p down", function()
+            return h:state().dependencies.p.up == false
+        end)
+        assert.is_true(h:state().records.r.held)  -- one of three down: still held
+        deps.q:release()
+        helper.wait_until("r down", function() return up.r == false end)
+        assert.matches("p, q down", h:state().records.r.reason)
+        deps.q = assert(c:lock("q", "x"))
+        helper.wait_until("r back", function() return up.r end)
+        deps.q:release(); deps.s:release()
+        c:close()
+    end)
+
+    it("does not flap with a flapping dependency (hold_down)", function()
+        local up, history = observer({ "r" })
+        local c = client()
+        local dep = assert(c:lock("d", "x"))
+        local h = start('record "r" { requires = { "d" }, hold_down = 0.6 }')
+        helper.wait_until("r up", function() return up.r end)
+        local token = h:state().records.r.token
+        local mark = #history
+        for _ = 1, 3 do  -- down for ~0.1 s at a time
+            dep:release()
+            helper.wait_until("d seen down", function() return h:state().dependencies.d.up == false end)
+            locker.sleep(0.1)
+            dep = assert(c:lock("d", "x"))
+            helper.wait_until("d seen up", function() return h:state().dependencies.d.up end)
+        end
+        assert.equal(mark, #history)               -- r never went away
+        assert.equal(token, h:state().records.r.token)
+        local t0 = core.now()
+        dep:release()                               -- now for good
+        helper.wait_until("r down", function() return up.r == false end)
+        assert.is_true(core.now() - t0 >= 0.55, "dropped after " .. (core.now() - t0))
+        c:close()
+    end)
+
+    it("waits hold_up before coming back", function()
+        local up = observer({ "r" })
+        local c = client()
+        start('record "r" { requires = { "d" }, hold_up = 0.5 }')
+        locker.sleep(0.1)
+        assert.is_falsy(up.r)
+        local t0 = core.now()
+        local dep = assert(c:lock("d", "x"))
+        helper.wait_until("r up", function() return up.r end)
+        assert.is_true(core.now() - t0 >= 0.45, "back after " .. (core.now() - t0))
+        dep:release()
+        c:close()
+    end)
+
+    it("holds a record while its check passes, with the value it returns", function()
+        local up = observer({ "svc" })
+        _G.health_check_ok, _G.health_check_value = true, "10.0.0.1"
+        local h, log = start([[
+record "svc" {
+    value = "initial",
+    every = 0.1,
+    check = function() return health_check_ok, health_check_value end,
+}]])
+        local c = client()
+        helper.wait_until("svc up", function() return up.svc and c:get("svc") == "10.0.0.1" end)
+        _G.health_check_value = "10.0.0.2"
+        helper.wait_until("the new value", function() return c:get("svc") == "10.0.0.2" end)
+        _G.health_check_ok = false
+        helper.wait_until("svc down", function() return up.svc == false end)
+        assert.equal("failing", h:state().records.svc.check)
+        _G.health_check_ok = true
+        helper.wait_until("svc back", function() return up.svc end)
+        local kinds = {}
+        for _, ev in ipairs(log) do kinds[#kinds + 1] = ev.kind .. ":" .. ev.state end
+        local joined = table.concat(kinds, " ")
+        assert.matches("check:failing.*record:dropped.*check:ok.*record:held", joined)
+        c:close()
+        _G.health_check_ok, _G.health_check_value = nil, nil
+    end)
+
+    it("treats a check that raises as failing, and says why", function()
+        local up = observer({ "e" })
+        local h = start('record "e" { every = 0.1, check = function() error("probe refused") end }')
+        helper.wait_until("a failing check", function() return h:state().records.e.check == "failing" end)
+        assert.matches("probe refused", h:state().records.e.reason)
+        assert.is_falsy(up.e)
+    end)
+
+    it("calls watch handlers up, change and down", function()
+        local calls = {}
+        _G.health_calls = calls
+        start([[
+watch "w" {
+    up = function(v) health_calls[#health_calls + 1] = "up " .. v end,
+    change = function(v) health_calls[#health_calls + 1] = "change " .. v end,
+    down = function() health_calls[#health_calls + 1] = "down" end,
+}]])
+        local c = client()
+        helper.wait_until("the first down", function() return #calls == 1 end)
+        local l = assert(c:lock("w", "v1"))
+        helper.wait_until("up", function() return #calls == 2 end)
+        assert(l:set("v2"))
+        helper.wait_until("change", function() return #calls == 3 end)
+        l:release()
+        helper.wait_until("down", function() return #calls == 4 end)
+        assert.same({ "down", "up v1", "change v2", "down" }, calls)
+        _G.health_calls = nil
+        c:close()
+    end)
+
+    it("releases its records at once when stopped", function()
+        local up = observer({ "s" })
+        local h = start('record "s" { value = "x" }')
+        helper.wait_until("s up", function() return up.s end)
+        h:stop()
+        helper.wait_until("s down", function() return up.s == false end)
+    end)
+end)
