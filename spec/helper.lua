@@ -7,12 +7,15 @@ local helper = {}
 
 local quote
 
+-- Runs cmd; returns its output, success and exit code (read from the
+-- output: Lua 5.1's popen close() does not give it).
 local function run(prefix, cmd)
-    local p = assert(io.popen(prefix .. "sh -c " .. quote(cmd .. " 2>&1")))
+    local p = assert(io.popen(prefix .. "sh -c " .. quote("(" .. cmd .. ") 2>&1; echo \"\n__rc=$?\"")))
     local out = p:read("*a")
-    local ok, _, code = p:close()
-    if type(ok) == "number" then code = ok; ok = code == 0 end  -- Lua 5.1
-    return out, ok == true, code
+    p:close()
+    local body, code = out:match("^(.*)\n__rc=(%d+)\n?$")
+    code = tonumber(code)
+    return body or out, code == 0, code
 end
 
 -- Runs a shell command; programs it starts never inherit a sanitizer
@@ -62,9 +65,12 @@ function helper.wait_until(what, fn, timeout)
 end
 
 --- Starts cmd in the background (its output to a file); returns pid, file.
-function helper.spawn(cmd)
+-- keep_preload: a Lua process loading the module keeps the sanitizer
+-- runtime (make sanitize); other programs never get it.
+function helper.spawn(cmd, keep_preload)
     local out = os.tmpname()
-    local pid = sh(("(%s) </dev/null >%s 2>&1 & echo $!"):format(cmd, out))
+    local pid = (keep_preload and run("", ("(%s) </dev/null >%s 2>&1 & echo $!"):format(cmd, out))
+                 or sh(("(%s) </dev/null >%s 2>&1 & echo $!"):format(cmd, out)))
     return tonumber(pid:match("%d+")), out
 end
 
