@@ -82,6 +82,14 @@ demo: deps ## the mesh-health cascade against a throwaway etcd
 	@$(MAKE) --no-print-directory all
 	@$(LUA_ENV) sh tools/with-etcd $(LUA) examples/mesh_health/demo.lua
 
+$(BUILD)/floor: bench/floor.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -Wextra -o $@ bench/floor.c $(DEP_LIBS)
+
+bench: deps ## speed and memory table against a throwaway etcd (a few minutes)
+	@$(MAKE) --no-print-directory all $(BUILD)/floor
+	@$(LUA_ENV) FLOOR=$(BUILD)/floor sh tools/with-etcd $(LUA) bench/bench.lua
+
 install: all ## install the modules (PREFIX, DESTDIR)
 	install -d $(LMOD_DIR)/locker $(CMOD_DIR)/locker
 	install -m 644 lua/locker/*.lua $(LMOD_DIR)/locker/

@@ -87,6 +87,20 @@ lk_cache *lk_engine_cache(lk_engine *e)
     return &e->cache;
 }
 
+void lk_engine_stats(const lk_engine *e, lk_stats *out)
+{
+    out->requests = __atomic_load_n(&e->stats.requests, __ATOMIC_RELAXED);
+    out->keepalives = __atomic_load_n(&e->stats.keepalives, __ATOMIC_RELAXED);
+    out->stream_events = __atomic_load_n(&e->stats.stream_events, __ATOMIC_RELAXED);
+    out->stream_connects = __atomic_load_n(&e->stats.stream_connects, __ATOMIC_RELAXED);
+}
+
+/* Engine thread: one more of a counter. */
+void lk_count(int64_t *counter)
+{
+    __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+}
+
 int64_t lk_engine_lease(const lk_engine *e)
 {
     return __atomic_load_n(&e->lease_seen, __ATOMIC_ACQUIRE);
@@ -168,6 +182,7 @@ lk_req *lk_send(lk_engine *e, const char *path, lk_req_done_fn done,
     }
     r->body = *body;                 /* takes the body over */
     *body = (lk_buf){0};
+    lk_count(&e->stats.requests);
     return lk_req_start(r) == 0 ? r : NULL;
 }
 

@@ -11,6 +11,14 @@
 
 typedef struct lk_engine lk_engine;
 
+/* What the engine has done so far (for benchmarks and status pages). */
+typedef struct lk_stats {
+    int64_t requests;          /* HTTP requests started (streams included) */
+    int64_t keepalives;        /* lease renewals sent */
+    int64_t stream_events;     /* watch events received */
+    int64_t stream_connects;   /* watch streams opened */
+} lk_stats;
+
 typedef struct lk_config {
     char **endpoints;          /* "http://host:port", no trailing slash */
     int n_endpoints;
@@ -47,6 +55,9 @@ void lk_engine_free(lk_engine *e);
 
 /* The watched names' cache (read with lk_cache_get from any thread). */
 struct lk_cache *lk_engine_cache(lk_engine *e);
+
+/* A snapshot of the counters (any thread). */
+void lk_engine_stats(const lk_engine *e, lk_stats *out);
 
 /* The session lease ID, 0 when there is none (any thread). */
 int64_t lk_engine_lease(const lk_engine *e);

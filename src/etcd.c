@@ -76,17 +76,29 @@ static int put_op(lk_buf *out, lk_bytes key, lk_bytes value, int64_t lease)
            lk_buf_printf(out, ",\"lease\":\"%" PRId64 "\"}}", lease);
 }
 
+/* The owner of dir: the lowest create_revision (keys only). */
+static int owner_op(lk_buf *out, lk_bytes dir)
+{
+    return lk_buf_puts(out, "{\"request_range\":{") || dir_range(out, dir) ||
+           lk_buf_puts(out, ",\"sort_order\":\"ASCEND\",\"sort_target\":"
+                            "\"CREATE\",\"limit\":\"1\",\"keys_only\":true}}");
+}
+
 int lk_etcd_acquire_body(lk_buf *out, lk_bytes key, lk_bytes value,
                          int64_t lease, lk_bytes dir)
 {
-    return lk_buf_puts(out, "{\"success\":[") ||
+    /* the common case, a new key: put-if-absent, and the owner; the key's
+     * create_revision is then the txn's revision. A key left from an
+     * earlier try keeps its create_revision: put again, and read it. */
+    return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", key) ||
+           lk_buf_puts(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+                            "\"create_revision\":\"0\"}],\"success\":[") ||
+           put_op(out, key, value, lease) || lk_buf_puts(out, ",") ||
+           owner_op(out, dir) || lk_buf_puts(out, "],\"failure\":[") ||
            put_op(out, key, value, lease) ||
-           lk_buf_puts(out, ",{\"request_range\":{") ||
-           field64(out, "key", key) ||
-           lk_buf_puts(out, ",\"keys_only\":true}},{\"request_range\":{") ||
-           dir_range(out, dir) ||
-           lk_buf_puts(out, ",\"sort_order\":\"ASCEND\",\"sort_target\":"
-                            "\"CREATE\",\"limit\":\"1\",\"keys_only\":true}}]}");
+           lk_buf_puts(out, ",{\"request_range\":{") || field64(out, "key", key) ||
+           lk_buf_puts(out, ",\"keys_only\":true}},") ||
+           owner_op(out, dir) || lk_buf_puts(out, "]}");
 }
 
 int lk_etcd_check_body(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key)

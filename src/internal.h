@@ -53,6 +53,7 @@ struct lk_engine {
     int closed;                /* Lua side: close() was called */
     uint64_t next_id;
     int64_t lease_seen;        /* session lease for lk_engine_lease (atomic) */
+    lk_stats stats;            /* counters (atomics), read by lk_engine_stats */
     lk_cache cache;            /* watched names' owner values (own mutex) */
     int cache_ready;
     /* engine thread only (the multi handle is made just before the thread
@@ -70,6 +71,7 @@ struct lk_engine {
 };
 
 /* engine.c */
+void lk_count(int64_t *counter);
 int64_t lk_now_ms(void);
 void lk_emit(lk_engine *e, lk_event *ev);
 /* A result event for request id: ok, or failed with code and message. */

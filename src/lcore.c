@@ -358,6 +358,24 @@ static int l_getpid(lua_State *L)
     return 1;
 }
 
+/* client:stats() -> { requests =, keepalives =, stream_events =, stream_connects = } */
+static int l_stats(lua_State *L)
+{
+    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    lk_stats s = {0};
+    if (b->engine) lk_engine_stats(b->engine, &s);
+    lua_createtable(L, 0, 4);
+    push_int64(L, s.requests);
+    lua_setfield(L, -2, "requests");
+    push_int64(L, s.keepalives);
+    lua_setfield(L, -2, "keepalives");
+    push_int64(L, s.stream_events);
+    lua_setfield(L, -2, "stream_events");
+    push_int64(L, s.stream_connects);
+    lua_setfield(L, -2, "stream_connects");
+    return 1;
+}
+
 static int l_fd(lua_State *L)
 {
     client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
@@ -574,6 +592,7 @@ static const luaL_Reg client_methods[] = {
     {"unwatch", l_unwatch},
     {"cached", l_cached},
     {"list", l_list},
+    {"stats", l_stats},
     {"fd", l_fd},
     {"lease", l_lease},
     {"events", l_events},

@@ -206,9 +206,15 @@ static void on_acquire(lk_req *r)
         return;
     }
     lk_kv kv = {0};
-    const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
-    const cJSON *owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 2));
-    l->my_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
+    const cJSON *owner;
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"))) {
+        l->my_rev = lk_etcd_revision(root);  /* created by this txn */
+        owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
+    } else {
+        const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
+        l->my_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
+        owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 2));
+    }
     int first = key_is(owner, &l->key, &kv);
     lk_etcd_kv_free(&kv);
     cJSON_Delete(root);

@@ -115,6 +115,7 @@ static void keepalive(lk_engine *e)
         return;
     }
     int64_t now = lk_now_ms();
+    lk_count(&e->stats.keepalives);
     /* a renewal must not outlive the lease it renews */
     long limit = (long)renew_every_ms(e);
     lk_req *r = lk_send(e, LK_PATH_KEEPALIVE, on_keepalive, e, &body,
@@ -159,6 +160,8 @@ static void open_stream(lk_engine *e)
         return;
     }
     s->stream = lk_req_start(r) == 0 ? r : NULL;
+    lk_count(&e->stats.requests);
+    lk_count(&e->stats.stream_connects);
 }
 
 static int on_stream_line(lk_req *r, const char *line, size_t n)
@@ -198,6 +201,7 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
         const cJSON *item = cJSON_GetObjectItemCaseSensitive(ev, "kv");
         if (lk_etcd_kv(item, &kv)) continue;
+        lk_count(&e->stats.stream_events);
         if (kv.mod_rev > s->stream_rev) s->stream_rev = kv.mod_rev;
         /* keys are prefix NAME "/" ...: route by NAME */
         size_t plen = e->cfg.prefix_len;

@@ -378,6 +378,12 @@ function Client:lease()
     return self._core:lease()
 end
 
+--- Counters of what the engine has done: requests (HTTP requests started),
+-- keepalives (lease renewals), stream_events, stream_connects.
+function Client:stats()
+    return self._core:stats()
+end
+
 function Client:closed()
     return self._closed == true
 end
