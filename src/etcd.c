@@ -89,16 +89,15 @@ int lk_etcd_acquire_body(lk_buf *out, lk_bytes key, lk_bytes value,
 {
     /* the common case, a new key: put-if-absent, and the owner; the key's
      * create_revision is then the txn's revision. A key left from an
-     * earlier try keeps its create_revision: put again, and read it. */
+     * earlier try of ours: read it (and the owner). The value goes only
+     * once into the request, which must stay under etcd's size limit. */
     return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", key) ||
            lk_buf_puts(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
                             "\"create_revision\":\"0\"}],\"success\":[") ||
            put_op(out, key, value, lease) || lk_buf_puts(out, ",") ||
            owner_op(out, dir) || lk_buf_puts(out, "],\"failure\":[") ||
-           put_op(out, key, value, lease) ||
-           lk_buf_puts(out, ",{\"request_range\":{") || field64(out, "key", key) ||
-           lk_buf_puts(out, ",\"keys_only\":true}},") ||
-           owner_op(out, dir) || lk_buf_puts(out, "]}");
+           lk_buf_puts(out, "{\"request_range\":{") || field64(out, "key", key) ||
+           lk_buf_puts(out, "}},") || owner_op(out, dir) || lk_buf_puts(out, "]}");
 }
 
 int lk_etcd_check_body(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key)

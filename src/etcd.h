@@ -39,8 +39,8 @@ int lk_etcd_dir_body(lk_buf *out, lk_bytes dir);
 /* Range of the lowest create_revision under dir (the owner), with values. */
 int lk_etcd_owner_body(lk_buf *out, lk_bytes dir);
 /* Txn: put key=value on lease if key is absent, and read the owner of dir
- * (responses: put, owner); else put it again (keeping its create_revision)
- * and read key and the owner (responses: put, key, owner). Keys only. */
+ * (responses: put, owner; keys only); else read key (with its value) and
+ * the owner (responses: key, owner). */
 int lk_etcd_acquire_body(lk_buf *out, lk_bytes key, lk_bytes value,
                          int64_t lease, lk_bytes dir);
 /* Txn: the newest key under dir created before my_rev (my predecessor), and

@@ -193,6 +193,21 @@ static int key_is(const cJSON *item, const lk_buf *b, lk_kv *kv)
            memcmp(kv->key.data, b->data, b->len) == 0;
 }
 
+static void on_refresh(lk_req *r)
+{
+    (void)r;  /* best effort: a lost lock shows up through the stream */
+}
+
+/* Puts our current value into a key that an earlier try left behind. */
+static void refresh_value(lk_engine *e, lk_lock *l)
+{
+    lk_buf body = {0};
+    if (lk_etcd_set_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
+                         l->my_rev) ||
+        !lk_send(e, LK_PATH_TXN, on_refresh, e, &body, 0))
+        lk_buf_free(&body);
+}
+
 static void on_acquire(lk_req *r)
 {
     lk_lock *l = r->owner;
@@ -210,10 +225,14 @@ static void on_acquire(lk_req *r)
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"))) {
         l->my_rev = lk_etcd_revision(root);  /* created by this txn */
         owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
-    } else {
-        const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
+    } else {  /* our key was there already: keep its place in the queue */
+        const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 0));
         l->my_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
-        owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 2));
+        owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
+        if (mine && lk_etcd_kv(mine, &kv) == 0 &&
+            (kv.value.len != l->value.len ||
+             memcmp(kv.value.data, l->value.data, l->value.len)))
+            refresh_value(e, l);
     }
     int first = key_is(owner, &l->key, &kv);
     lk_etcd_kv_free(&kv);
