@@ -67,6 +67,9 @@ struct lk_engine {
     int64_t lock_tick_at;      /* when lock timers need a look; 0: never */
     lk_map watches;            /* name -> lk_watch */
     int64_t watch_tick_at;
+    int watch_sync_due;        /* watches wait for their first read */
+    lk_req *watch_batch;       /* one read of the whole prefix, for many */
+    int64_t watch_batch_rev;
     lk_buf scratch;
 };
 

@@ -39,6 +39,7 @@ struct lk_watch {
     int64_t applied;         /* revision the contenders reflect */
     change *pending;         /* seen while SYNCING */
     size_t n_pending, cap_pending;
+    int batched;             /* SYNCING through the engine's batch read */
     int reported;            /* first event sent */
     int resync;              /* next event follows a resync */
     lk_buf owner_key;        /* as last reported */
@@ -178,6 +179,23 @@ static void retry_later(lk_engine *e, lk_watch *w)
         e->watch_tick_at = w->retry_at;
 }
 
+/* The snapshot is in w's contenders at revision rev: catch up with what
+ * the stream showed meanwhile, go live, tell. */
+static void snapshot_done(lk_engine *e, lk_watch *w, int64_t rev)
+{
+    w->applied = rev;
+    w->batched = 0;
+    for (size_t i = 0; i < w->n_pending; i++) {
+        change *c = &w->pending[i];
+        if (c->kv.mod_rev <= w->applied) continue;
+        apply(w, c->deleted, &c->kv);
+        w->applied = c->kv.mod_rev;
+    }
+    clear_pending(w);
+    w->state = WS_LIVE;
+    report(e, w);
+}
+
 static void on_snapshot(lk_req *r)
 {
     lk_watch *w = r->owner;
@@ -192,7 +210,6 @@ static void on_snapshot(lk_req *r)
         return;
     }
     clear_contenders(w);
-    w->applied = lk_etcd_revision(root);
     const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
     const cJSON *item;
     lk_kv kv = {0};
@@ -200,28 +217,85 @@ static void on_snapshot(lk_req *r)
         if (lk_etcd_kv(item, &kv) == 0) apply(w, 0, &kv);
     }
     lk_etcd_kv_free(&kv);
+    int64_t rev = lk_etcd_revision(root);
     cJSON_Delete(root);
-    for (size_t i = 0; i < w->n_pending; i++) {
-        change *c = &w->pending[i];
-        if (c->kv.mod_rev <= w->applied) continue;
-        apply(w, c->deleted, &c->kv);
-        w->applied = c->kv.mod_rev;
-    }
+    snapshot_done(e, w, rev);
+}
+
+/* Calls fn on every watch. fn must not remove watches. */
+static void each_watch(lk_engine *e, void (*fn)(lk_engine *, lk_watch *))
+{
+    lk_map *m = &e->watches;
+    for (size_t i = 0; i < m->n_slots; i++)
+        for (lk_map_entry *en = m->slots[i]; en; en = en->next) fn(e, en->value);
+}
+
+static void batch_failed(lk_engine *e, lk_watch *w)
+{
+    if (!w->batched) return;
+    w->batched = 0;
     clear_pending(w);
-    w->state = WS_LIVE;
-    report(e, w);
+    retry_later(e, w);
+}
+
+static void batch_clear(lk_engine *e, lk_watch *w)
+{
+    (void)e;
+    if (w->batched) clear_contenders(w);
+}
+
+static void batch_done(lk_engine *e, lk_watch *w)
+{
+    if (w->batched) snapshot_done(e, w, e->watch_batch_rev);
+}
+
+/* The answer of one read of the whole prefix, for every batched watch. */
+static void on_batch(lk_req *r)
+{
+    lk_engine *e = r->owner;
+    e->watch_batch = NULL;
+    const char *code;
+    char msg[LK_MSG_SIZE];
+    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    if (!root) {
+        each_watch(e, batch_failed);
+        return;
+    }
+    each_watch(e, batch_clear);
+    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
+    const cJSON *item;
+    lk_kv kv = {0};
+    size_t plen = e->cfg.prefix_len;
+    cJSON_ArrayForEach(item, kvs) {
+        if (lk_etcd_kv(item, &kv) || kv.key.len <= plen) continue;
+        const char *name = kv.key.data + plen;
+        const char *slash = memchr(name, '/', kv.key.len - plen);
+        lk_watch *w = slash ? lk_map_get(&e->watches, name, (size_t)(slash - name)) : NULL;
+        if (w && w->batched) apply(w, 0, &kv);
+    }
+    lk_etcd_kv_free(&kv);
+    e->watch_batch_rev = lk_etcd_revision(root);
+    cJSON_Delete(root);
+    each_watch(e, batch_done);
 }
 
 /* Reads every contender of the name; the stream must already be ready so
- * that every later change reaches us through it. */
+ * that every later change reaches us through it. Many names at once are
+ * read together (see sync_waiting). */
 static void start_sync(lk_engine *e, lk_watch *w)
 {
     w->retry_at = 0;
+    w->state = WS_NEED_SYNC;
     if (!e->session.stream_ready) {
-        w->state = WS_NEED_SYNC;
         lk_session_need_stream(e);
         return;
     }
+    e->watch_sync_due = 1;
+}
+
+/* One read of one name. */
+static void sync_one(lk_engine *e, lk_watch *w)
+{
     lk_buf body = {0};
     if (lk_etcd_dir_body(&body, (lk_bytes){w->dir.data, w->dir.len})) {
         lk_buf_free(&body);
@@ -232,6 +306,50 @@ static void start_sync(lk_engine *e, lk_watch *w)
     w->state = WS_SYNCING;
     w->req = lk_send(e, LK_PATH_RANGE, on_snapshot, w, &body, 0);
     if (!w->req) retry_later(e, w);
+}
+
+static void join_batch(lk_engine *e, lk_watch *w)
+{
+    (void)e;
+    if (w->state != WS_NEED_SYNC || w->retry_at) return;
+    clear_pending(w);
+    w->state = WS_SYNCING;
+    w->batched = 1;
+}
+
+static void sync_each(lk_engine *e, lk_watch *w)
+{
+    if (w->state == WS_NEED_SYNC && !w->retry_at) sync_one(e, w);
+}
+
+/* Snapshots for the watches that wait for one: a few are read name by
+ * name; more than that with one read of the whole prefix, so that a
+ * thousand new watches cost one request, not a thousand connections. */
+#define BATCH_FROM 4
+static void sync_waiting(lk_engine *e)
+{
+    e->watch_sync_due = 0;
+    if (!e->session.stream_ready) return;
+    size_t n_waiting = 0;
+    lk_map *m = &e->watches;
+    for (size_t i = 0; i < m->n_slots && n_waiting < BATCH_FROM; i++)
+        for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
+            lk_watch *w = en->value;
+            if (w->state == WS_NEED_SYNC && !w->retry_at) n_waiting++;
+        }
+    if (n_waiting < BATCH_FROM || e->watch_batch) {
+        if (n_waiting < BATCH_FROM) each_watch(e, sync_each);
+        else e->watch_sync_due = 1;  /* after the batch in flight */
+        return;
+    }
+    lk_buf body = {0};
+    if (lk_etcd_dir_body(&body, (lk_bytes){e->cfg.prefix, e->cfg.prefix_len}) ||
+        !(e->watch_batch = lk_send(e, LK_PATH_RANGE, on_batch, e, &body, 0))) {
+        lk_buf_free(&body);
+        each_watch(e, sync_each);
+        return;
+    }
+    each_watch(e, join_batch);
 }
 
 static void watch_command(lk_engine *e, lk_cmd *c)
@@ -312,16 +430,13 @@ void lk_watches_changed(lk_engine *e, const char *name, size_t len,
 
 void lk_watches_stream_ready(lk_engine *e)
 {
-    lk_map *m = &e->watches;
-    for (size_t i = 0; i < m->n_slots; i++)
-        for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
-            lk_watch *w = en->value;
-            if (w->state == WS_NEED_SYNC && !w->retry_at) start_sync(e, w);
-        }
+    e->watch_sync_due = 1;
 }
 
 void lk_watches_resync(lk_engine *e)
 {
+    if (e->watch_batch) lk_req_cancel(e->watch_batch);
+    e->watch_batch = NULL;
     lk_map *m = &e->watches;
     for (size_t i = 0; i < m->n_slots; i++)
         for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
@@ -331,28 +446,33 @@ void lk_watches_resync(lk_engine *e)
             clear_pending(w);
             w->state = WS_NEED_SYNC;
             w->retry_at = 0;
+            w->batched = 0;
             w->resync = 1;
         }
 }
 
 int64_t lk_watches_tick(lk_engine *e, int64_t now)
 {
-    if (!e->watch_tick_at || now < e->watch_tick_at) return e->watch_tick_at;
-    e->watch_tick_at = 0;
-    lk_map *m = &e->watches;
-    for (size_t i = 0; i < m->n_slots; i++)
-        for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
-            lk_watch *w = en->value;
-            if (!w->retry_at) continue;
-            if (now >= w->retry_at) start_sync(e, w);
-            else if (!e->watch_tick_at || w->retry_at < e->watch_tick_at)
-                e->watch_tick_at = w->retry_at;
-        }
+    if (e->watch_tick_at && now >= e->watch_tick_at) {
+        e->watch_tick_at = 0;
+        lk_map *m = &e->watches;
+        for (size_t i = 0; i < m->n_slots; i++)
+            for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
+                lk_watch *w = en->value;
+                if (!w->retry_at) continue;
+                if (now >= w->retry_at) start_sync(e, w);  /* read again */
+                else if (!e->watch_tick_at || w->retry_at < e->watch_tick_at)
+                    e->watch_tick_at = w->retry_at;
+            }
+    }
+    if (e->watch_sync_due) sync_waiting(e);
     return e->watch_tick_at;
 }
 
 void lk_watches_close(lk_engine *e)
 {
+    if (e->watch_batch) lk_req_cancel(e->watch_batch);
+    e->watch_batch = NULL;
     lk_map *m = &e->watches;
     for (size_t i = 0; i < m->n_slots; i++)
         for (lk_map_entry *en = m->slots[i]; en; en = en->next)
