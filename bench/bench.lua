@@ -65,8 +65,8 @@ end
 
 -- ------------------------------------------------------------ scenarios --
 
-local function floor()
-    local p = io.popen(FLOOR .. " " .. ENDPOINT .. " " .. SECONDS)
+local function floor(shape)
+    local p = io.popen(FLOOR .. " " .. ENDPOINT .. " " .. SECONDS .. " " .. (shape or ""))
     local out = p:read("*a")
     p:close()
     local cycles, secs, p50, p99, txn = out:match(
@@ -271,6 +271,7 @@ io.stderr:write(("bench: %d runs of %g s per scenario, hold %g s; this takes a m
 local fl = repeat_median(floor)
 local un = repeat_median(uncontended)
 local fl2 = repeat_median(floor)  -- again, after: the machine drifts
+local fls = repeat_median(floor, "locker")  -- locker's txn shape
 local floor_rate = (fl.rate + fl2.rate) / 2
 local floor_p50 = (fl.p50 + fl2.p50) / 2
 local floor_txn = (fl.txn + fl2.txn) / 2
@@ -290,8 +291,10 @@ local function f(x, d) return ("%." .. (d or 2) .. "f"):format(x) end
 
 row("floor (C, 1 conn)", "txn+delete cycles/s", f(floor_rate, 0), "", "", "", nil)
 row("", "cycle p50 ms", f(floor_p50, 3), "", "", "", nil)
+row("floor, locker's txn", "cycle p50 ms (lease + owner read)", f(fls.p50, 3), f(floor_p50, 3), f(fls.p50 / floor_p50) .. "x", "", nil)
 row("1 uncontended", "cycles/s", f(un.rate, 0), f(floor_rate, 0), f(floor_rate / un.rate) .. "x time", "<= 1.15x", floor_rate / un.rate <= 1.15)
 row("", "cycle p50 ms", f(un.p50, 3), f(floor_p50, 3), f(un.p50 / floor_p50) .. "x", "<= 1.15x", un.p50 / floor_p50 <= 1.15)
+row("", "vs the same txn shape", f(un.p50, 3), f(fls.p50, 3), f(un.p50 / fls.p50) .. "x", "", nil)
 row("", "acquire p50 / p99 ms", f(un.acq50, 3) .. " / " .. f(un.acq99, 3), f(floor_txn, 3), "", "", nil)
 row("2 contended, 8 clients", "cycles/s", f(co.rate, 0), f(floor_rate, 0), f(co.rate / floor_rate * 100, 0) .. "% of floor", ">= 50%", co.rate / floor_rate >= 0.5)
 row("", "acquire p50 / p99 ms", f(co.acq50, 2) .. " / " .. f(co.acq99, 2), "", "", "", nil)

@@ -1,7 +1,11 @@
 /* The floor for `make bench`: the two HTTP requests a lock cycle cannot
  * avoid — a put-if-absent txn and a deleterange on one key — sent by a
  * minimal libcurl program over one keep-alive connection, nothing else.
- * usage: floor URL SECONDS  -> prints "cycles N seconds S p50_us P p99_us Q txn_p50_us T"
+ * usage: floor URL SECONDS [locker]
+ *   -> prints "cycles N seconds S p50_us P p99_us Q txn_p50_us T"
+ * With "locker", the txn has the shape of locker's acquisition (the key on
+ * a lease, and the owner read in the same txn), to tell etcd's share of the
+ * difference from the client's.
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -27,6 +31,21 @@ static int cmp(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+static char answer[4096];
+static size_t answer_len;
+
+static size_t keep(char *p, size_t size, size_t n, void *ud)
+{
+    (void)ud;
+    size_t k = size * n;
+    if (answer_len + k < sizeof answer) {
+        memcpy(answer + answer_len, p, k);
+        answer_len += k;
+        answer[answer_len] = '\0';
+    }
+    return k;
 }
 
 static int post(CURL *c, const char *url, const char *body)
@@ -58,8 +77,27 @@ int main(int argc, char **argv)
     CURL *c = curl_easy_init();
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    char shaped[1024];
+    if (argc > 3 && !strcmp(argv[3], "locker")) {
+        char grant[256];
+        snprintf(grant, sizeof grant, "%s/v3/lease/grant", argv[1]);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, keep);
+        if (post(c, grant, "{\"TTL\":\"60\"}")) { fprintf(stderr, "floor: grant failed\n"); return 1; }
+        const char *id = strstr(answer, "\"ID\":\"");
+        if (!id) { fprintf(stderr, "floor: no lease ID\n"); return 1; }
+        id += 6;
+        snprintf(shaped, sizeof shaped,
+                 "{\"compare\":[{\"key\":\"L2Zsb29yL3g=\",\"target\":\"CREATE\","
+                 "\"result\":\"EQUAL\",\"create_revision\":\"0\"}],\"success\":["
+                 "{\"request_put\":{\"key\":\"L2Zsb29yL3g=\",\"value\":\"dg==\","
+                 "\"lease\":\"%.*s\"}},{\"request_range\":{\"key\":\"L2Zsb29yLw==\","
+                 "\"range_end\":\"L2Zsb29yMA==\",\"sort_order\":\"ASCEND\","
+                 "\"sort_target\":\"CREATE\",\"limit\":\"1\",\"keys_only\":true}}]}",
+                 (int)strcspn(id, "\""), id);
+        put = shaped;
+    }
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
     size_t cap = 1 << 20, n = 0;
     double *cycle = malloc(cap * sizeof *cycle), *txn_t = malloc(cap * sizeof *txn_t);
     double start = now();

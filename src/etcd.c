@@ -84,6 +84,21 @@ static int owner_op(lk_buf *out, lk_bytes dir)
                             "\"CREATE\",\"limit\":\"1\",\"keys_only\":true}}");
 }
 
+int lk_etcd_try_body(lk_buf *out, lk_bytes key, lk_bytes value,
+                     int64_t lease, lk_bytes dir)
+{
+    /* nobody under dir (no create_revision but 0): take it with one put,
+     * as cheap for etcd as a plain put-if-absent; else read our own key
+     * (an earlier try's?) and the owner, and queue in a second txn */
+    return lk_buf_puts(out, "{\"compare\":[{") || dir_range(out, dir) ||
+           lk_buf_puts(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+                            "\"create_revision\":\"0\"}],\"success\":[") ||
+           put_op(out, key, value, lease) ||
+           lk_buf_puts(out, "],\"failure\":[{\"request_range\":{") ||
+           field64(out, "key", key) || lk_buf_puts(out, "}},") ||
+           owner_op(out, dir) || lk_buf_puts(out, "]}");
+}
+
 int lk_etcd_acquire_body(lk_buf *out, lk_bytes key, lk_bytes value,
                          int64_t lease, lk_bytes dir)
 {

@@ -38,6 +38,11 @@ int lk_etcd_delete_body(lk_buf *out, lk_bytes key);
 int lk_etcd_dir_body(lk_buf *out, lk_bytes dir);
 /* Range of the lowest create_revision under dir (the owner), with values. */
 int lk_etcd_owner_body(lk_buf *out, lk_bytes dir);
+/* Txn: if no key exists under dir, put key=value on lease (succeeded: the
+ * key is the owner, created at the answer's revision); else read key (with
+ * its value) and the owner of dir (responses: key, owner). */
+int lk_etcd_try_body(lk_buf *out, lk_bytes key, lk_bytes value,
+                     int64_t lease, lk_bytes dir);
 /* Txn: put key=value on lease if key is absent, and read the owner of dir
  * (responses: put, owner; keys only); else read key (with its value) and
  * the owner (responses: key, owner). */

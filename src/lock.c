@@ -208,6 +208,56 @@ static void refresh_value(lk_engine *e, lk_lock *l)
         lk_buf_free(&body);
 }
 
+static void queue(lk_engine *e, lk_lock *l);
+
+/* The answer to the first try: owned at once, or someone is there. */
+static void on_try(lk_req *r)
+{
+    lk_lock *l = r->owner;
+    lk_engine *e = l->engine;
+    l->req = NULL;
+    const char *code;
+    char msg[LK_MSG_SIZE];
+    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    if (!root) {
+        transient(e, l, code, msg);
+        return;
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"))) {
+        l->my_rev = lk_etcd_revision(root);  /* the only key: the owner */
+        cJSON_Delete(root);
+        became_owner(e, l);
+        return;
+    }
+    lk_kv kv = {0};
+    const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 0));
+    const cJSON *owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
+    int stale = 0, first = 0;
+    l->my_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
+    if (mine && lk_etcd_kv(mine, &kv) == 0)  /* an earlier try's key */
+        stale = kv.value.len != l->value.len ||
+                memcmp(kv.value.data, l->value.data, l->value.len);
+    if (mine) first = key_is(owner, &l->key, &kv);
+    lk_etcd_kv_free(&kv);
+    cJSON_Delete(root);
+    if (!mine && !l->wait) {  /* try-lock: nothing was written */
+        report_fail(e, l, "locked", "held by another owner");
+        l->lease = 0;
+        finish(e, l);
+    } else if (!mine) {
+        queue(e, l);
+    } else {
+        if (stale) refresh_value(e, l);
+        if (first) became_owner(e, l);
+        else if (!l->wait) {
+            report_fail(e, l, "locked", "held by another owner");
+            start_delete(e, l);
+        } else {
+            check(e, l);
+        }
+    }
+}
+
 static void on_acquire(lk_req *r)
 {
     lk_lock *l = r->owner;
@@ -261,7 +311,22 @@ static void start_acquire(lk_engine *e, lk_lock *l)
     lk_buf body = {0};
     if (lk_buf_append(&l->key, l->dir.data, l->dir.len) ||
         lk_buf_printf(&l->key, "%" PRIx64, (uint64_t)l->lease) ||
-        lk_etcd_acquire_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
+        lk_etcd_try_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
+                         bytes(&l->dir))) {
+        lk_buf_free(&body);
+        transient(e, l, "nomem", "out of memory");
+        return;
+    }
+    l->state = LS_ACQUIRE;
+    l->req = lk_send(e, LK_PATH_TXN, on_try, l, &body, 0);
+    if (!l->req) transient(e, l, "nomem", "could not start a request");
+}
+
+/* Someone holds the name: write our contender key (behind them). */
+static void queue(lk_engine *e, lk_lock *l)
+{
+    lk_buf body = {0};
+    if (lk_etcd_acquire_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
                              bytes(&l->dir))) {
         lk_buf_free(&body);
         transient(e, l, "nomem", "out of memory");
