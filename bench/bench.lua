@@ -52,6 +52,12 @@ local function rss_kib()
     end
 end
 
+local function heap_kib()
+    collectgarbage()
+    collectgarbage()
+    return (core.heap_bytes() or 0) / 1024
+end
+
 local function connections(port)
     local p = io.popen(("ss -tnpH state established '( dport = :%s )' 2>/dev/null"):format(port))
     local out = p:read("*a")
@@ -191,13 +197,13 @@ local function scale(n)
     local c = client()
     assert(c:lock("warm", "v")):release()
     collectgarbage()
-    local rss0 = rss_kib()
+    local rss0, heap0 = rss_kib(), heap_kib()
     local locks = {}
     local t0 = now()
     for i = 1, n do locks[i] = assert(c:lock("n" .. i, "v")) end
     local took = now() - t0
     collectgarbage()
-    local rss1 = rss_kib()
+    local rss1, heap1 = rss_kib(), heap_kib()
     local s0, cpu0 = c:stats(), proc_stat()
     locker.sleep(HOLD)
     local s1, cpu1 = c:stats(), proc_stat()
@@ -205,7 +211,7 @@ local function scale(n)
     for i = 1, n do if locks[i]:owned() then owned = owned + 1 end end
     c:close()
     return {
-        took = took, per_lock_kib = (rss1 - rss0) / n,
+        took = took, per_lock_kib = (rss1 - rss0) / n, heap_per_lock = (heap1 - heap0) / n,
         keepalives = s1.keepalives - s0.keepalives, requests = s1.requests - s0.requests,
         cpu = (cpu1 - cpu0) / HOLD * 100, owned = owned, ttl = c.ttl,
     }
@@ -214,9 +220,7 @@ end
 local function watches(n)
     local prefix = "/bench-watches" .. run_id .. "/"
     local c, h = client({ prefix = prefix }), client({ prefix = prefix })
-    collectgarbage()
-    collectgarbage()
-    local rss0 = rss_kib()
+    local heap0 = heap_kib()
     local first = 0
     local seen = {}
     for i = 1, n do
@@ -228,9 +232,7 @@ local function watches(n)
     local t0 = now()
     while first < n do locker.sleep(0.001) end
     local ready = now() - t0
-    collectgarbage()
-    collectgarbage()
-    local rss1 = rss_kib()
+    local heap1 = heap_kib()
     local port = ENDPOINT:match(":(%d+)$")
     local conns_c = connections(port)
     local cpu0 = proc_stat()
@@ -248,7 +250,7 @@ local function watches(n)
     end
     l:release()
     c:close(); h:close()
-    return { ready = ready, conns = conns_c, rss = (rss1 - rss0) / n,
+    return { ready = ready, conns = conns_c, heap = (heap1 - heap0) / n,
              cpu = cpu, p50 = pct(lat, 0.5) * 1000, p99 = pct(lat, 0.99) * 1000 }
 end
 
@@ -291,7 +293,7 @@ local function f(x, d) return ("%." .. (d or 2) .. "f"):format(x) end
 
 row("floor (C, 1 conn)", "txn+delete cycles/s", f(floor_rate, 0), "", "", "", nil)
 row("", "cycle p50 ms", f(floor_p50, 3), "", "", "", nil)
-row("floor, locker's txn", "cycle p50 ms (lease + owner read)", f(fls.p50, 3), f(floor_p50, 3), f(fls.p50 / floor_p50) .. "x", "", nil)
+row("floor, locker's txn", "cycle p50 ms (lease, range compare)", f(fls.p50, 3), f(floor_p50, 3), f(fls.p50 / floor_p50) .. "x", "", nil)
 row("1 uncontended", "cycles/s", f(un.rate, 0), f(floor_rate, 0), f(floor_rate / un.rate) .. "x time", "<= 1.15x", floor_rate / un.rate <= 1.15)
 row("", "cycle p50 ms", f(un.p50, 3), f(floor_p50, 3), f(un.p50 / floor_p50) .. "x", "<= 1.15x", un.p50 / floor_p50 <= 1.15)
 row("", "vs the same txn shape", f(un.p50, 3), f(fls.p50, 3), f(un.p50 / fls.p50) .. "x", "", nil)
@@ -307,12 +309,13 @@ row("", "cached reads/s", f(rd.cached / 1e6, 2) .. " M", "", "", ">= 1 M", rd.ca
 row("6 scale, 10 000 locks", "acquire all s", f(sc.took, 2), f(10000 * floor_txn / 1000, 2), f(sc.took / (10000 * floor_txn / 1000)) .. "x", "", nil)
 row("", ("keepalives in %gs (TTL %d)"):format(HOLD, sc.ttl), tostring(sc.keepalives), "", "", "~" .. math.floor(HOLD / (sc.ttl / 3)), sc.keepalives <= math.floor(HOLD / (sc.ttl / 3)) + 1)
 row("", "requests while idle", tostring(sc.requests), "", "", "= keepalives", sc.requests == sc.keepalives)
+row("", "client heap per lock KiB", f(sc.heap_per_lock, 2), "", "", "<= 2", sc.heap_per_lock <= 2)
 row("", "client RSS per lock KiB", f(sc.per_lock_kib, 2), "", "", "<= 2", sc.per_lock_kib <= 2)
 row("", "idle CPU % of a core", f(sc.cpu, 2), "", "", "< 1", sc.cpu < 1)
 row("", "locks still owned", tostring(sc.owned), "", "", "10000", sc.owned == 10000)
 row("7 1 000 watches", "connections (after first events)", tostring(wa.conns), "", "", "stream + 1", wa.conns <= 2)
 row("", "first events after s", f(wa.ready, 2), "", "", "", nil)
-row("", "RSS per watch KiB", f(wa.rss, 2), "", "", "", nil)
+row("", "client heap per watch KiB", f(wa.heap, 2), "", "", "", nil)
 row("", "idle CPU % of a core", f(wa.cpu, 2), "", "", "", nil)
 row("", "one change p50 / p99 ms", f(wa.p50, 3) .. " / " .. f(wa.p99, 3), "", "", "p50 <= 2", wa.p50 <= 2)
 

@@ -4,8 +4,9 @@
  * usage: floor URL SECONDS [locker]
  *   -> prints "cycles N seconds S p50_us P p99_us Q txn_p50_us T"
  * With "locker", the txn has the shape of locker's acquisition (the key on
- * a lease, and the owner read in the same txn), to tell etcd's share of the
- * difference from the client's.
+ * a lease; put only if nobody is under the lock's prefix, else read the own
+ * key and the owner), to tell etcd's share of the difference from the
+ * client's.
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -88,10 +89,11 @@ int main(int argc, char **argv)
         if (!id) { fprintf(stderr, "floor: no lease ID\n"); return 1; }
         id += 6;
         snprintf(shaped, sizeof shaped,
-                 "{\"compare\":[{\"key\":\"L2Zsb29yL3g=\",\"target\":\"CREATE\","
-                 "\"result\":\"EQUAL\",\"create_revision\":\"0\"}],\"success\":["
-                 "{\"request_put\":{\"key\":\"L2Zsb29yL3g=\",\"value\":\"dg==\","
-                 "\"lease\":\"%.*s\"}},{\"request_range\":{\"key\":\"L2Zsb29yLw==\","
+                 "{\"compare\":[{\"key\":\"L2Zsb29yLw==\",\"range_end\":\"L2Zsb29yMA==\","
+                 "\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}],"
+                 "\"success\":[{\"request_put\":{\"key\":\"L2Zsb29yL3g=\",\"value\":\"dg==\","
+                 "\"lease\":\"%.*s\"}}],\"failure\":[{\"request_range\":{\"key\":"
+                 "\"L2Zsb29yL3g=\"}},{\"request_range\":{\"key\":\"L2Zsb29yLw==\","
                  "\"range_end\":\"L2Zsb29yMA==\",\"sort_order\":\"ASCEND\","
                  "\"sort_target\":\"CREATE\",\"limit\":\"1\",\"keys_only\":true}}]}",
                  (int)strcspn(id, "\""), id);

@@ -4,6 +4,7 @@
  * poll(), and never stores a lua_State anywhere. */
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -352,6 +353,19 @@ static int l_read_signal(lua_State *L)
     return 1;
 }
 
+/* core.heap_bytes() -> bytes in use in the C heap (glibc's mallinfo2):
+ * what the process holds, C engine and Lua alike, free of RSS's reuse noise */
+static int l_heap_bytes(lua_State *L)
+{
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+    struct mallinfo2 mi = mallinfo2();
+    lua_pushnumber(L, (lua_Number)mi.uordblks + (lua_Number)mi.hblkhd);
+#else
+    lua_pushnil(L);
+#endif
+    return 1;
+}
+
 static int l_getpid(lua_State *L)
 {
     lua_pushinteger(L, getpid());
@@ -618,6 +632,7 @@ static const luaL_Reg functions[] = {
     {"signals", l_signals},
     {"read_signal", l_read_signal},
     {"getpid", l_getpid},
+    {"heap_bytes", l_heap_bytes},
     {NULL, NULL}
 };
 
