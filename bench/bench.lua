@@ -1,5 +1,6 @@
 -- make bench: each scenario runs BENCH_SECONDS (2) several times (BENCH_RUNS,
--- 3); the table shows medians, and every locker figure next to the floor
+-- 3; the floor/uncontended pairs at least 5); the table shows medians (the
+-- ratios are medians of paired runs), every locker figure next to the floor
 -- measured in the same run (bench/floor.c: the bare HTTP requests over one
 -- keep-alive connection). Needs LOCKER_ENDPOINTS (tools/with-etcd) and
 -- FLOOR (the floor program). BENCH_HOLD (30) is the idle-hold time of the
@@ -270,13 +271,28 @@ end
 
 io.stderr:write(("bench: %d runs of %g s per scenario, hold %g s; this takes a minute or two\n")
     :format(RUNS, SECONDS, HOLD))
-local fl = repeat_median(floor)
-local un = repeat_median(uncontended)
-local fl2 = repeat_median(floor)  -- again, after: the machine drifts
-local fls = repeat_median(floor, "locker")  -- locker's txn shape
-local floor_rate = (fl.rate + fl2.rate) / 2
-local floor_p50 = (fl.p50 + fl2.p50) / 2
-local floor_txn = (fl.txn + fl2.txn) / 2
+-- The floor and the uncontended cycle alternate, and each pair gives a
+-- ratio: a shared machine drifts more between minutes than within a pair.
+local pairs_f, pairs_s, pairs_u = {}, {}, {}
+for i = 1, math.max(RUNS, 5) do
+    pairs_f[i] = floor()
+    pairs_s[i] = floor("locker")
+    pairs_u[i] = uncontended()
+end
+local function med(list, key, div_list, div_key)
+    local xs = {}
+    for i, r in ipairs(list) do
+        xs[i] = div_list and r[key] / div_list[i][div_key] or r[key]
+    end
+    return median(xs)
+end
+local fl = { rate = med(pairs_f, "rate"), p50 = med(pairs_f, "p50"), txn = med(pairs_f, "txn") }
+local fls = { p50 = med(pairs_s, "p50") }
+local un = { rate = med(pairs_u, "rate"), p50 = med(pairs_u, "p50"), acq50 = med(pairs_u, "acq50"),
+             acq99 = med(pairs_u, "acq99"),
+             ratio = med(pairs_u, "p50", pairs_f, "p50"), ratio_rate = med(pairs_f, "rate", pairs_u, "rate"),
+             ratio_shape = med(pairs_u, "p50", pairs_s, "p50") }
+local floor_rate, floor_p50, floor_txn = fl.rate, fl.p50, fl.txn
 local co = repeat_median(contended, 8)
 local ho = repeat_median(handover)
 local wl = repeat_median(watch_latency)
@@ -293,10 +309,10 @@ local function f(x, d) return ("%." .. (d or 2) .. "f"):format(x) end
 
 row("floor (C, 1 conn)", "txn+delete cycles/s", f(floor_rate, 0), "", "", "", nil)
 row("", "cycle p50 ms", f(floor_p50, 3), "", "", "", nil)
-row("floor, locker's txn", "cycle p50 ms (lease, range compare)", f(fls.p50, 3), f(floor_p50, 3), f(fls.p50 / floor_p50) .. "x", "", nil)
-row("1 uncontended", "cycles/s", f(un.rate, 0), f(floor_rate, 0), f(floor_rate / un.rate) .. "x time", "<= 1.15x", floor_rate / un.rate <= 1.15)
-row("", "cycle p50 ms", f(un.p50, 3), f(floor_p50, 3), f(un.p50 / floor_p50) .. "x", "<= 1.15x", un.p50 / floor_p50 <= 1.15)
-row("", "vs the same txn shape", f(un.p50, 3), f(fls.p50, 3), f(un.p50 / fls.p50) .. "x", "", nil)
+row("floor, locker's txn", "cycle p50 ms (lease, range compare)", f(fls.p50, 3), f(floor_p50, 3), f(med(pairs_s, "p50", pairs_f, "p50")) .. "x", "", nil)
+row("1 uncontended", "cycles/s", f(un.rate, 0), f(floor_rate, 0), f(un.ratio_rate) .. "x time", "<= 1.15x", un.ratio_rate <= 1.15)
+row("", "cycle p50 ms", f(un.p50, 3), f(floor_p50, 3), f(un.ratio) .. "x", "<= 1.15x", un.ratio <= 1.15)
+row("", "vs the same txn shape", f(un.p50, 3), f(fls.p50, 3), f(un.ratio_shape) .. "x", "", nil)
 row("", "acquire p50 / p99 ms", f(un.acq50, 3) .. " / " .. f(un.acq99, 3), f(floor_txn, 3), "", "", nil)
 row("2 contended, 8 clients", "cycles/s", f(co.rate, 0), f(floor_rate, 0), f(co.rate / floor_rate * 100, 0) .. "% of floor", ">= 50%", co.rate / floor_rate >= 0.5)
 row("", "acquire p50 / p99 ms", f(co.acq50, 2) .. " / " .. f(co.acq99, 2), "", "", "", nil)
