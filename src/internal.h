@@ -69,6 +69,7 @@ struct lk_engine {
     int64_t watch_tick_at;
     int watch_sync_due;        /* watches wait for their first read */
     lk_req *watch_batch;       /* one read of the whole prefix, for many */
+    lk_req *watch_single;      /* or one read of one name */
     int64_t watch_batch_rev;
     lk_buf scratch;
 };

@@ -63,6 +63,10 @@ static void clear_pending(lk_watch *w)
 
 static void free_watch(lk_watch *w)
 {
+    if (w->req && w->req == w->engine->watch_single) {  /* let others go */
+        w->engine->watch_single = NULL;
+        w->engine->watch_sync_due = 1;
+    }
     if (w->req) lk_req_cancel(w->req);
     clear_contenders(w);
     clear_pending(w);
@@ -201,6 +205,8 @@ static void on_snapshot(lk_req *r)
     lk_watch *w = r->owner;
     lk_engine *e = w->engine;
     w->req = NULL;
+    e->watch_single = NULL;
+    e->watch_sync_due = 1;  /* others may have queued up meanwhile */
     const char *code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
@@ -254,6 +260,7 @@ static void on_batch(lk_req *r)
 {
     lk_engine *e = r->owner;
     e->watch_batch = NULL;
+    e->watch_sync_due = 1;  /* others may have queued up meanwhile */
     const char *code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
@@ -305,6 +312,7 @@ static void sync_one(lk_engine *e, lk_watch *w)
     clear_pending(w);
     w->state = WS_SYNCING;
     w->req = lk_send(e, LK_PATH_RANGE, on_snapshot, w, &body, 0);
+    e->watch_single = w->req;
     if (!w->req) retry_later(e, w);
 }
 
@@ -317,36 +325,35 @@ static void join_batch(lk_engine *e, lk_watch *w)
     w->batched = 1;
 }
 
-static void sync_each(lk_engine *e, lk_watch *w)
-{
-    if (w->state == WS_NEED_SYNC && !w->retry_at) sync_one(e, w);
-}
-
-/* Snapshots for the watches that wait for one: a few are read name by
- * name; more than that with one read of the whole prefix, so that a
- * thousand new watches cost one request, not a thousand connections. */
-#define BATCH_FROM 4
+/* Snapshots for the watches that wait for one, one read at a time: a
+ * single name is read alone; two or more with one read of the whole
+ * prefix, so that a thousand new watches cost a request or two, not a
+ * thousand requests on as many connections. */
 static void sync_waiting(lk_engine *e)
 {
-    e->watch_sync_due = 0;
-    if (!e->session.stream_ready) return;
+    if (!e->session.stream_ready || e->watch_batch || e->watch_single) return;
+    e->watch_sync_due = 0;  /* the reads in flight set it again when done */
+    lk_watch *first = NULL;
     size_t n_waiting = 0;
     lk_map *m = &e->watches;
-    for (size_t i = 0; i < m->n_slots && n_waiting < BATCH_FROM; i++)
-        for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
+    for (size_t i = 0; i < m->n_slots && n_waiting < 2; i++)
+        for (lk_map_entry *en = m->slots[i]; en && n_waiting < 2; en = en->next) {
             lk_watch *w = en->value;
-            if (w->state == WS_NEED_SYNC && !w->retry_at) n_waiting++;
+            if (w->state == WS_NEED_SYNC && !w->retry_at) {
+                if (!first) first = w;
+                n_waiting++;
+            }
         }
-    if (n_waiting < BATCH_FROM || e->watch_batch) {
-        if (n_waiting < BATCH_FROM) each_watch(e, sync_each);
-        else e->watch_sync_due = 1;  /* after the batch in flight */
+    if (n_waiting == 0) return;
+    if (n_waiting == 1) {
+        sync_one(e, first);
         return;
     }
     lk_buf body = {0};
     if (lk_etcd_dir_body(&body, (lk_bytes){e->cfg.prefix, e->cfg.prefix_len}) ||
         !(e->watch_batch = lk_send(e, LK_PATH_RANGE, on_batch, e, &body, 0))) {
         lk_buf_free(&body);
-        each_watch(e, sync_each);
+        e->watch_sync_due = 1;  /* try again on the next turn */
         return;
     }
     each_watch(e, join_batch);
@@ -360,6 +367,7 @@ static void watch_command(lk_engine *e, lk_cmd *c)
         return;
     }
     w = calloc(1, sizeof *w);
+    if (w) w->engine = e;
     if (!w || lk_buf_append(&w->name, c->name, c->name_len) ||
         lk_buf_append(&w->dir, e->cfg.prefix, e->cfg.prefix_len) ||
         lk_buf_append(&w->dir, c->name, c->name_len) ||
@@ -369,7 +377,6 @@ static void watch_command(lk_engine *e, lk_cmd *c)
         lk_emit_fail(e, c->id, "nomem", "watch: out of memory");
         return;
     }
-    w->engine = e;
     w->id = c->id;
     start_sync(e, w);  /* the binding already marked the name in the cache */
 }
@@ -436,7 +443,7 @@ void lk_watches_stream_ready(lk_engine *e)
 void lk_watches_resync(lk_engine *e)
 {
     if (e->watch_batch) lk_req_cancel(e->watch_batch);
-    e->watch_batch = NULL;
+    e->watch_batch = e->watch_single = NULL;
     lk_map *m = &e->watches;
     for (size_t i = 0; i < m->n_slots; i++)
         for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
@@ -472,7 +479,7 @@ int64_t lk_watches_tick(lk_engine *e, int64_t now)
 void lk_watches_close(lk_engine *e)
 {
     if (e->watch_batch) lk_req_cancel(e->watch_batch);
-    e->watch_batch = NULL;
+    e->watch_batch = e->watch_single = NULL;
     lk_map *m = &e->watches;
     for (size_t i = 0; i < m->n_slots; i++)
         for (lk_map_entry *en = m->slots[i]; en; en = en->next)
