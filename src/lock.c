@@ -193,6 +193,34 @@ static int key_is(const cJSON *item, const lk_buf *b, lk_kv *kv)
            memcmp(kv->key.data, b->data, b->len) == 0;
 }
 
+/* A lock request's answer: its root object, or NULL once the failure went
+ * to transient(). */
+static cJSON *lock_answer(lk_req *r)
+{
+    lk_lock *l = r->owner;
+    l->req = NULL;
+    const char *code;
+    char msg[LK_MSG_SIZE];
+    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    if (!root) transient(l->engine, l, code, msg);
+    return root;
+}
+
+/* Sends the lock's next txn, whose body the caller built (build_failed:
+ * it ran out of memory doing so), and enters state. */
+static void send_txn(lk_engine *e, lk_lock *l, int build_failed, lk_buf *body,
+                     lock_state state, lk_req_done_fn done)
+{
+    if (build_failed) {
+        lk_buf_free(body);
+        transient(e, l, "nomem", "out of memory");
+        return;
+    }
+    l->state = state;
+    l->req = lk_send(e, LK_PATH_TXN, done, l, body, 0);
+    if (!l->req) transient(e, l, "nomem", "could not start a request");
+}
+
 static void on_refresh(lk_req *r)
 {
     (void)r;  /* best effort: a lost lock shows up through the stream */
@@ -215,14 +243,8 @@ static void on_try(lk_req *r)
 {
     lk_lock *l = r->owner;
     lk_engine *e = l->engine;
-    l->req = NULL;
-    const char *code;
-    char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (!root) {
-        transient(e, l, code, msg);
-        return;
-    }
+    cJSON *root = lock_answer(r);
+    if (!root) return;
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"))) {
         l->my_rev = lk_etcd_revision(root);  /* the only key: the owner */
         cJSON_Delete(root);
@@ -262,14 +284,8 @@ static void on_acquire(lk_req *r)
 {
     lk_lock *l = r->owner;
     lk_engine *e = l->engine;
-    l->req = NULL;
-    const char *code;
-    char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (!root) {
-        transient(e, l, code, msg);
-        return;
-    }
+    cJSON *root = lock_answer(r);
+    if (!root) return;
     lk_kv kv = {0};
     const cJSON *owner;
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"))) {
@@ -309,46 +325,28 @@ static void start_acquire(lk_engine *e, lk_lock *l)
     l->lease = e->session.lease;
     lk_buf_reset(&l->key);
     lk_buf body = {0};
-    if (lk_buf_append(&l->key, l->dir.data, l->dir.len) ||
-        lk_buf_printf(&l->key, "%" PRIx64, (uint64_t)l->lease) ||
-        lk_etcd_try_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
-                         bytes(&l->dir))) {
-        lk_buf_free(&body);
-        transient(e, l, "nomem", "out of memory");
-        return;
-    }
-    l->state = LS_ACQUIRE;
-    l->req = lk_send(e, LK_PATH_TXN, on_try, l, &body, 0);
-    if (!l->req) transient(e, l, "nomem", "could not start a request");
+    int failed = lk_buf_append(&l->key, l->dir.data, l->dir.len) ||
+                 lk_buf_printf(&l->key, "%" PRIx64, (uint64_t)l->lease) ||
+                 lk_etcd_try_body(&body, bytes(&l->key), bytes(&l->value),
+                                  l->lease, bytes(&l->dir));
+    send_txn(e, l, failed, &body, LS_ACQUIRE, on_try);
 }
 
 /* Someone holds the name: write our contender key (behind them). */
 static void queue(lk_engine *e, lk_lock *l)
 {
     lk_buf body = {0};
-    if (lk_etcd_acquire_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
-                             bytes(&l->dir))) {
-        lk_buf_free(&body);
-        transient(e, l, "nomem", "out of memory");
-        return;
-    }
-    l->state = LS_ACQUIRE;
-    l->req = lk_send(e, LK_PATH_TXN, on_acquire, l, &body, 0);
-    if (!l->req) transient(e, l, "nomem", "could not start a request");
+    int failed = lk_etcd_acquire_body(&body, bytes(&l->key), bytes(&l->value),
+                                      l->lease, bytes(&l->dir));
+    send_txn(e, l, failed, &body, LS_ACQUIRE, on_acquire);
 }
 
 static void on_check(lk_req *r)
 {
     lk_lock *l = r->owner;
     lk_engine *e = l->engine;
-    l->req = NULL;
-    const char *code;
-    char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (!root) {
-        transient(e, l, code, msg);
-        return;
-    }
+    cJSON *root = lock_answer(r);
+    if (!root) return;
     const cJSON *pred = lk_etcd_first_kv(lk_etcd_txn_range(root, 0));
     const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
     lk_kv kv = {0};
@@ -377,14 +375,8 @@ static void check(lk_engine *e, lk_lock *l)
 {
     lk_buf body = {0};
     l->recheck = 0;
-    if (lk_etcd_check_body(&body, bytes(&l->dir), l->my_rev, bytes(&l->key))) {
-        lk_buf_free(&body);
-        transient(e, l, "nomem", "out of memory");
-        return;
-    }
-    l->state = LS_CHECK;
-    l->req = lk_send(e, LK_PATH_TXN, on_check, l, &body, 0);
-    if (!l->req) transient(e, l, "nomem", "could not start a request");
+    int failed = lk_etcd_check_body(&body, bytes(&l->dir), l->my_rev, bytes(&l->key));
+    send_txn(e, l, failed, &body, LS_CHECK, on_check);
 }
 
 static void on_delete(lk_req *r)
