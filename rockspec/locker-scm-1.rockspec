@@ -33,5 +33,8 @@ build = {
         },
         ["locker"] = "lua/locker/init.lua",
         ["locker.sched"] = "lua/locker/sched.lua",
+        ["locker.health"] = "lua/locker/health.lua",
+        ["locker.cli"] = "lua/locker/cli.lua",
     },
+    install = { bin = { locker = "bin/locker" } },
 }
