@@ -258,6 +258,10 @@ describe("client:watch()", function()
     end)
 
     it("iterates events with a for loop that a 'gone' does not end", function()
+        if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
+            pending("plain Lua 5.1 cannot yield inside a for iterator (LuaJIT can)")
+            return
+        end
         local c, a = client(), client()
         local w = c:watch("loop")
         local vals = {}
