@@ -500,16 +500,23 @@ static void release_command(lk_engine *e, lk_cmd *c)
     else start_delete(e, l);
 }
 
-static void on_set(lk_req *r)
+/* The answer to a request the Lua side waits for (set, get, status): its
+ * root object, or NULL once the failure went to the caller. */
+static cJSON *request_answer(lk_req *r, const char *what)
 {
     lk_engine *e = r->owner;
     const char *code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (!root) {
-        lk_emit_fail(e, r->id, code, "set: %s", msg);
-        return;
-    }
+    if (!root) lk_emit_fail(e, r->id, code, "%s: %s", what, msg);
+    return root;
+}
+
+static void on_set(lk_req *r)
+{
+    lk_engine *e = r->owner;
+    cJSON *root = request_answer(r, "set");
+    if (!root) return;
     int ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"));
     cJSON_Delete(root);
     if (ok) lk_emit_ok(e, r->id);
@@ -540,13 +547,8 @@ static void set_command(lk_engine *e, lk_cmd *c)
 static void on_get(lk_req *r)
 {
     lk_engine *e = r->owner;
-    const char *code;
-    char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (!root) {
-        lk_emit_fail(e, r->id, code, "get: %s", msg);
-        return;
-    }
+    cJSON *root = request_answer(r, "get");
+    if (!root) return;
     lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
     lk_kv kv = {0};
     const cJSON *owner = lk_etcd_first_kv(root);
@@ -598,13 +600,8 @@ static char *take_buf(lk_buf *b, size_t *len)
 static void on_list(lk_req *r)
 {
     lk_engine *e = r->owner;
-    const char *code;
-    char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (!root) {
-        lk_emit_fail(e, r->id, code, "status: %s", msg);
-        return;
-    }
+    cJSON *root = request_answer(r, "status");
+    if (!root) return;
     const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
     int n = cJSON_GetArraySize(kvs);
     lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);

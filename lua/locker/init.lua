@@ -104,6 +104,15 @@ end
 local Watch = {}
 Watch.__index = Watch
 
+-- Wakes the coroutine waiting in w:next(), if any.
+local function wake_waiter(w)
+    local co = w._waiter
+    if co then
+        w._waiter, w._wait_mark = nil, nil
+        sched.wake(co)
+    end
+end
+
 local function push(w, ev)
     if w._fn then
         sched.call_in_order(w, w._fn, ev.value, ev)
@@ -111,11 +120,7 @@ local function push(w, ev)
     end
     local q = w._queue
     q[#q + 1] = ev
-    if w._waiter then
-        local co = w._waiter
-        w._waiter, w._wait_mark = nil, nil
-        sched.wake(co)
-    end
+    wake_waiter(w)
 end
 
 -- One engine subscription per watched name, fanned out to its watchers.
@@ -167,11 +172,7 @@ end
 local function end_watch(w, msg, code)
     if w._ended then return end
     w._ended = { msg = msg, code = code }
-    if w._waiter then
-        local co = w._waiter
-        w._waiter, w._wait_mark = nil, nil
-        sched.wake(co)
-    end
+    wake_waiter(w)
 end
 
 --- Stops the watch. Idempotent.
