@@ -59,6 +59,7 @@ lk_engine *lk_engine_new(const lk_config *cfg, char *err, size_t err_size)
     if (!e->commands || !e->events) goto nomem;
     if (lk_cache_init(&e->cache)) goto nomem;
     e->cache_ready = 1;
+    if (!(e->close_cmd = lk_cmd_new(LK_CMD_CLOSE))) goto nomem;
     return e;
 nomem:
     snprintf(err, err_size, "out of memory creating the client");
@@ -233,8 +234,8 @@ static void *run(void *arg)
         curl_multi_poll(lk_http_multi(e->http), NULL, 0, wait, NULL);
         lk_http_perform(e->http);
     }
-    lk_http_free(e->http);
-    e->http = NULL;
+    /* e->http stays: the Lua thread may still wake it; it frees it after
+     * joining */
     lk_map_free(&e->locks_by_name);
     lk_map_free(&e->locks_by_id);
     lk_buf_free(&e->scratch);
@@ -317,21 +318,19 @@ void lk_engine_close(lk_engine *e)
     if (e->closed) return;
     e->closed = 1;
     if (!e->started || e->thread_pid != getpid()) return;  /* not ours */
-    lk_cmd *c = lk_cmd_new(LK_CMD_CLOSE);
-    if (c) {
-        lk_queue_push(e->commands, c);
-    } else {
-        e->stopping = 1;  /* out of memory: stop without revoking */
-    }
+    lk_queue_push(e->commands, e->close_cmd);  /* made in advance: cannot fail */
+    e->close_cmd = NULL;
     curl_multi_wakeup(lk_http_multi(e->http));
     pthread_join(e->thread, NULL);
+    lk_http_free(e->http);
+    e->http = NULL;
 }
 
 void lk_engine_free(lk_engine *e)
 {
     if (!e) return;
     lk_engine_close(e);
-    if (e->http && !e->started) lk_http_free(e->http);  /* thread never ran */
+    lk_cmd_free(e->close_cmd);
     lk_queue_free(e->commands, (void (*)(void *))lk_cmd_free);
     lk_queue_free(e->events, (void (*)(void *))lk_event_free);
     if (e->event_fd >= 0 && e->fd_pid == getpid()) close(e->event_fd);

@@ -52,6 +52,7 @@ struct lk_engine {
     pid_t thread_pid;          /* process that started the thread */
     int closed;                /* Lua side: close() was called */
     uint64_t next_id;
+    lk_cmd *close_cmd;         /* allocated up front: close() cannot fail */
     int64_t lease_seen;        /* session lease for lk_engine_lease (atomic) */
     lk_stats stats;            /* counters (atomics), read by lk_engine_stats */
     lk_cache cache;            /* watched names' owner values (own mutex) */

@@ -155,8 +155,10 @@ static int l_lock(lua_State *L)
 static int l_set(lua_State *L)
 {
     lk_engine *e = check_client(L);
-    lk_cmd *c = new_cmd(L, LK_CMD_SET);
-    c->target = check_id(L, 2);
+    uint64_t target = check_id(L, 2);
+    luaL_checkstring(L, 3);
+    lk_cmd *c = new_cmd(L, LK_CMD_SET);  /* nothing may raise after this */
+    c->target = target;
     if (copy_string(L, 3, &c->value, &c->value_len)) {
         lk_cmd_free(c);
         return luaL_error(L, "locker: out of memory");
@@ -168,8 +170,9 @@ static int l_set(lua_State *L)
 static int l_release(lua_State *L)
 {
     lk_engine *e = check_client(L);
+    uint64_t target = check_id(L, 2);
     lk_cmd *c = new_cmd(L, LK_CMD_RELEASE);
-    c->target = check_id(L, 2);
+    c->target = target;
     return submit(L, e, c);
 }
 
@@ -177,6 +180,7 @@ static int l_release(lua_State *L)
 static int l_get(lua_State *L)
 {
     lk_engine *e = check_client(L);
+    luaL_checkstring(L, 2);
     lk_cmd *c = new_cmd(L, LK_CMD_GET);
     if (copy_string(L, 2, &c->name, &c->name_len)) {
         lk_cmd_free(c);
@@ -189,6 +193,7 @@ static int l_get(lua_State *L)
 static int l_watch(lua_State *L)
 {
     lk_engine *e = check_client(L);
+    luaL_checkstring(L, 2);
     lk_cmd *c = new_cmd(L, LK_CMD_WATCH);
     if (copy_string(L, 2, &c->name, &c->name_len)) {
         lk_cmd_free(c);
@@ -203,6 +208,7 @@ static int l_watch(lua_State *L)
 static int l_unwatch(lua_State *L)
 {
     lk_engine *e = check_client(L);
+    luaL_checkstring(L, 2);
     lk_cmd *c = new_cmd(L, LK_CMD_UNWATCH);
     if (copy_string(L, 2, &c->name, &c->name_len)) {
         lk_cmd_free(c);

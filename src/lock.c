@@ -38,6 +38,7 @@ struct lk_lock {
     int reported;           /* lock() has its answer */
     int owned;              /* as last reported */
     int recheck;            /* something under dir was deleted during CHECK */
+    int resync;             /* the stream had a gap: check once it is back */
     uint64_t release_id;    /* release() waiting for the delete */
     lk_status *status;
     lk_req *req;
@@ -496,8 +497,8 @@ static void release_command(lk_engine *e, lk_cmd *c)
     l->keep = 0;
     report_fail(e, l, "canceled", "released before it was acquired");
     if (l->state == LS_DELETE && l->req) return;  /* on its way */
-    if (l->state == LS_QUEUED || l->state == LS_SESSION) finish(e, l);
-    else start_delete(e, l);
+    if (l->state == LS_QUEUED) finish(e, l);
+    else start_delete(e, l);  /* finishes at once when there is no key */
 }
 
 /* The answer to a request the Lua side waits for (set, get, status): its
@@ -664,7 +665,13 @@ void lk_locks_session_ready(lk_engine *e)
 {
     for (lk_lock *l = e->locks, *next; l; l = next) {
         next = l->next;
-        if (l->state == LS_SESSION) start_acquire(e, l);
+        if (l->state == LS_SESSION) {
+            start_acquire(e, l);
+        } else if (l->resync) {  /* the new stream covers what comes next */
+            l->resync = 0;
+            if (l->state == LS_WAITING || l->state == LS_HELD) check(e, l);
+            else if (l->state == LS_CHECK) l->recheck = 1;
+        }
     }
 }
 
@@ -674,7 +681,7 @@ void lk_locks_session_failed(lk_engine *e, const char *code, const char *msg)
         next = l->next;
         if (l->state == LS_SESSION && !l->reported && !l->background) {
             report_fail(e, l, code, msg);
-            finish(e, l);
+            start_delete(e, l);  /* an earlier try may have left a key */
         }
     }
 }
@@ -722,11 +729,11 @@ void lk_locks_renewed(lk_engine *e)
 
 void lk_locks_resync(lk_engine *e)
 {
-    for (lk_lock *l = e->locks, *next; l; l = next) {
-        next = l->next;
-        if (l->state == LS_WAITING || l->state == LS_HELD) check(e, l);
-        else if (l->state == LS_CHECK) l->recheck = 1;
-    }
+    /* events were lost; a check now could miss a deletion that happens
+     * before the new stream starts: check once it has */
+    for (lk_lock *l = e->locks; l; l = l->next)
+        if (l->state == LS_WAITING || l->state == LS_HELD || l->state == LS_CHECK)
+            l->resync = 1;
 }
 
 void lk_locks_deleted(lk_engine *e, const char *name, size_t name_len,

@@ -52,13 +52,16 @@ static int grow(lk_map *m)
 
 int lk_map_put(lk_map *m, const void *key, size_t len, void *value)
 {
-    if ((m->count + 1) * 4 > m->n_slots * 3 && grow(m)) return -1;
     size_t h = hash_bytes(key, len);
-    lk_map_entry **pp = find(m, key, len, h);
-    if (*pp) {
-        (*pp)->value = value;
-        return 0;
+    if (m->n_slots) {  /* an update needs no room */
+        lk_map_entry **pp = find(m, key, len, h);
+        if (*pp) {
+            (*pp)->value = value;
+            return 0;
+        }
     }
+    if ((m->count + 1) * 4 > m->n_slots * 3 && grow(m)) return -1;
+    lk_map_entry **pp = find(m, key, len, h);
     lk_map_entry *e = malloc(sizeof *e + len);
     if (!e) return -1;
     e->next = NULL;

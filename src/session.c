@@ -74,11 +74,13 @@ static void grant(lk_engine *e)
     lk_buf body = {0};
     if (lk_etcd_grant_body(&body, e->cfg.ttl)) {
         lk_buf_free(&body);
+        e->session.grant_retry_at = lk_now_ms() + BACKOFF_MAX_MS;  /* no memory */
         return;
     }
     e->session.grant_retry_at = 0;
     e->session.lease_req = lk_send(e, LK_PATH_GRANT, on_grant, e, &body, 0);
     if (e->session.lease_req) e->session.lease_req->id = (uint64_t)lk_now_ms();
+    else e->session.grant_retry_at = lk_now_ms() + BACKOFF_MAX_MS;  /* no memory */
 }
 
 static void on_keepalive(lk_req *r)
@@ -150,16 +152,17 @@ static void open_stream(lk_engine *e)
     s->stream_retry_at = 0;
     s->stream_ready = 0;
     lk_req *r = lk_req_new(e->http, LK_PATH_WATCH, on_stream_done, e, 0);
-    if (!r) return;
-    r->on_line = on_stream_line;
     lk_bytes dir = {e->cfg.prefix, e->cfg.prefix_len};
     int64_t start = s->stream_rev ? s->stream_rev + 1 : 0;
-    if (lk_etcd_watch_body(&r->body, dir, start)) {
-        lk_buf_free(&r->body);
+    if (!r || lk_etcd_watch_body(&r->body, dir, start)) {  /* no memory */
+        if (r) lk_buf_free(&r->body);
         free(r);
+        s->stream_retry_at = lk_now_ms() + BACKOFF_MAX_MS;
         return;
     }
+    r->on_line = on_stream_line;
     s->stream = lk_req_start(r) == 0 ? r : NULL;
+    if (!s->stream) s->stream_retry_at = lk_now_ms() + BACKOFF_MAX_MS;  /* no memory */
     lk_count(&e->stats.requests);
     lk_count(&e->stats.stream_connects);
 }

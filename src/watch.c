@@ -420,8 +420,14 @@ void lk_watches_changed(lk_engine *e, const char *name, size_t len,
     if (!w) return;
     if (w->state == WS_SYNCING) {
         if (push_pending(w, deleted, kv)) {  /* cannot buffer: read again */
-            lk_req_cancel(w->req);
+            if (w->req && w->req == e->watch_single) {
+                e->watch_single = NULL;
+                e->watch_sync_due = 1;
+            }
+            if (w->req) lk_req_cancel(w->req);
             w->req = NULL;
+            w->batched = 0;
+            clear_pending(w);
             retry_later(e, w);
         }
         return;
