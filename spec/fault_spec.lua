@@ -64,6 +64,30 @@ describe("faults", function()
             c:close(); other:close()
         end)
 
+        it("lets a waiter take over when the release fell into a compacted gap", function()
+            local proxy = helper.proxy(etcd)
+            local a = etcd:client({ prefix = "/gap/" })
+            local b = etcd:client({ prefix = "/gap/", endpoints = { proxy.endpoint } })
+            local held = assert(a:lock("x", "a"))
+            local got
+            locker.spawn(function() got = { b:lock("x", "b", { timeout = 20 }) } end)
+            helper.wait_until("b to queue", function() return #etcd:keys("/gap/x/") == 2 end)
+            proxy:stop()                  -- b hears nothing from now on
+            held:release()                -- the deletion b waits for...
+            assert(a:lock("other", "v")):release()
+            local rev = etcd:ctl("get / --write-out=fields"):match('"Revision" : (%d+)')
+            local out, ok = etcd:ctl("compact " .. rev)
+            assert(ok, out)               -- ...is compacted away
+            proxy:restart()
+            helper.wait_until("b's lock()", function() return got end, 20)
+            assert.truthy(got[1], tostring(got[2]))
+            assert.is_true(got[1]:owned())
+            assert.equal("b", a:get("x"))
+            got[1]:release()
+            proxy:stop()
+            a:close(); b:close()
+        end)
+
         it("tells a holder it lost the lock when renewals fail, before the lease could expire", function()
             local c = etcd:client({ prefix = "/jeopardy/", ttl = 3, timeout = 0.5 })
             local changes = {}
