@@ -70,7 +70,7 @@ describe("health records", function()
         local deps = {}
         for _, d in ipairs({ "p", "q", "s" }) do deps[d] = assert(c:lock(d, "x")) end
         local h = start('record "r" { requires = { "p", "q", "s" }, drop_when = 2 }')
-        helper.wait_until("r up", function() return up.r end)
+        helper.wait_until("r up", function() return up.r and h:state().records.r.held end)
         deps.p:release()
         helper.wait_until("r to see p down", function()
             return h:state().dependencies.p.up == false
@@ -90,8 +90,9 @@ describe("health records", function()
         local c = client()
         local dep = assert(c:lock("d", "x"))
         local h = start('record "r" { requires = { "d" }, hold_down = 0.6 }')
-        helper.wait_until("r up", function() return up.r end)
+        helper.wait_until("r up", function() return up.r and h:state().records.r.held end)
         local token = h:state().records.r.token
+        assert.is_number(token)
         local mark = #history
         for _ = 1, 3 do  -- down for ~0.1 s at a time
             dep:release()
@@ -140,11 +141,17 @@ record "svc" {
         helper.wait_until("svc down", function() return up.svc == false end)
         assert.equal("failing", h:state().records.svc.check)
         _G.health_check_ok = true
-        helper.wait_until("svc back", function() return up.svc end)
-        local kinds = {}
-        for _, ev in ipairs(log) do kinds[#kinds + 1] = ev.kind .. ":" .. ev.state end
-        local joined = table.concat(kinds, " ")
-        assert.matches("check:failing.*record:dropped.*check:ok.*record:held", joined)
+        local function history()
+            local kinds = {}
+            for _, ev in ipairs(log) do kinds[#kinds + 1] = ev.kind .. ":" .. ev.state end
+            return table.concat(kinds, " ")
+        end
+        -- the observer and the holder learn of it through different clients:
+        -- wait for both
+        helper.wait_until("svc back", function()
+            return up.svc and history():match("record:held$")
+        end)
+        assert.matches("check:failing.*record:dropped.*check:ok.*record:held$", history())
         c:close()
         _G.health_check_ok, _G.health_check_value = nil, nil
     end)
