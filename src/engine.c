@@ -238,7 +238,6 @@ static void *run(void *arg)
      * joining */
     lk_map_free(&e->locks_by_name);
     lk_map_free(&e->locks_by_id);
-    lk_buf_free(&e->scratch);
     return NULL;
 }
 

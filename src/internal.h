@@ -72,7 +72,6 @@ struct lk_engine {
     lk_req *watch_batch;       /* one read of the whole prefix, for many */
     lk_req *watch_single;      /* or one read of one name */
     int64_t watch_batch_rev;
-    lk_buf scratch;
 };
 
 /* engine.c */

@@ -177,28 +177,29 @@ static int l_release(lua_State *L)
 }
 
 /* client:get(name) -> id */
+/* A command naming a lock (GET, WATCH, UNWATCH), with the name copied. */
+static lk_cmd *name_cmd(lua_State *L, lk_cmd_kind kind)
+{
+    luaL_checkstring(L, 2);
+    lk_cmd *c = new_cmd(L, kind);  /* nothing may raise after this but OOM */
+    if (copy_string(L, 2, &c->name, &c->name_len)) {
+        lk_cmd_free(c);
+        luaL_error(L, "locker: out of memory");
+    }
+    return c;
+}
+
 static int l_get(lua_State *L)
 {
     lk_engine *e = check_client(L);
-    luaL_checkstring(L, 2);
-    lk_cmd *c = new_cmd(L, LK_CMD_GET);
-    if (copy_string(L, 2, &c->name, &c->name_len)) {
-        lk_cmd_free(c);
-        return luaL_error(L, "locker: out of memory");
-    }
-    return submit(L, e, c);
+    return submit(L, e, name_cmd(L, LK_CMD_GET));
 }
 
 /* client:watch(name) -> id: follow name's owner (events carry the id) */
 static int l_watch(lua_State *L)
 {
     lk_engine *e = check_client(L);
-    luaL_checkstring(L, 2);
-    lk_cmd *c = new_cmd(L, LK_CMD_WATCH);
-    if (copy_string(L, 2, &c->name, &c->name_len)) {
-        lk_cmd_free(c);
-        return luaL_error(L, "locker: out of memory");
-    }
+    lk_cmd *c = name_cmd(L, LK_CMD_WATCH);
     /* known as watched at once, so cached() says "pending", not "not_watched" */
     lk_cache_watch(lk_engine_cache(e), c->name, c->name_len);
     return submit(L, e, c);
@@ -208,12 +209,7 @@ static int l_watch(lua_State *L)
 static int l_unwatch(lua_State *L)
 {
     lk_engine *e = check_client(L);
-    luaL_checkstring(L, 2);
-    lk_cmd *c = new_cmd(L, LK_CMD_UNWATCH);
-    if (copy_string(L, 2, &c->name, &c->name_len)) {
-        lk_cmd_free(c);
-        return luaL_error(L, "locker: out of memory");
-    }
+    lk_cmd *c = name_cmd(L, LK_CMD_UNWATCH);
     lk_cache_forget(lk_engine_cache(e), c->name, c->name_len);
     return submit(L, e, c);
 }

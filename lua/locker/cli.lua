@@ -79,6 +79,8 @@ end
 -- Splits arguments into options (--name value, --flag) and words; "--"
 -- ends option parsing and the rest is kept as is.
 local FLAGS = { json = true, help = true }
+local KNOWN_OPTIONS = { endpoints = true, prefix = true, ttl = true, timeout = true,
+                        json = true, grace = true, ["wait-timeout"] = true, help = true }
 local function parse(args)
     local opts, words, rest = {}, {}, nil
     local i = 1
@@ -370,9 +372,7 @@ function cli.main(args)
         return 0
     end
     for k in pairs(opts) do
-        local known = { endpoints = 1, prefix = 1, ttl = 1, timeout = 1, json = 1,
-                        grace = 1, ["wait-timeout"] = 1 }
-        if not known[k] then return usage_error(cmd, "unknown option --" .. k) end
+        if not KNOWN_OPTIONS[k] then return usage_error(cmd, "unknown option --" .. k) end
     end
     local ok, client = pcall(new_client, opts)
     if not ok then

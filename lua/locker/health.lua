@@ -220,10 +220,6 @@ function Health:_log(ev, fmt, ...)
     if not ok then sched.on_error("health log hook: " .. tostring(err)) end
 end
 
-local function call_handler(self, fn, ...)
-    sched.call_in_order(self, fn, ...)
-end
-
 -- The number of r's requirements that are down (unknown counts as down).
 local function down_count(self, r)
     local n = 0
@@ -334,11 +330,11 @@ local function on_dep(self, name, value)
     if w then
         for _, h in ipairs(w.handlers) do
             if d.up and (not was_up or not known) then
-                if h.up then call_handler(self, h.up, value) end
+                if h.up then sched.call_in_order(self, h.up, value) end
             elseif not d.up and (was_up or not known) then
-                if h.down then call_handler(self, h.down) end
+                if h.down then sched.call_in_order(self, h.down) end
             elseif d.up and value ~= old then
-                if h.change then call_handler(self, h.change, value) end
+                if h.change then sched.call_in_order(self, h.change, value) end
             end
         end
     end
