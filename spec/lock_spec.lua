@@ -255,14 +255,25 @@ describe("locks", function()
         b:close()
     end)
 
-    it("releases the locks of a client that is garbage-collected", function()
+    it("keeps a client with a held lock alive, and collects (closes) it once idle", function()
+        local weak = setmetatable({}, { __mode = "v" })
         do
             local a = client()
-            assert(a:lock("gc", "a"))
+            weak[1] = a
+            assert(a:lock("gc", "a"))  -- the Lock is dropped at once
         end
         collectgarbage()
         collectgarbage()
         local b = client()
+        assert.equal("a", b:get("gc"))  -- a held lock is a root
+        assert.is_not_nil(weak[1])
+        local lease = weak[1]:lease()
+        for _, lock in pairs(weak[1]._locks) do assert(lock:release()) end
+        assert.matches(lease, (etcd:ctl("lease list")))
+        collectgarbage()
+        collectgarbage()
+        assert.is_nil(weak[1])  -- idle and unreferenced: collected, closed
+        assert.not_matches(lease, (etcd:ctl("lease list")))
         assert.is_nil(b:get("gc"))
         assert.same({}, etcd:keys(prefix))
         b:close()

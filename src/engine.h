@@ -7,26 +7,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"
 #include "msg.h"
 
 typedef struct lk_engine lk_engine;
-
-/* What the engine has done so far (for benchmarks and status pages). */
-typedef struct lk_stats {
-    int64_t requests;          /* HTTP requests started (streams included) */
-    int64_t keepalives;        /* lease renewals sent */
-    int64_t stream_events;     /* watch events received */
-    int64_t stream_connects;   /* watch streams opened */
-} lk_stats;
-
-typedef struct lk_config {
-    char **endpoints;          /* "http://host:port", no trailing slash */
-    int n_endpoints;
-    char *prefix;              /* key prefix, e.g. "/locker/" */
-    size_t prefix_len;
-    int64_t ttl;               /* session lease, seconds */
-    int64_t timeout_ms;        /* per request */
-} lk_config;
 
 /* Copies cfg. Starts no thread (that happens on the first command, so a
  * client made before fork() works in the child). NULL with err filled. */
@@ -61,6 +45,9 @@ void lk_engine_stats(const lk_engine *e, lk_stats *out);
 
 /* The session lease ID, 0 when there is none (any thread). */
 int64_t lk_engine_lease(const lk_engine *e);
+
+/* The session's lease and its times as last published (any thread). */
+void lk_engine_session(const lk_engine *e, lk_session_view *out);
 
 /* Process-wide library set-up (libcurl); call once, before any thread. */
 void lk_engine_global_init(void);

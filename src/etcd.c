@@ -139,6 +139,15 @@ int lk_etcd_set_body(lk_buf *out, lk_bytes key, lk_bytes value,
            put_op(out, key, value, lease) || lk_buf_puts(out, "]}");
 }
 
+int lk_etcd_delete_if_body(lk_buf *out, lk_bytes key, int64_t create_rev)
+{
+    return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", key) ||
+           lk_buf_printf(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+                              "\"create_revision\":\"%" PRId64 "\"}],"
+                              "\"success\":[{\"request_delete_range\":{", create_rev) ||
+           field64(out, "key", key) || lk_buf_puts(out, "}}]}");
+}
+
 int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev)
 {
     return lk_buf_puts(out, "{\"create_request\":{") || dir_range(out, dir) ||

@@ -54,6 +54,8 @@ int lk_etcd_check_body(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key);
 /* Txn: put key=value on lease if key's create_revision is still token. */
 int lk_etcd_set_body(lk_buf *out, lk_bytes key, lk_bytes value,
                      int64_t lease, int64_t token);
+/* Txn: delete key if its create_revision is still create_rev. */
+int lk_etcd_delete_if_body(lk_buf *out, lk_bytes key, int64_t create_rev);
 /* Watch create request for every key under dir from start_rev (0: now). */
 int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev);
 

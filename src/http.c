@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
+
 #define POOL_MAX 16
 
 struct lk_http {
@@ -12,8 +14,10 @@ struct lk_http {
     int current;               /* the endpoint that answered last */
     long connect_timeout_ms;
     struct curl_slist *headers;
-    lk_req *inflight;
+    lk_req *inflight;          /* handed to libcurl */
     int n_inflight;
+    int n_counted;             /* of those, ordinary requests */
+    lk_req *queue, *queue_tail;  /* ordinary requests waiting for a slot */
     CURL *pool[POOL_MAX];      /* idle easy handles, kept for reuse */
     int n_pool;
 };
@@ -26,10 +30,6 @@ lk_http *lk_http_new(char **endpoints, int n, long connect_timeout_ms)
     h->n_endpoints = n;
     h->connect_timeout_ms = connect_timeout_ms;
     h->multi = curl_multi_init();
-    /* many watches or locks must not mean many connections: requests beyond
-     * this wait for a pooled one (the watch stream holds one for itself) */
-    if (h->multi)
-        curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)LK_MAX_CONNECTIONS);
     h->headers = curl_slist_append(NULL, "Content-Type: application/json");
     /* curl waits up to a second for "100 Continue" on bodies over 1 KiB. */
     if (h->headers) {
@@ -49,13 +49,27 @@ CURLM *lk_http_multi(lk_http *h)
     return h->multi;
 }
 
+static int counted(const lk_req *r)
+{
+    return !r->urgent && !r->on_line;
+}
+
+/* Takes r out of the list it is in (in flight, or the queue). */
 static void unlink_req(lk_req *r)
 {
     lk_http *h = r->http;
+    lk_req **head = r->queued ? &h->queue : &h->inflight;
+    if (r->queued && h->queue_tail == r) h->queue_tail = r->prev;
     if (r->prev) r->prev->next = r->next;
-    else if (h->inflight == r) h->inflight = r->next;
+    else if (*head == r) *head = r->next;
     if (r->next) r->next->prev = r->prev;
     r->prev = r->next = NULL;
+    if (r->queued) {
+        r->queued = 0;
+    } else {
+        h->n_inflight--;
+        if (counted(r)) h->n_counted--;
+    }
 }
 
 /* Frees the request and returns its easy handle to the pool. */
@@ -79,8 +93,8 @@ static void free_req(lk_req *r)
 void lk_http_free(lk_http *h)
 {
     if (!h) return;
-    while (h->inflight) {
-        lk_req *r = h->inflight;
+    while (h->inflight || h->queue) {
+        lk_req *r = h->inflight ? h->inflight : h->queue;
         unlink_req(r);
         free_req(r);
     }
@@ -147,7 +161,12 @@ static int launch(lk_req *r)
     curl_easy_setopt(c, CURLOPT_PRIVATE, r);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, r->error);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, h->connect_timeout_ms);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, r->timeout_ms);
+    long timeout = r->timeout_ms;
+    if (timeout > 0 && r->queued_at) {  /* the wait in the queue counts */
+        timeout -= (long)(lk_now_ms() - r->queued_at);
+        if (timeout < 1) timeout = 1;   /* 0 would mean no limit at all */
+    }
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 5L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, 2L);
@@ -156,30 +175,60 @@ static int launch(lk_req *r)
     r->status = 0;
     lk_buf_reset(&r->answer);
     r->tries++;
+    r->sent_at = lk_now_ms();
     if (curl_multi_add_handle(h->multi, c) != CURLM_OK) return -1;
     return 0;
+}
+
+static void link_inflight(lk_req *r)
+{
+    lk_http *h = r->http;
+    r->next = h->inflight;
+    if (h->inflight) h->inflight->prev = r;
+    h->inflight = r;
+    h->n_inflight++;
+    if (counted(r)) h->n_counted++;
+}
+
+/* Sends queued requests while there are free slots. A request that cannot
+ * be handed to libcurl now stays first in line for the next round. */
+static void start_queued(lk_http *h)
+{
+    while (h->queue && h->n_counted < LK_MAX_REQUESTS) {
+        lk_req *r = h->queue;
+        if (launch(r)) return;
+        unlink_req(r);
+        link_inflight(r);
+    }
 }
 
 int lk_req_start(lk_req *r)
 {
     lk_http *h = r->http;
+    if (counted(r) && (h->n_counted >= LK_MAX_REQUESTS || h->queue)) {
+        r->queued = 1;
+        r->queued_at = lk_now_ms();
+        r->prev = h->queue_tail;
+        if (h->queue_tail) h->queue_tail->next = r;
+        else h->queue = r;
+        h->queue_tail = r;
+        return 0;
+    }
     if (launch(r)) {
         free_req(r);
         return -1;
     }
-    r->next = h->inflight;
-    if (h->inflight) h->inflight->prev = r;
-    h->inflight = r;
-    h->n_inflight++;
+    link_inflight(r);
     return 0;
 }
 
 void lk_req_cancel(lk_req *r)
 {
     if (!r) return;
+    lk_http *h = r->http;
     unlink_req(r);
-    r->http->n_inflight--;
     free_req(r);
+    start_queued(h);
 }
 
 int lk_req_transport_failed(const lk_req *r)
@@ -208,7 +257,6 @@ static int never_sent(CURLcode rc)
 static void finish(lk_req *r)
 {
     unlink_req(r);
-    r->http->n_inflight--;
     r->on_done(r);
     free_req(r);
 }
@@ -262,6 +310,7 @@ int lk_http_perform(lk_http *h)
         }
         finish(r);
     }
+    start_queued(h);
     return running;
 }
 

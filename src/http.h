@@ -11,8 +11,10 @@
 
 #include "buf.h"
 
-/* Connections per etcd endpoint: the watch stream plus pooled requests. */
-#define LK_MAX_CONNECTIONS 8
+/* Ordinary requests in flight at once; more wait in a queue of our own.
+ * Streams and urgent requests (lease renewals) never wait: they are not
+ * counted, so a renewal is never stuck behind a burst of reads. */
+#define LK_MAX_REQUESTS 7
 
 typedef struct lk_http lk_http;
 typedef struct lk_req lk_req;
@@ -36,6 +38,10 @@ struct lk_req {
     lk_req_line_fn on_line;  /* non-NULL: a stream */
     void *owner;             /* whoever waits for it */
     uint64_t id;             /* the Lua request it answers, if any */
+    int urgent;              /* never queued (lease renewals) */
+    int queued;              /* waiting for a free slot, not yet sent */
+    int64_t queued_at;       /* ms: when it started waiting */
+    int64_t sent_at;         /* ms: when it was last handed to libcurl */
     int tries;
     int endpoint;            /* index of the endpoint it went to */
     CURLcode result;
@@ -51,7 +57,9 @@ CURLM *lk_http_multi(lk_http *h);
 /* A new request for path, not yet started; NULL when out of memory. */
 lk_req *lk_req_new(lk_http *h, const char *path, lk_req_done_fn on_done,
                    void *owner, long timeout_ms);
-/* Sends it. 0, or -1 (the request was freed without on_done). */
+/* Sends it, or queues it while LK_MAX_REQUESTS are in flight (the queue
+ * time counts against its timeout). 0, or -1 (the request was freed
+ * without on_done). */
 int lk_req_start(lk_req *r);
 /* Abandons a request in flight without calling on_done, and frees it. */
 void lk_req_cancel(lk_req *r);

@@ -15,6 +15,7 @@
 
 #include "compat.h"
 #include "cache.h"
+#include "clock.h"
 #include "engine.h"
 #include "proc.h"
 
@@ -61,7 +62,8 @@ static lk_engine *check_client(lua_State *L)
     return b->engine;
 }
 
-/* core.new(endpoints, prefix, ttl_s, timeout_ms) -> client | nil, msg, code */
+/* core.new(endpoints, prefix, ttl_s, timeout_ms, margin_ms)
+ * -> client | nil, msg, code */
 static int l_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -72,6 +74,9 @@ static int l_new(lua_State *L)
     cfg.prefix_len = prefix_len;
     cfg.ttl = (int64_t)luaL_checknumber(L, 3);
     cfg.timeout_ms = (int64_t)luaL_checknumber(L, 4);
+    cfg.margin_ms = (int64_t)luaL_checknumber(L, 5);
+    luaL_argcheck(L, cfg.ttl >= 1 && cfg.timeout_ms >= 1 && cfg.margin_ms >= 0 &&
+                  cfg.margin_ms < cfg.ttl * 1000, 3, "ttl, timeout or margin out of range");
     int n = (int)lua_rawlen(L, 1);
     luaL_argcheck(L, n > 0, 1, "no endpoints");
     cfg.endpoints = lua_newuserdata(L, sizeof(char *) * (size_t)n);
@@ -414,6 +419,34 @@ static int l_lease(lua_State *L)
     return 1;
 }
 
+/* client:session() -> { lease = hex | nil, state = "none" | "ok" |
+ * "jeopardy" | "lost", valid_for = seconds to the local deadline | nil },
+ * computed from the published times and the clock now. */
+static int l_session(lua_State *L)
+{
+    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    lk_session_view v = {0};
+    if (b->engine) lk_engine_session(b->engine, &v);
+    int64_t now = lk_now_ms();
+    const char *state = "none";
+    lua_createtable(L, 0, 3);
+    if (v.lease) {
+        char s[32];
+        snprintf(s, sizeof s, "%" PRIx64, (uint64_t)v.lease);
+        lua_pushstring(L, s);
+        lua_setfield(L, -2, "lease");
+        state = now < v.jeopardy_at ? "ok" : now < v.expires ? "jeopardy" : "lost";
+        int64_t left = v.deadline - now;
+        lua_pushnumber(L, left > 0 ? (lua_Number)left / 1000 : 0);
+        lua_setfield(L, -2, "valid_for");
+    } else if (v.lost) {
+        state = "lost";
+    }
+    lua_pushstring(L, state);
+    lua_setfield(L, -2, "state");
+    return 1;
+}
+
 static void push_kvs(lua_State *L, const lk_event *ev)
 {
     lua_createtable(L, (int)ev->n_kvs, 0);
@@ -521,18 +554,30 @@ static int l_closed(lua_State *L)
     return 1;
 }
 
+/* status:owned() -> boolean, compared with the clock now */
 static int l_status_owned(lua_State *L)
 {
     status_box *sb = luaL_checkudata(L, 1, STATUS_MT);
-    lua_pushboolean(L, sb->status && lk_status_owned(sb->status));
+    lua_pushboolean(L, sb->status && lk_status_left(sb->status, NULL) > 0);
     return 1;
 }
 
+/* status:token() -> the fencing token while owned, else nil */
 static int l_status_token(lua_State *L)
 {
     status_box *sb = luaL_checkudata(L, 1, STATUS_MT);
-    int64_t t = sb->status ? lk_status_token(sb->status) : 0;
-    if (t) push_int64(L, t);
+    int64_t t = 0;
+    if (sb->status && lk_status_left(sb->status, &t) > 0 && t) push_int64(L, t);
+    else lua_pushnil(L);
+    return 1;
+}
+
+/* status:valid_for() -> seconds of ownership left, or nil when not owned */
+static int l_status_valid_for(lua_State *L)
+{
+    status_box *sb = luaL_checkudata(L, 1, STATUS_MT);
+    int64_t left = sb->status ? lk_status_left(sb->status, NULL) : 0;
+    if (left > 0) lua_pushnumber(L, (lua_Number)left / 1000);
     else lua_pushnil(L);
     return 1;
 }
@@ -611,6 +656,7 @@ static const luaL_Reg client_methods[] = {
     {"stats", l_stats},
     {"fd", l_fd},
     {"lease", l_lease},
+    {"session", l_session},
     {"events", l_events},
     {"close", l_close},
     {"closed", l_closed},
@@ -620,6 +666,7 @@ static const luaL_Reg client_methods[] = {
 static const luaL_Reg status_methods[] = {
     {"owned", l_status_owned},
     {"token", l_status_token},
+    {"valid_for", l_status_valid_for},
     {NULL, NULL}
 };
 

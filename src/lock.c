@@ -1,10 +1,19 @@
-/* Locks: etcd's concurrency layout (a contender key per lease under
- * prefix NAME "/", owner = lowest create_revision), one state machine per
- * lock, driven by request answers, the session's watch stream and timers.
- * Also get (the owner's value) and set (Proclaim), which read the same keys. */
-#include "internal.h"
+/* Locks (see lock.h). The invariant they keep, checked in one place
+ * (publish) on every path that grants, keeps or reads ownership:
+ *
+ *   owned  <=>  etcd showed this lock's own key first (holds), on the
+ *               session's current lease, and now < the lease's deadline;
+ *               a new owner is told only while renewals are on time.
+ *
+ * The deadline goes out with the lock's status, so lock:owned() compares
+ * it with the clock when asked, whatever this thread is doing.
+ * Events are ordered by revision: a change older than the state it would
+ * touch is ignored, and a lock's requests are serialized (a write in
+ * flight is never abandoned, so a delete can never overtake it). */
+#include "lock.h"
 
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,17 +23,17 @@
 typedef enum {
     LS_QUEUED,     /* behind another lock of this client on the same name */
     LS_SESSION,    /* waiting for the lease and the watch stream */
+    LS_CLEANUP,    /* waiting for a stray key of ours on the name to go */
     LS_ACQUIRE,    /* put + owner txn in flight */
     LS_CHECK,      /* predecessor + own key txn in flight */
     LS_WAITING,    /* waiting for the predecessor's deletion */
-    LS_HELD,
-    LS_JEOPARDY,   /* held, lease unconfirmed; keep locks wait to re-check */
+    LS_HELD,       /* etcd showed our key first; nothing in flight */
     LS_RETRY,      /* a request failed; acquire again at retry_at */
     LS_DELETE      /* deleting the own key; then the lock is over */
 } lock_state;
 
 struct lk_lock {
-    lk_engine *engine;
+    lk_locks *ls;
     uint64_t id;
     lock_state state;
     lk_buf name, dir, key, value;
@@ -36,23 +45,26 @@ struct lk_lock {
     int64_t deadline;       /* for the first acquisition; 0: none */
     int64_t retry_at;       /* LS_RETRY, LS_DELETE after a failure */
     int reported;           /* lock() has its answer */
-    int owned;              /* as last reported */
-    int recheck;            /* something under dir was deleted during CHECK */
+    int holds;              /* etcd showed our key first, nothing since
+                               says otherwise */
+    int64_t until;          /* published: owned until then; 0: not owned */
+    int64_t seen_rev;       /* newest deletion under dir seen while a
+                               request was in flight */
     int resync;             /* the stream had a gap: check once it is back */
     uint64_t release_id;    /* release() waiting for the delete */
     lk_status *status;
-    lk_req *req;
-    lk_lock *prev, *next;   /* every lock of the engine */
+    lk_req *req;            /* at most one request at a time */
+    lk_lock *prev, *next;   /* every lock */
     lk_lock *queued;        /* next lock of this client on the same name */
 };
 
-static void start_acquire(lk_engine *e, lk_lock *l);
-static void start_delete(lk_engine *e, lk_lock *l);
-static void check(lk_engine *e, lk_lock *l);
+static void start_acquire(lk_locks *ls, lk_lock *l);
+static void start_delete(lk_locks *ls, lk_lock *l);
+static void check(lk_locks *ls, lk_lock *l);
 
-static void wake_at(lk_engine *e, int64_t t)
+static void wake_at(lk_locks *ls, int64_t t)
 {
-    if (!e->lock_tick_at || t < e->lock_tick_at) e->lock_tick_at = t;
+    if (!ls->tick_at || t < ls->tick_at) ls->tick_at = t;
 }
 
 static int show_len(const lk_lock *l)
@@ -60,7 +72,17 @@ static int show_len(const lk_lock *l)
     return l->name.len > 80 ? 80 : (int)l->name.len;
 }
 
-static void report_ok(lk_engine *e, lk_lock *l)
+static lk_bytes bytes(const lk_buf *b)
+{
+    return (lk_bytes){b->data, b->len};
+}
+
+static int same(const lk_buf *b, const char *p, size_t n)
+{
+    return b->len == n && memcmp(b->data, p, n) == 0;
+}
+
+static void report_ok(lk_locks *ls, lk_lock *l)
 {
     if (l->reported) return;
     l->reported = 1;
@@ -69,37 +91,64 @@ static void report_ok(lk_engine *e, lk_lock *l)
     if (!ev) return;
     ev->ok = 1;
     ev->token = l->my_rev;
-    lk_emit(e, ev);
+    lk_emit(ls->io, ev);
 }
 
-static void report_fail(lk_engine *e, lk_lock *l, const char *code,
+static void report_fail(lk_locks *ls, lk_lock *l, const char *code,
                         const char *why)
 {
     if (l->reported) return;
     l->reported = 1;
     l->deadline = 0;
-    lk_emit_fail(e, l->id, code, "lock '%.*s': %s", show_len(l), l->name.data,
-                 why);
+    lk_emit_fail(ls->io, l->id, code, "lock '%.*s': %s", show_len(l),
+                 l->name.data, why);
 }
 
-static void set_owned(lk_engine *e, lk_lock *l, int owned, const char *code,
-                      const char *why)
+/* The one place ownership is decided and published (see the top). A lock
+ * that stops being owned says why through code and why (NULL: quietly,
+ * as on release). The first grant answers lock(). */
+static void publish(lk_locks *ls, lk_lock *l, const char *code, const char *why)
 {
-    if (l->owned == owned) return;
-    l->owned = owned;
-    lk_status_set(l->status, owned, l->my_rev);
+    const lk_session *s = ls->session;
+    int64_t now = lk_now_ms();
+    int64_t until = 0;
+    if (l->holds && l->lease && l->lease == s->lease && !s->expired &&
+        now < s->deadline && (l->until || lk_session_confirmed(s, now)))
+        until = s->deadline;
+    int was = l->until != 0;
+    l->until = until;
+    lk_status_set(l->status, until, l->my_rev);
+    if (was == (until != 0)) return;
     lk_event *ev = lk_event_new(LK_EV_OWNED, l->id);
-    if (!ev) return;
-    ev->owned = owned;
-    ev->token = l->my_rev;
-    if (code) {
-        char msg[LK_MSG_SIZE];
-        snprintf(msg, sizeof msg, "lock '%.*s': %s", show_len(l), l->name.data,
-                 why);
-        snprintf(ev->code, sizeof ev->code, "%s", code);
-        ev->msg = strdup(msg);
+    if (ev) {
+        ev->owned = until != 0;
+        ev->token = l->my_rev;
+        if (!until && code) {
+            char msg[LK_MSG_SIZE];
+            snprintf(msg, sizeof msg, "lock '%.*s': %s", show_len(l),
+                     l->name.data, why);
+            snprintf(ev->code, sizeof ev->code, "%s", code);
+            ev->msg = strdup(msg);
+        }
+        lk_emit(ls->io, ev);
     }
-    lk_emit(e, ev);
+    if (until) report_ok(ls, l);
+}
+
+/* etcd shows our key first: owned, if the session allows (else the lock
+ * waits, holding, for a renewal to confirm it). */
+static void became_owner(lk_locks *ls, lk_lock *l)
+{
+    l->state = LS_HELD;
+    l->holds = 1;
+    publish(ls, l, NULL, NULL);
+}
+
+/* Ownership ends (holds = 0) and is published as ended. */
+static void drop(lk_locks *ls, lk_lock *l, const char *code, const char *why)
+{
+    l->holds = 0;
+    publish(ls, l, code, why);
 }
 
 static void cancel_req(lk_lock *l)
@@ -108,32 +157,8 @@ static void cancel_req(lk_lock *l)
     l->req = NULL;
 }
 
-/* The lock is over: frees it and lets the next local lock on its name go. */
-static void finish(lk_engine *e, lk_lock *l)
+static void free_lock(lk_lock *l)
 {
-    cancel_req(l);
-    set_owned(e, l, 0, NULL, NULL);
-    if (l->release_id) lk_emit_ok(e, l->release_id);
-    uint64_t id = l->id;
-    lk_map_del(&e->locks_by_id, &id, sizeof id);
-    if (l->prev) l->prev->next = l->next;
-    else e->locks = l->next;
-    if (l->next) l->next->prev = l->prev;
-    lk_lock *head = lk_map_get(&e->locks_by_name, l->name.data, l->name.len);
-    if (head == l) {
-        if (l->queued && !e->stopping) {
-            lk_map_put(&e->locks_by_name, l->name.data, l->name.len, l->queued);
-            start_acquire(e, l->queued);
-        } else {
-            lk_map_del(&e->locks_by_name, l->name.data, l->name.len);
-        }
-    } else {  /* queued behind another */
-        for (lk_lock *p = head; p; p = p->queued)
-            if (p->queued == l) {
-                p->queued = l->queued;
-                break;
-            }
-    }
     lk_buf_free(&l->name);
     lk_buf_free(&l->dir);
     lk_buf_free(&l->key);
@@ -143,83 +168,115 @@ static void finish(lk_engine *e, lk_lock *l)
     free(l);
 }
 
-static lk_bytes bytes(const lk_buf *b)
-{
-    return (lk_bytes){b->data, b->len};
-}
-
-static void became_owner(lk_engine *e, lk_lock *l)
-{
-    l->state = LS_HELD;
-    set_owned(e, l, 1, NULL, NULL);
-    report_ok(e, l);
-}
-
-/* Our key is gone (deleted by someone, or vanished while we waited). */
-static void lost_key(lk_engine *e, lk_lock *l, const char *why)
+/* The lock is over: frees it and lets the next local lock on its name go. */
+static void finish(lk_locks *ls, lk_lock *l)
 {
     cancel_req(l);
-    set_owned(e, l, 0, "lost", why);
+    drop(ls, l, NULL, NULL);
+    if (l->release_id) lk_emit_ok(ls->io, l->release_id);
+    uint64_t id = l->id;
+    lk_map_del(&ls->by_id, &id, sizeof id);
+    if (l->prev) l->prev->next = l->next;
+    else ls->all = l->next;
+    if (l->next) l->next->prev = l->prev;
+    lk_lock *head = lk_map_get(&ls->by_name, l->name.data, l->name.len);
+    if (head == l) {
+        if (l->queued && !ls->stopping) {
+            lk_map_put(&ls->by_name, l->name.data, l->name.len, l->queued);
+            start_acquire(ls, l->queued);
+        } else {
+            lk_map_del(&ls->by_name, l->name.data, l->name.len);
+        }
+    } else {  /* queued behind another */
+        for (lk_lock *p = head; p; p = p->queued)
+            if (p->queued == l) {
+                p->queued = l->queued;
+                break;
+            }
+    }
+    free_lock(l);
+}
+
+/* Our key is gone or not ours any more (deleted by someone, or vanished
+ * while we waited). Whatever is left of it is deleted. */
+static void lost_key(lk_locks *ls, lk_lock *l, const char *why)
+{
+    drop(ls, l, "lost", why);
     if (l->keep) {
-        start_acquire(e, l);
+        start_acquire(ls, l);
         return;
     }
-    report_fail(e, l, "lost", why);
-    l->lease = 0;
-    finish(e, l);
+    report_fail(ls, l, "lost", why);
+    start_delete(ls, l);
 }
 
 /* A request of this lock failed without etcd deciding anything. */
-static void transient(lk_engine *e, lk_lock *l, const char *code,
+static void transient(lk_locks *ls, lk_lock *l, const char *code,
                       const char *msg)
 {
     if (strcmp(code, "lease_lost") == 0) {
-        lk_session_lease_gone(e, msg);  /* reaches this lock too */
+        lk_session_lease_gone(ls->session, msg);  /* reaches this lock too */
         return;
     }
     if (!l->reported && !l->keep) {
-        report_fail(e, l, code, msg);
-        start_delete(e, l);  /* the put may have landed */
+        report_fail(ls, l, code, msg);
+        start_delete(ls, l);  /* the put may have landed */
         return;
     }
     l->state = LS_RETRY;
     l->retry_at = lk_now_ms() + RETRY_MS;
-    wake_at(e, l->retry_at);
+    wake_at(ls, l->retry_at);
 }
 
 /* Whether a kv item's key equals b. */
 static int key_is(const cJSON *item, const lk_buf *b, lk_kv *kv)
 {
-    return item && lk_etcd_kv(item, kv) == 0 && kv->key.len == b->len &&
-           memcmp(kv->key.data, b->data, b->len) == 0;
+    return item && lk_etcd_kv(item, kv) == 0 && same(b, kv->key.data, kv->key.len);
 }
 
-/* A lock request's answer: its root object, or NULL once the failure went
- * to transient(). */
-static cJSON *lock_answer(lk_req *r)
+/* A lock request's answer: its root object and revision, or NULL once the
+ * lock has moved on (a delete was asked for meanwhile, or the failure went
+ * to transient()). */
+static cJSON *lock_answer(lk_req *r, int64_t *rev)
 {
     lk_lock *l = r->owner;
+    lk_locks *ls = l->ls;
     l->req = NULL;
+    if (l->deadline && !l->reported) wake_at(ls, l->deadline);
+    if (l->state == LS_DELETE) {  /* release or timeout came meanwhile */
+        start_delete(ls, l);
+        return NULL;
+    }
     const char *code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (!root) transient(l->engine, l, code, msg);
+    if (!root) {
+        transient(ls, l, code, msg);
+        return NULL;
+    }
+    *rev = lk_etcd_revision(root);
+    if (*rev <= 0) {
+        cJSON_Delete(root);
+        transient(ls, l, "protocol", "etcd's answer has no header revision");
+        return NULL;
+    }
     return root;
 }
 
 /* Sends the lock's next txn, whose body the caller built (build_failed:
  * it ran out of memory doing so), and enters state. */
-static void send_txn(lk_engine *e, lk_lock *l, int build_failed, lk_buf *body,
+static void send_txn(lk_locks *ls, lk_lock *l, int build_failed, lk_buf *body,
                      lock_state state, lk_req_done_fn done)
 {
     if (build_failed) {
         lk_buf_free(body);
-        transient(e, l, "nomem", "out of memory");
+        transient(ls, l, "nomem", "out of memory");
         return;
     }
     l->state = state;
-    l->req = lk_send(e, LK_PATH_TXN, done, l, body, 0);
-    if (!l->req) transient(e, l, "nomem", "could not start a request");
+    l->seen_rev = 0;  /* the answer will reflect every change seen so far */
+    l->req = lk_send(ls->io, LK_PATH_TXN, done, l, body, 0);
+    if (!l->req) transient(ls, l, "nomem", "could not start a request");
 }
 
 static void on_refresh(lk_req *r)
@@ -228,28 +285,49 @@ static void on_refresh(lk_req *r)
 }
 
 /* Puts our current value into a key that an earlier try left behind. */
-static void refresh_value(lk_engine *e, lk_lock *l)
+static void refresh_value(lk_locks *ls, lk_lock *l)
 {
     lk_buf body = {0};
     if (lk_etcd_set_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
                          l->my_rev) ||
-        !lk_send(e, LK_PATH_TXN, on_refresh, e, &body, 0))
+        !lk_send(ls->io, LK_PATH_TXN, on_refresh, NULL, &body, 0))
         lk_buf_free(&body);
 }
 
-static void queue(lk_engine *e, lk_lock *l);
+/* Whether an answer at revision rev may be older than a deletion the
+ * stream showed meanwhile: then it is asked again. */
+static int outdated(const lk_lock *l, int64_t rev)
+{
+    return l->seen_rev > rev;
+}
+
+static void queue(lk_locks *ls, lk_lock *l);
+
+/* Where an answer that showed our key (created at my_rev) leads. */
+static void placed(lk_locks *ls, lk_lock *l, int first, int64_t rev)
+{
+    if (first && !outdated(l, rev)) {
+        became_owner(ls, l);
+    } else if (!l->wait) {
+        report_fail(ls, l, "locked", "held by another owner");
+        start_delete(ls, l);
+    } else {
+        check(ls, l);
+    }
+}
 
 /* The answer to the first try: owned at once, or someone is there. */
 static void on_try(lk_req *r)
 {
     lk_lock *l = r->owner;
-    lk_engine *e = l->engine;
-    cJSON *root = lock_answer(r);
+    lk_locks *ls = l->ls;
+    int64_t rev;
+    cJSON *root = lock_answer(r, &rev);
     if (!root) return;
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"))) {
-        l->my_rev = lk_etcd_revision(root);  /* the only key: the owner */
+        l->my_rev = rev;  /* the only key: the owner */
         cJSON_Delete(root);
-        became_owner(e, l);
+        placed(ls, l, 1, rev);
         return;
     }
     lk_kv kv = {0};
@@ -258,101 +336,92 @@ static void on_try(lk_req *r)
     int stale = 0, first = 0;
     l->my_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
     if (mine && lk_etcd_kv(mine, &kv) == 0)  /* an earlier try's key */
-        stale = kv.value.len != l->value.len ||
-                memcmp(kv.value.data, l->value.data, l->value.len);
+        stale = !same(&l->value, kv.value.data, kv.value.len);
     if (mine) first = key_is(owner, &l->key, &kv);
     lk_etcd_kv_free(&kv);
     cJSON_Delete(root);
     if (!mine && !l->wait) {  /* try-lock: nothing was written */
-        report_fail(e, l, "locked", "held by another owner");
+        report_fail(ls, l, "locked", "held by another owner");
         l->lease = 0;
-        finish(e, l);
+        finish(ls, l);
     } else if (!mine) {
-        queue(e, l);
+        queue(ls, l);
+    } else if (l->my_rev <= 0) {
+        transient(ls, l, "protocol", "etcd's answer has a key without its revision");
     } else {
-        if (stale) refresh_value(e, l);
-        if (first) became_owner(e, l);
-        else if (!l->wait) {
-            report_fail(e, l, "locked", "held by another owner");
-            start_delete(e, l);
-        } else {
-            check(e, l);
-        }
+        if (stale) refresh_value(ls, l);
+        placed(ls, l, first, rev);
     }
 }
 
 static void on_acquire(lk_req *r)
 {
     lk_lock *l = r->owner;
-    lk_engine *e = l->engine;
-    cJSON *root = lock_answer(r);
+    lk_locks *ls = l->ls;
+    int64_t rev;
+    cJSON *root = lock_answer(r, &rev);
     if (!root) return;
     lk_kv kv = {0};
-    const cJSON *owner;
+    const cJSON *owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"))) {
-        l->my_rev = lk_etcd_revision(root);  /* created by this txn */
-        owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
+        l->my_rev = rev;  /* created by this txn */
     } else {  /* our key was there already: keep its place in the queue */
         const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 0));
         l->my_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
-        owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
         if (mine && lk_etcd_kv(mine, &kv) == 0 &&
-            (kv.value.len != l->value.len ||
-             memcmp(kv.value.data, l->value.data, l->value.len)))
-            refresh_value(e, l);
+            !same(&l->value, kv.value.data, kv.value.len))
+            refresh_value(ls, l);
     }
     int first = key_is(owner, &l->key, &kv);
     lk_etcd_kv_free(&kv);
     cJSON_Delete(root);
-    if (!l->my_rev) {
-        transient(e, l, "protocol", "acquire answer without the own key");
-    } else if (first) {
-        became_owner(e, l);
-    } else if (!l->wait) {
-        report_fail(e, l, "locked", "held by another owner");
-        start_delete(e, l);
-    } else {
-        check(e, l);
-    }
+    if (l->my_rev <= 0)
+        transient(ls, l, "protocol", "acquire answer without the own key");
+    else
+        placed(ls, l, first, rev);
 }
 
-static void start_acquire(lk_engine *e, lk_lock *l)
+static void start_acquire(lk_locks *ls, lk_lock *l)
 {
-    if (!lk_session_ready(e)) {
-        l->state = LS_SESSION;
-        lk_session_need(e);
+    if (lk_map_get(&ls->cleaning, l->name.data, l->name.len)) {
+        l->state = LS_CLEANUP;  /* a stray key of ours goes first */
         return;
     }
-    l->lease = e->session.lease;
+    if (!lk_session_ready(ls->session)) {
+        l->state = LS_SESSION;
+        lk_session_need(ls->session);
+        return;
+    }
+    l->lease = ls->session->lease;
     lk_buf_reset(&l->key);
     lk_buf body = {0};
     int failed = lk_buf_append(&l->key, l->dir.data, l->dir.len) ||
                  lk_buf_printf(&l->key, "%" PRIx64, (uint64_t)l->lease) ||
                  lk_etcd_try_body(&body, bytes(&l->key), bytes(&l->value),
                                   l->lease, bytes(&l->dir));
-    send_txn(e, l, failed, &body, LS_ACQUIRE, on_try);
+    send_txn(ls, l, failed, &body, LS_ACQUIRE, on_try);
 }
 
 /* Someone holds the name: write our contender key (behind them). */
-static void queue(lk_engine *e, lk_lock *l)
+static void queue(lk_locks *ls, lk_lock *l)
 {
     lk_buf body = {0};
     int failed = lk_etcd_acquire_body(&body, bytes(&l->key), bytes(&l->value),
                                       l->lease, bytes(&l->dir));
-    send_txn(e, l, failed, &body, LS_ACQUIRE, on_acquire);
+    send_txn(ls, l, failed, &body, LS_ACQUIRE, on_acquire);
 }
 
 static void on_check(lk_req *r)
 {
     lk_lock *l = r->owner;
-    lk_engine *e = l->engine;
-    cJSON *root = lock_answer(r);
+    lk_locks *ls = l->ls;
+    int64_t rev;
+    cJSON *root = lock_answer(r, &rev);
     if (!root) return;
     const cJSON *pred = lk_etcd_first_kv(lk_etcd_txn_range(root, 0));
     const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
     lk_kv kv = {0};
-    int pred_ok = pred && lk_etcd_kv(pred, &kv) == 0;
-    if (pred_ok) {
+    if (pred && lk_etcd_kv(pred, &kv) == 0) {
         lk_buf_reset(&l->pred);
         lk_buf_append(&l->pred, kv.key.data, kv.key.len);
     }
@@ -360,66 +429,130 @@ static void on_check(lk_req *r)
     lk_etcd_kv_free(&kv);
     cJSON_Delete(root);
     if (mine_rev != l->my_rev) {
-        lost_key(e, l, mine_rev ? "its key was replaced"
-                                : "its key vanished (session lease expired?)");
-    } else if (l->recheck) {
-        check(e, l);
+        lost_key(ls, l, mine_rev ? "its key was replaced"
+                                 : "its key vanished (session lease expired?)");
+    } else if (outdated(l, rev)) {
+        check(ls, l);
     } else if (!pred) {
-        became_owner(e, l);
+        became_owner(ls, l);
     } else {
+        drop(ls, l, "lost", "another owner is ahead of it");
         l->state = LS_WAITING;
     }
 }
 
 /* Asks etcd who is just before us, and whether our key still exists. */
-static void check(lk_engine *e, lk_lock *l)
+static void check(lk_locks *ls, lk_lock *l)
 {
     lk_buf body = {0};
-    l->recheck = 0;
     int failed = lk_etcd_check_body(&body, bytes(&l->dir), l->my_rev, bytes(&l->key));
-    send_txn(e, l, failed, &body, LS_CHECK, on_check);
+    send_txn(ls, l, failed, &body, LS_CHECK, on_check);
 }
 
 static void on_delete(lk_req *r)
 {
     lk_lock *l = r->owner;
-    lk_engine *e = l->engine;
+    lk_locks *ls = l->ls;
     l->req = NULL;
     const char *code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
     cJSON_Delete(root);
     if (root || strcmp(code, "lease_lost") == 0) {
-        finish(e, l);
+        finish(ls, l);
         return;
     }
     if (l->release_id) {  /* tell release() now; keep trying behind it */
-        lk_emit_fail(e, l->release_id, code, "lock '%.*s': release: %s",
+        lk_emit_fail(ls->io, l->release_id, code, "lock '%.*s': release: %s",
                      show_len(l), l->name.data, msg);
         l->release_id = 0;
     }
     l->retry_at = lk_now_ms() + RETRY_MS;
-    wake_at(e, l->retry_at);
+    wake_at(ls, l->retry_at);
 }
 
-/* Deletes our key, then the lock is over. */
-static void start_delete(lk_engine *e, lk_lock *l)
+/* Deletes our key, then the lock is over. A request in flight is answered
+ * first (a put could otherwise land after the delete). */
+static void start_delete(lk_locks *ls, lk_lock *l)
 {
-    cancel_req(l);
-    set_owned(e, l, 0, NULL, NULL);
+    drop(ls, l, NULL, NULL);
     l->state = LS_DELETE;
     l->retry_at = 0;
-    if (!l->lease || l->lease != e->session.lease) {  /* no key, or gone */
-        finish(e, l);
+    if (l->req) return;  /* lock_answer comes back here */
+    if (!l->lease || l->lease != ls->session->lease) {  /* no key, or gone */
+        finish(ls, l);
         return;
     }
     lk_buf body = {0};
     if (lk_etcd_delete_body(&body, bytes(&l->key)) ||
-        !(l->req = lk_send(e, LK_PATH_DELETE, on_delete, l, &body, 0))) {
+        !(l->req = lk_send(ls->io, LK_PATH_DELETE, on_delete, l, &body, 0))) {
         lk_buf_free(&body);
         l->retry_at = lk_now_ms() + RETRY_MS;
-        wake_at(e, l->retry_at);
+        wake_at(ls, l->retry_at);
     }
+}
+
+/* ---- stray keys ---- */
+
+/* A key of our lease that no lock of ours claims (a put that reached etcd
+ * after the lock gave up on it) is deleted, if it is still that key. New
+ * locks on its name wait meanwhile, so they never adopt it. */
+struct lk_cleanup {
+    lk_locks *ls;
+    lk_buf name;
+    lk_req *req;
+    lk_cleanup *prev, *next;
+};
+
+static void free_cleanup(lk_cleanup *c)
+{
+    lk_locks *ls = c->ls;
+    if (c->prev) c->prev->next = c->next;
+    else if (ls->cleanups == c) ls->cleanups = c->next;
+    if (c->next) c->next->prev = c->prev;
+    lk_buf_free(&c->name);
+    free(c);
+}
+
+static void cleaning_add(lk_locks *ls, const char *name, size_t len, int d)
+{
+    intptr_t n = (intptr_t)lk_map_get(&ls->cleaning, name, len) + d;
+    if (n > 0) {
+        if (lk_map_put(&ls->cleaning, name, len, (void *)n) == 0) return;
+    }
+    lk_map_del(&ls->cleaning, name, len);
+    lk_lock *l = lk_map_get(&ls->by_name, name, len);
+    if (l && l->state == LS_CLEANUP) start_acquire(ls, l);
+}
+
+static void on_cleanup(lk_req *r)
+{
+    lk_cleanup *c = r->owner;
+    lk_locks *ls = c->ls;
+    lk_buf name = c->name;
+    c->name = (lk_buf){0};
+    free_cleanup(c);
+    cleaning_add(ls, name.data, name.len, -1);
+    lk_buf_free(&name);
+}
+
+static void delete_stray(lk_locks *ls, const lk_change *ch)
+{
+    lk_cleanup *c = calloc(1, sizeof *c);
+    lk_buf body = {0};
+    if (!c) return;  /* no memory: the key goes with the lease at close */
+    c->ls = ls;
+    c->next = ls->cleanups;
+    if (ls->cleanups) ls->cleanups->prev = c;
+    ls->cleanups = c;
+    if (lk_buf_append(&c->name, ch->name, ch->name_len) ||
+        lk_etcd_delete_if_body(&body, bytes(&ch->kv->key), ch->kv->create_rev) ||
+        !(c->req = lk_send(ls->io, LK_PATH_TXN, on_cleanup, c, &body, 0))) {
+        lk_buf_free(&body);
+        free_cleanup(c);
+        return;
+    }
+    cleaning_add(ls, ch->name, ch->name_len, 1);
 }
 
 /* ---- commands ---- */
@@ -430,24 +563,20 @@ static int copy(lk_buf *b, const char *p, size_t n)
     return lk_buf_append(b, p, n);
 }
 
-static void lock_command(lk_engine *e, lk_cmd *c)
+static void lock_command(lk_locks *ls, lk_cmd *c)
 {
+    const lk_config *cfg = &ls->io->cfg;
     lk_lock *l = calloc(1, sizeof *l);
     if (!l || copy(&l->name, c->name, c->name_len) ||
-        copy(&l->dir, e->cfg.prefix, e->cfg.prefix_len) ||
+        copy(&l->dir, cfg->prefix, cfg->prefix_len) ||
         lk_buf_append(&l->dir, c->name, c->name_len) ||
         lk_buf_append(&l->dir, "/", 1) ||
         copy(&l->value, c->value, c->value_len)) {
-        if (l) {
-            lk_buf_free(&l->name);
-            lk_buf_free(&l->dir);
-            lk_buf_free(&l->value);
-            free(l);
-        }
-        lk_emit_fail(e, c->id, "nomem", "out of memory");
+        if (l) free_lock(l);
+        lk_emit_fail(ls->io, c->id, "nomem", "out of memory");
         return;
     }
-    l->engine = e;
+    l->ls = ls;
     l->id = c->id;
     l->wait = c->wait;
     l->keep = c->keep;
@@ -456,80 +585,64 @@ static void lock_command(lk_engine *e, lk_cmd *c)
     c->status = NULL;
     if (c->timeout_ms >= 0) {
         l->deadline = lk_now_ms() + c->timeout_ms;
-        wake_at(e, l->deadline);
+        wake_at(ls, l->deadline);
     }
-    lk_lock *head = lk_map_get(&e->locks_by_name, l->name.data, l->name.len);
+    lk_lock *head = lk_map_get(&ls->by_name, l->name.data, l->name.len);
     if (head && !l->wait) {
-        lk_emit_fail(e, l->id, "locked", "lock '%.*s': held by this client",
+        lk_emit_fail(ls->io, l->id, "locked", "lock '%.*s': held by this client",
                      show_len(l), l->name.data);
-        lk_buf_free(&l->name);
-        lk_buf_free(&l->dir);
-        lk_buf_free(&l->value);
-        lk_status_unref(l->status);
-        free(l);
+        free_lock(l);
         return;
     }
     uint64_t id = l->id;
-    lk_map_put(&e->locks_by_id, &id, sizeof id, l);
-    l->next = e->locks;
-    if (e->locks) e->locks->prev = l;
-    e->locks = l;
+    lk_map_put(&ls->by_id, &id, sizeof id, l);
+    l->next = ls->all;
+    if (ls->all) ls->all->prev = l;
+    ls->all = l;
     if (head) {  /* same name through this client: wait our turn locally */
         while (head->queued) head = head->queued;
         head->queued = l;
         l->state = LS_QUEUED;
         return;
     }
-    lk_map_put(&e->locks_by_name, l->name.data, l->name.len, l);
-    start_acquire(e, l);
+    lk_map_put(&ls->by_name, l->name.data, l->name.len, l);
+    start_acquire(ls, l);
 }
 
-static void release_command(lk_engine *e, lk_cmd *c)
+static void release_command(lk_locks *ls, lk_cmd *c)
 {
     uint64_t id = c->target;
-    lk_lock *l = lk_map_get(&e->locks_by_id, &id, sizeof id);
+    lk_lock *l = lk_map_get(&ls->by_id, &id, sizeof id);
     if (!l) {
-        lk_emit_ok(e, c->id);  /* already over: release is idempotent */
+        lk_emit_ok(ls->io, c->id);  /* already over: release is idempotent */
         return;
     }
-    if (l->release_id) lk_emit_ok(e, l->release_id);
+    if (l->release_id) lk_emit_ok(ls->io, l->release_id);
     l->release_id = c->id;
     l->keep = 0;
-    report_fail(e, l, "canceled", "released before it was acquired");
+    report_fail(ls, l, "canceled", "released before it was acquired");
     if (l->state == LS_DELETE && l->req) return;  /* on its way */
-    if (l->state == LS_QUEUED) finish(e, l);
-    else start_delete(e, l);  /* finishes at once when there is no key */
-}
-
-/* The answer to a request the Lua side waits for (set, get, status): its
- * root object, or NULL once the failure went to the caller. */
-static cJSON *request_answer(lk_req *r, const char *what)
-{
-    lk_engine *e = r->owner;
-    const char *code;
-    char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (!root) lk_emit_fail(e, r->id, code, "%s: %s", what, msg);
-    return root;
+    if (l->state == LS_QUEUED) finish(ls, l);
+    else start_delete(ls, l);  /* finishes at once when there is no key */
 }
 
 static void on_set(lk_req *r)
 {
-    lk_engine *e = r->owner;
-    cJSON *root = request_answer(r, "set");
+    lk_io *io = r->owner;
+    cJSON *root = lk_request_answer(io, r, "set");
     if (!root) return;
     int ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"));
     cJSON_Delete(root);
-    if (ok) lk_emit_ok(e, r->id);
-    else lk_emit_fail(e, r->id, "not_owner", "set: the lock was lost");
+    if (ok) lk_emit_ok(io, r->id);
+    else lk_emit_fail(io, r->id, "not_owner", "set: the lock was lost");
 }
 
-static void set_command(lk_engine *e, lk_cmd *c)
+static void set_command(lk_locks *ls, lk_cmd *c)
 {
     uint64_t id = c->target;
-    lk_lock *l = lk_map_get(&e->locks_by_id, &id, sizeof id);
-    if (!l || l->state != LS_HELD) {
-        lk_emit_fail(e, c->id, "not_owner", "set: the lock is not held");
+    lk_lock *l = lk_map_get(&ls->by_id, &id, sizeof id);
+    if (!l || !l->until || lk_now_ms() >= l->until) {  /* as owned() says */
+        lk_emit_fail(ls->io, c->id, "not_owner", "set: the lock is not owned");
         return;
     }
     lk_buf body = {0};
@@ -537,258 +650,188 @@ static void set_command(lk_engine *e, lk_cmd *c)
     if (copy(&l->value, c->value, c->value_len) ||
         lk_etcd_set_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
                          l->my_rev) ||
-        !(r = lk_send(e, LK_PATH_TXN, on_set, e, &body, 0))) {
+        !(r = lk_send(ls->io, LK_PATH_TXN, on_set, ls->io, &body, 0))) {
         lk_buf_free(&body);
-        lk_emit_fail(e, c->id, "nomem", "set: out of memory");
+        lk_emit_fail(ls->io, c->id, "nomem", "set: out of memory");
         return;
     }
     r->id = c->id;
 }
 
-static void on_get(lk_req *r)
-{
-    lk_engine *e = r->owner;
-    cJSON *root = request_answer(r, "get");
-    if (!root) return;
-    lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
-    lk_kv kv = {0};
-    const cJSON *owner = lk_etcd_first_kv(root);
-    if (ev) {
-        ev->ok = 1;
-        ev->revision = lk_etcd_revision(root);
-        if (owner && lk_etcd_kv(owner, &kv) == 0) {
-            ev->has_value = 1;
-            ev->token = kv.create_rev;
-            ev->value_len = kv.value.len;
-            ev->value = kv.value.data;  /* taken over by the event */
-            kv.value = (lk_buf){0};
-        } else if (owner) {
-            ev->ok = 0;
-            snprintf(ev->code, sizeof ev->code, "protocol");
-            ev->msg = strdup("get: malformed key-value in etcd's answer");
-        }
-    }
-    lk_etcd_kv_free(&kv);
-    cJSON_Delete(root);
-    lk_emit(e, ev);
-}
-
-static void get_command(lk_engine *e, lk_cmd *c)
-{
-    lk_buf dir = {0}, body = {0};
-    lk_req *r = NULL;
-    if (copy(&dir, e->cfg.prefix, e->cfg.prefix_len) ||
-        lk_buf_append(&dir, c->name, c->name_len) ||
-        lk_buf_append(&dir, "/", 1) ||
-        lk_etcd_owner_body(&body, bytes(&dir)) ||
-        !(r = lk_send(e, LK_PATH_RANGE, on_get, e, &body, 0))) {
-        lk_buf_free(&body);
-        lk_emit_fail(e, c->id, "nomem", "get: out of memory");
-    } else {
-        r->id = c->id;
-    }
-    lk_buf_free(&dir);
-}
-
-static char *take_buf(lk_buf *b, size_t *len)
-{
-    char *p = b->data ? b->data : calloc(1, 1);
-    *len = b->len;
-    *b = (lk_buf){0};
-    return p;
-}
-
-static void on_list(lk_req *r)
-{
-    lk_engine *e = r->owner;
-    cJSON *root = request_answer(r, "status");
-    if (!root) return;
-    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
-    int n = cJSON_GetArraySize(kvs);
-    lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
-    if (ev && n > 0 && !(ev->kvs = calloc((size_t)n, sizeof *ev->kvs))) {
-        lk_event_free(ev);
-        ev = NULL;
-    }
-    if (!ev) {
-        cJSON_Delete(root);
-        lk_emit_fail(e, r->id, "nomem", "status: out of memory");
-        return;
-    }
-    ev->ok = 1;
-    ev->list = 1;
-    ev->revision = lk_etcd_revision(root);
-    const cJSON *item;
-    lk_kv kv = {0};
-    cJSON_ArrayForEach(item, kvs) {
-        if (lk_etcd_kv(item, &kv)) continue;
-        lk_event_kv *o = &ev->kvs[ev->n_kvs++];
-        o->key = take_buf(&kv.key, &o->key_len);
-        o->value = take_buf(&kv.value, &o->value_len);
-        o->create_rev = kv.create_rev;
-        o->lease = kv.lease;
-    }
-    lk_etcd_kv_free(&kv);
-    cJSON_Delete(root);
-    lk_emit(e, ev);
-}
-
-static void list_command(lk_engine *e, lk_cmd *c)
-{
-    lk_buf body = {0};
-    lk_req *r = NULL;
-    if (lk_etcd_dir_body(&body, (lk_bytes){e->cfg.prefix, e->cfg.prefix_len}) ||
-        !(r = lk_send(e, LK_PATH_RANGE, on_list, e, &body, 0))) {
-        lk_buf_free(&body);
-        lk_emit_fail(e, c->id, "nomem", "status: out of memory");
-        return;
-    }
-    r->id = c->id;
-}
-
-void lk_lock_command(lk_engine *e, lk_cmd *c)
+void lk_locks_command(lk_locks *ls, lk_cmd *c)
 {
     switch (c->kind) {
-    case LK_CMD_LOCK: lock_command(e, c); break;
-    case LK_CMD_RELEASE: release_command(e, c); break;
-    case LK_CMD_SET: set_command(e, c); break;
-    case LK_CMD_GET: get_command(e, c); break;
-    case LK_CMD_LIST: list_command(e, c); break;
-    default: lk_emit_fail(e, c->id, "protocol", "unknown command"); break;
+    case LK_CMD_LOCK: lock_command(ls, c); break;
+    case LK_CMD_RELEASE: release_command(ls, c); break;
+    case LK_CMD_SET: set_command(ls, c); break;
+    default: lk_emit_fail(ls->io, c->id, "protocol", "unknown command"); break;
     }
     lk_cmd_free(c);
 }
 
-/* ---- session-wide transitions ---- */
-
-void lk_locks_session_ready(lk_engine *e)
+void lk_locks_init(lk_locks *ls, lk_io *io, lk_session *session)
 {
-    for (lk_lock *l = e->locks, *next; l; l = next) {
+    memset(ls, 0, sizeof *ls);
+    ls->io = io;
+    ls->session = session;
+}
+
+int lk_locks_any(const lk_locks *ls)
+{
+    return ls->all != NULL || ls->cleaning.count > 0;
+}
+
+/* ---- the session's news ---- */
+
+void lk_locks_session_ready(lk_locks *ls)
+{
+    for (lk_lock *l = ls->all, *next; l; l = next) {
         next = l->next;
         if (l->state == LS_SESSION) {
-            start_acquire(e, l);
+            start_acquire(ls, l);
         } else if (l->resync) {  /* the new stream covers what comes next */
             l->resync = 0;
-            if (l->state == LS_WAITING || l->state == LS_HELD) check(e, l);
-            else if (l->state == LS_CHECK) l->recheck = 1;
+            if (l->req) l->seen_rev = INT64_MAX;  /* its answer is too old */
+            else if (l->state == LS_WAITING || l->state == LS_HELD) check(ls, l);
         }
     }
 }
 
-void lk_locks_session_failed(lk_engine *e, const char *code, const char *msg)
+void lk_locks_session_failed(lk_locks *ls, const char *code, const char *msg)
 {
-    for (lk_lock *l = e->locks, *next; l; l = next) {
+    for (lk_lock *l = ls->all, *next; l; l = next) {
         next = l->next;
         if (l->state == LS_SESSION && !l->reported && !l->background) {
-            report_fail(e, l, code, msg);
-            start_delete(e, l);  /* an earlier try may have left a key */
+            report_fail(ls, l, code, msg);
+            start_delete(ls, l);  /* an earlier try may have left a key */
         }
     }
 }
 
-void lk_locks_lease_lost(lk_engine *e, const char *why)
+void lk_locks_lease_lost(lk_locks *ls, const char *why)
 {
-    for (lk_lock *l = e->locks, *next; l; l = next) {
+    for (lk_lock *l = ls->all, *next; l; l = next) {
         next = l->next;
         if (!l->lease) continue;
         cancel_req(l);
+        drop(ls, l, "lease_lost", why);
         l->lease = 0;  /* its key went with the lease */
         if (l->state == LS_DELETE) {
-            finish(e, l);
-            continue;
-        }
-        set_owned(e, l, 0, "lease_lost", why);
-        if (l->keep) {
-            start_acquire(e, l);  /* waits for the new lease */
+            finish(ls, l);
+        } else if (l->keep) {
+            start_acquire(ls, l);  /* waits for the new lease */
         } else {
-            report_fail(e, l, "lease_lost", why);
-            finish(e, l);
+            report_fail(ls, l, "lease_lost", why);
+            finish(ls, l);
         }
     }
 }
 
-void lk_locks_jeopardy(lk_engine *e)
+void lk_locks_renewed(lk_locks *ls)
+{
+    for (lk_lock *l = ls->all, *next; l; l = next) {
+        next = l->next;
+        if (!l->holds) continue;
+        if (l->until) publish(ls, l, NULL, NULL);        /* a later deadline */
+        else if (!l->req && l->state == LS_HELD) check(ls, l);  /* confirm */
+    }
+}
+
+void lk_locks_expired(lk_locks *ls)
 {
     static const char why[] = "session lease not renewed in time";
-    for (lk_lock *l = e->locks, *next; l; l = next) {
+    for (lk_lock *l = ls->all, *next; l; l = next) {
         next = l->next;
-        if (l->state != LS_HELD) continue;
-        set_owned(e, l, 0, "lease_lost", why);
-        if (l->keep) l->state = LS_JEOPARDY;
-        else start_delete(e, l);
+        int was = l->until != 0;
+        publish(ls, l, "lease_lost", why);  /* not owned any more */
+        if (was && !l->keep) {
+            l->holds = 0;
+            start_delete(ls, l);
+        }
     }
 }
 
-void lk_locks_renewed(lk_engine *e)
-{
-    for (lk_lock *l = e->locks, *next; l; l = next) {
-        next = l->next;
-        if (l->state == LS_JEOPARDY) check(e, l);
-    }
-}
-
-void lk_locks_resync(lk_engine *e)
+void lk_locks_resync(lk_locks *ls)
 {
     /* events were lost; a check now could miss a deletion that happens
      * before the new stream starts: check once it has */
-    for (lk_lock *l = e->locks; l; l = l->next)
-        if (l->state == LS_WAITING || l->state == LS_HELD || l->state == LS_CHECK)
+    for (lk_lock *l = ls->all; l; l = l->next)
+        if (l->state == LS_WAITING || l->state == LS_HELD ||
+            l->state == LS_CHECK || l->state == LS_ACQUIRE)
             l->resync = 1;
 }
 
-void lk_locks_deleted(lk_engine *e, const char *name, size_t name_len,
-                      const char *key, size_t len)
+void lk_locks_changed(lk_locks *ls, const lk_change *ch)
 {
-    lk_lock *l = lk_map_get(&e->locks_by_name, name, name_len);
+    const lk_kv *kv = ch->kv;
+    lk_lock *l = lk_map_get(&ls->by_name, ch->name, ch->name_len);
+    int mine = l && l->lease && same(&l->key, kv->key.data, kv->key.len);
+    if (!ch->deleted) {
+        if (kv->lease && kv->lease == ls->session->lease &&
+            (!mine || l->state == LS_DELETE))
+            delete_stray(ls, ch);
+        return;
+    }
     if (!l || l->state == LS_DELETE) return;
-    int mine = l->lease && len == l->key.len && !memcmp(key, l->key.data, len);
-    if (l->state == LS_CHECK) {
-        l->recheck = 1;
-    } else if (mine && (l->state == LS_WAITING || l->state == LS_HELD ||
-                        l->state == LS_JEOPARDY)) {
-        lost_key(e, l, "its key was deleted by someone else");
-    } else if (l->state == LS_WAITING && len == l->pred.len &&
-               !memcmp(key, l->pred.data, len)) {
-        check(e, l);
+    if (l->req) {  /* the answer in flight may be older: it will tell */
+        if (kv->mod_rev > l->seen_rev) l->seen_rev = kv->mod_rev;
+        return;
+    }
+    if (mine) {
+        if (kv->mod_rev < l->my_rev) return;  /* an older key of ours */
+        if (l->holds || l->state == LS_WAITING)
+            lost_key(ls, l, "its key was deleted by someone else");
+    } else if (l->state == LS_WAITING && same(&l->pred, kv->key.data, kv->key.len)) {
+        check(ls, l);
     }
 }
 
-int64_t lk_locks_tick(lk_engine *e, int64_t now)
+int64_t lk_locks_tick(lk_locks *ls, int64_t now)
 {
-    if (!e->lock_tick_at || now < e->lock_tick_at) return e->lock_tick_at;
-    e->lock_tick_at = 0;
-    for (lk_lock *l = e->locks, *next; l; l = next) {
+    if (!ls->tick_at || now < ls->tick_at) return ls->tick_at;
+    ls->tick_at = 0;
+    for (lk_lock *l = ls->all, *next; l; l = next) {
         next = l->next;
         if (l->deadline && !l->reported) {
-            if (now >= l->deadline) {
-                report_fail(e, l, "timeout", "timed out waiting for the lock");
+            /* a request in flight decides first: its answer looks again */
+            if (now >= l->deadline && !l->req) {
+                report_fail(ls, l, "timeout", "timed out waiting for the lock");
                 l->keep = 0;
-                start_delete(e, l);
+                start_delete(ls, l);
                 continue;
             }
-            wake_at(e, l->deadline);
+            if (now < l->deadline) wake_at(ls, l->deadline);
         }
         if (l->retry_at && !l->req &&
             (l->state == LS_RETRY || l->state == LS_DELETE)) {
             if (now >= l->retry_at) {
                 l->retry_at = 0;
-                if (l->state == LS_RETRY) start_acquire(e, l);
-                else start_delete(e, l);
+                if (l->state == LS_RETRY) start_acquire(ls, l);
+                else start_delete(ls, l);
             } else {
-                wake_at(e, l->retry_at);
+                wake_at(ls, l->retry_at);
             }
         }
     }
-    return e->lock_tick_at;
+    return ls->tick_at;
 }
 
-void lk_locks_close(lk_engine *e)
+void lk_locks_close(lk_locks *ls)
 {
-    while (e->locks) {
-        lk_lock *l = e->locks;
-        report_fail(e, l, "closed", "client closed");
-        set_owned(e, l, 0, "closed", "client closed");
+    ls->stopping = 1;
+    while (ls->all) {
+        lk_lock *l = ls->all;
+        report_fail(ls, l, "closed", "client closed");
+        cancel_req(l);
+        drop(ls, l, "closed", "client closed");
         l->lease = 0;
-        finish(e, l);
+        finish(ls, l);
     }
+    while (ls->cleanups) {
+        lk_req_cancel(ls->cleanups->req);
+        free_cleanup(ls->cleanups);
+    }
+    lk_map_free(&ls->by_name);
+    lk_map_free(&ls->by_id);
+    lk_map_free(&ls->cleaning);
 }

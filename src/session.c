@@ -1,13 +1,16 @@
 /* The session: the client's one lease (granted on first use, renewed every
  * TTL/3 with one POST each, revoked at close) and its one watch stream on the
- * client's prefix (resumed from the last revision seen after any drop). */
-#include "internal.h"
+ * client's prefix (resumed from the last revision seen after any drop).
+ * It publishes through hooks (session.h) and calls nothing above it. */
+#include "session.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+#define KEEPALIVE_RETRY_MS 500
 #define REVOKE_TIMEOUT_MS 2000
 
 static int64_t backoff(int failures)
@@ -17,33 +20,58 @@ static int64_t backoff(int failures)
     return ms < BACKOFF_MAX_MS ? ms : BACKOFF_MAX_MS;
 }
 
-static int64_t renew_every_ms(const lk_engine *e)
+static int64_t renew_every_ms(const lk_session *s)
 {
-    return e->cfg.ttl * 1000 / 3;
+    return s->io->cfg.ttl * 1000 / 3;
 }
 
-/* Declare jeopardy a little before the lease could end on the server. */
-static int64_t jeopardy_margin_ms(const lk_engine *e)
+static void store(int64_t *field, int64_t v)
 {
-    int64_t m = e->cfg.ttl * 1000 / 10;
-    return m < 500 ? m : 500;
+    __atomic_store_n(field, v, __ATOMIC_RELEASE);
 }
 
-static void confirmed(lk_engine *e, int64_t sent_at, int64_t ttl)
+static void publish(lk_session *s, int lost)
 {
-    lk_session *s = &e->session;
+    store(&s->view.jeopardy_at, s->lease ? s->jeopardy_at : 0);
+    store(&s->view.deadline, s->lease ? s->deadline : 0);
+    store(&s->view.expires, s->lease ? s->expires : 0);
+    __atomic_store_n(&s->view.lost, lost, __ATOMIC_RELEASE);
+    store(&s->view.lease, s->lease);
+}
+
+void lk_session_view_read(const lk_session_view *v, lk_session_view *out)
+{
+    out->lease = __atomic_load_n(&v->lease, __ATOMIC_ACQUIRE);
+    out->jeopardy_at = __atomic_load_n(&v->jeopardy_at, __ATOMIC_ACQUIRE);
+    out->deadline = __atomic_load_n(&v->deadline, __ATOMIC_ACQUIRE);
+    out->expires = __atomic_load_n(&v->expires, __ATOMIC_ACQUIRE);
+    out->lost = __atomic_load_n(&v->lost, __ATOMIC_ACQUIRE);
+}
+
+void lk_session_init(lk_session *s, lk_io *io, const lk_session_hooks *hooks)
+{
+    memset(s, 0, sizeof *s);
+    s->io = io;
+    s->hooks = *hooks;
+}
+
+/* etcd confirmed that the lease lives for ttl seconds from sent_at (when
+ * the request left): the only place the deadline moves on. */
+static void confirmed(lk_session *s, int64_t sent_at, int64_t ttl)
+{
+    if (ttl > s->io->cfg.ttl) ttl = s->io->cfg.ttl;  /* never trust more */
     s->expires = sent_at + ttl * 1000;
-    s->next_keepalive = lk_now_ms() + renew_every_ms(e);
-    if (s->jeopardy) {
-        s->jeopardy = 0;
-        lk_locks_renewed(e);
-    }
+    s->deadline = s->expires - s->io->cfg.margin_ms;
+    s->jeopardy_at = s->deadline - renew_every_ms(s);
+    s->next_keepalive = lk_now_ms() + renew_every_ms(s);
+    s->expired = 0;
+    publish(s, 0);
+    s->hooks.renewed(s->hooks.ctx);
 }
 
 static void on_grant(lk_req *r)
 {
-    lk_engine *e = r->owner;
-    lk_session *s = &e->session;
+    lk_session *s = r->owner;
     s->lease_req = NULL;
     const char *code;
     char msg[LK_MSG_SIZE];
@@ -58,87 +86,77 @@ static void on_grant(lk_req *r)
     if (!root || id == 0 || ttl <= 0) {
         s->grant_failures++;
         s->grant_retry_at = lk_now_ms() + backoff(s->grant_failures);
-        lk_locks_session_failed(e, code, msg);
+        s->hooks.failed(s->hooks.ctx, code, msg);
         return;
     }
     s->grant_failures = 0;
     s->lease = id;
-    __atomic_store_n(&e->lease_seen, id, __ATOMIC_RELEASE);
-    s->jeopardy = 0;
-    confirmed(e, (int64_t)r->id, ttl);  /* id: when it was sent */
-    if (s->stream_ready) lk_locks_session_ready(e);
+    confirmed(s, r->sent_at, ttl);
+    if (s->stream_ready) s->hooks.ready(s->hooks.ctx);
 }
 
-static void grant(lk_engine *e)
+static void grant(lk_session *s)
 {
     lk_buf body = {0};
-    if (lk_etcd_grant_body(&body, e->cfg.ttl)) {
+    s->grant_retry_at = 0;
+    if (lk_etcd_grant_body(&body, s->io->cfg.ttl) ||
+        !(s->lease_req = lk_send_urgent(s->io, LK_PATH_GRANT, on_grant, s,
+                                        &body, 0))) {
         lk_buf_free(&body);
-        e->session.grant_retry_at = lk_now_ms() + BACKOFF_MAX_MS;  /* no memory */
-        return;
+        s->grant_retry_at = lk_now_ms() + BACKOFF_MAX_MS;  /* no memory */
     }
-    e->session.grant_retry_at = 0;
-    e->session.lease_req = lk_send(e, LK_PATH_GRANT, on_grant, e, &body, 0);
-    if (e->session.lease_req) e->session.lease_req->id = (uint64_t)lk_now_ms();
-    else e->session.grant_retry_at = lk_now_ms() + BACKOFF_MAX_MS;  /* no memory */
 }
 
 static void on_keepalive(lk_req *r)
 {
-    lk_engine *e = r->owner;
-    lk_session *s = &e->session;
+    lk_session *s = r->owner;
     s->lease_req = NULL;
     const char *code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
     if (!root) {
-        if (strcmp(code, "lease_lost") == 0) {
-            lk_session_lease_gone(e, msg);
-        } else {  /* try again soon; jeopardy is declared by the tick */
-            s->next_keepalive = lk_now_ms() + BACKOFF_MIN_MS * 5;
-        }
+        if (strcmp(code, "lease_lost") == 0)
+            lk_session_lease_gone(s, msg);
+        else  /* try again soon; the tick ends ownership at the deadline */
+            s->next_keepalive = lk_now_ms() + KEEPALIVE_RETRY_MS;
         return;
     }
     const cJSON *result = cJSON_GetObjectItemCaseSensitive(root, "result");
     int64_t ttl = lk_etcd_int(result ? result : root, "TTL");
     cJSON_Delete(root);
     if (ttl <= 0) {  /* the gateway omits TTL: 0, the lease is gone */
-        lk_session_lease_gone(e, "etcd says the session lease has expired");
+        lk_session_lease_gone(s, "etcd says the session lease has expired");
         return;
     }
-    confirmed(e, (int64_t)r->id, ttl);
+    confirmed(s, r->sent_at, ttl);
 }
 
-static void keepalive(lk_engine *e)
+static void keepalive(lk_session *s)
 {
     lk_buf body = {0};
-    if (lk_etcd_lease_body(&body, e->session.lease)) {
+    s->next_keepalive = lk_now_ms() + KEEPALIVE_RETRY_MS;
+    if (lk_etcd_lease_body(&body, s->lease)) {
         lk_buf_free(&body);
         return;
     }
-    int64_t now = lk_now_ms();
-    lk_count(&e->stats.keepalives);
+    lk_count(&s->io->stats.keepalives);
     /* a renewal must not outlive the lease it renews */
-    long limit = (long)renew_every_ms(e);
-    lk_req *r = lk_send(e, LK_PATH_KEEPALIVE, on_keepalive, e, &body,
-                        limit < e->cfg.timeout_ms ? limit : 0);
-    if (r) r->id = (uint64_t)now;
-    e->session.lease_req = r;
-    e->session.next_keepalive = now + BACKOFF_MIN_MS * 5;
+    int64_t limit = renew_every_ms(s);
+    s->lease_req = lk_send_urgent(s->io, LK_PATH_KEEPALIVE, on_keepalive, s,
+                                  &body, limit < s->io->cfg.timeout_ms ? limit : 0);
 }
 
-void lk_session_lease_gone(lk_engine *e, const char *why)
+void lk_session_lease_gone(lk_session *s, const char *why)
 {
-    lk_session *s = &e->session;
     if (!s->lease) return;
     s->lease = 0;
-    __atomic_store_n(&e->lease_seen, 0, __ATOMIC_RELEASE);
-    s->jeopardy = 0;
+    s->expired = 0;
+    publish(s, 1);
     if (s->lease_req) {
         lk_req_cancel(s->lease_req);
         s->lease_req = NULL;
     }
-    lk_locks_lease_lost(e, why);
+    s->hooks.lease_lost(s->hooks.ctx, why);
 }
 
 /* ---- the watch stream ---- */
@@ -146,13 +164,13 @@ void lk_session_lease_gone(lk_engine *e, const char *why)
 static int on_stream_line(lk_req *r, const char *line, size_t n);
 static void on_stream_done(lk_req *r);
 
-static void open_stream(lk_engine *e)
+static void open_stream(lk_session *s)
 {
-    lk_session *s = &e->session;
+    lk_io *io = s->io;
     s->stream_retry_at = 0;
     s->stream_ready = 0;
-    lk_req *r = lk_req_new(e->http, LK_PATH_WATCH, on_stream_done, e, 0);
-    lk_bytes dir = {e->cfg.prefix, e->cfg.prefix_len};
+    lk_req *r = lk_req_new(io->http, LK_PATH_WATCH, on_stream_done, s, 0);
+    lk_bytes dir = {io->cfg.prefix, io->cfg.prefix_len};
     int64_t start = s->stream_rev ? s->stream_rev + 1 : 0;
     if (!r || lk_etcd_watch_body(&r->body, dir, start)) {  /* no memory */
         if (r) lk_buf_free(&r->body);
@@ -163,14 +181,32 @@ static void open_stream(lk_engine *e)
     r->on_line = on_stream_line;
     s->stream = lk_req_start(r) == 0 ? r : NULL;
     if (!s->stream) s->stream_retry_at = lk_now_ms() + BACKOFF_MAX_MS;  /* no memory */
-    lk_count(&e->stats.requests);
-    lk_count(&e->stats.stream_connects);
+    lk_count(&io->stats.requests);
+    lk_count(&io->stats.stream_connects);
+}
+
+/* Hands one stream event on, with the lock name its key belongs to
+ * (keys are prefix NAME "/" ...). */
+static void publish_change(lk_session *s, const cJSON *ev, const lk_kv *kv)
+{
+    size_t plen = s->io->cfg.prefix_len;
+    const char *name = kv->key.data + plen;
+    const char *slash = kv->key.len > plen
+                      ? memchr(name, '/', kv->key.len - plen) : NULL;
+    if (!slash) return;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
+    lk_change c = {
+        .name = name,
+        .name_len = (size_t)(slash - name),
+        .deleted = cJSON_IsString(type) && strcmp(type->valuestring, "DELETE") == 0,
+        .kv = kv,
+    };
+    s->hooks.change(s->hooks.ctx, &c);
 }
 
 static int on_stream_line(lk_req *r, const char *line, size_t n)
 {
-    lk_engine *e = r->owner;
-    lk_session *s = &e->session;
+    lk_session *s = r->owner;
     cJSON *root = cJSON_ParseWithLength(line, n);
     const cJSON *res = cJSON_GetObjectItemCaseSensitive(root, "result");
     if (!cJSON_IsObject(res)) {  /* {"error": ...} or garbage: reconnect */
@@ -182,8 +218,7 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         /* we resumed from a compacted revision: start afresh, look again */
         s->stream_rev = 0;
         cJSON_Delete(root);
-        lk_locks_resync(e);
-        lk_watches_resync(e);
+        s->hooks.resync(s->hooks.ctx);
         return -1;
     }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "canceled"))) {
@@ -194,29 +229,18 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         s->stream_ready = 1;
         s->stream_failures = 0;
         if (s->stream_rev == 0) s->stream_rev = header_rev;
-        if (s->lease) lk_locks_session_ready(e);
-        lk_watches_stream_ready(e);
+        if (s->lease) s->hooks.ready(s->hooks.ctx);
+        s->hooks.stream_ready(s->hooks.ctx);
     }
     const cJSON *events = cJSON_GetObjectItemCaseSensitive(res, "events");
     const cJSON *ev;
     lk_kv kv = {0};
     cJSON_ArrayForEach(ev, events) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
         const cJSON *item = cJSON_GetObjectItemCaseSensitive(ev, "kv");
         if (lk_etcd_kv(item, &kv)) continue;
-        lk_count(&e->stats.stream_events);
+        lk_count(&s->io->stats.stream_events);
         if (kv.mod_rev > s->stream_rev) s->stream_rev = kv.mod_rev;
-        /* keys are prefix NAME "/" ...: route by NAME */
-        size_t plen = e->cfg.prefix_len;
-        const char *name = kv.key.data + plen;
-        const char *slash = kv.key.len > plen
-                          ? memchr(name, '/', kv.key.len - plen) : NULL;
-        if (!slash) continue;
-        size_t name_len = (size_t)(slash - name);
-        int deleted = cJSON_IsString(type) &&
-                      strcmp(type->valuestring, "DELETE") == 0;
-        if (deleted) lk_locks_deleted(e, name, name_len, kv.key.data, kv.key.len);
-        lk_watches_changed(e, name, name_len, deleted, &kv);
+        publish_change(s, ev, &kv);
     }
     lk_etcd_kv_free(&kv);
     cJSON_Delete(root);
@@ -225,12 +249,10 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
 
 static void on_stream_done(lk_req *r)
 {
-    lk_engine *e = r->owner;
-    lk_session *s = &e->session;
+    lk_session *s = r->owner;
     int was_ready = s->stream_ready;
     s->stream = NULL;
     s->stream_ready = 0;
-    if (e->stopping) return;
     if (r->result == CURLE_ABORTED_BY_CALLBACK) {  /* our decision: at once */
         s->stream_retry_at = lk_now_ms();
         return;
@@ -246,52 +268,54 @@ static void on_stream_done(lk_req *r)
             snprintf(msg, sizeof msg, "etcd at %s ended the watch stream",
                      lk_req_endpoint(r));
         }
-        lk_locks_session_failed(e, code, msg);
+        s->hooks.failed(s->hooks.ctx, code, msg);
     }
 }
 
 /* ---- life cycle ---- */
 
-void lk_session_need(lk_engine *e)
+void lk_session_need(lk_session *s)
 {
-    lk_session *s = &e->session;
-    if (!s->lease && !s->lease_req && !s->grant_retry_at) grant(e);
-    if (!s->stream && !s->stream_retry_at) open_stream(e);
+    if (!s->lease && !s->lease_req && !s->grant_retry_at) grant(s);
+    lk_session_need_stream(s);
 }
 
-void lk_session_need_stream(lk_engine *e)
+void lk_session_need_stream(lk_session *s)
 {
-    lk_session *s = &e->session;
-    if (!s->stream && !s->stream_retry_at) open_stream(e);
+    if (!s->stream && !s->stream_retry_at) open_stream(s);
 }
 
-int lk_session_ready(const lk_engine *e)
+int lk_session_ready(const lk_session *s)
 {
-    return e->session.lease && e->session.stream_ready;
+    return s->lease && s->stream_ready;
 }
 
-int64_t lk_session_tick(lk_engine *e, int64_t now)
+int lk_session_confirmed(const lk_session *s, int64_t now)
 {
-    lk_session *s = &e->session;
-    int wanted = e->locks != NULL || e->watches.count > 0;
+    return s->lease && now < s->jeopardy_at;
+}
+
+int64_t lk_session_tick(lk_session *s, int64_t now)
+{
+    int wanted = s->hooks.wanted(s->hooks.ctx);
     int64_t next = 0;
 #define SOONER(t) do { if ((t) && (!next || (t) < next)) next = (t); } while (0)
     if (s->lease) {
-        if (!s->jeopardy && now >= s->expires - jeopardy_margin_ms(e)) {
-            s->jeopardy = 1;
-            lk_locks_jeopardy(e);
+        if (!s->expired && now >= s->deadline) {
+            s->expired = 1;
+            s->hooks.expired(s->hooks.ctx);
         }
-        if (!s->lease_req && now >= s->next_keepalive) keepalive(e);
-        if (!s->lease_req) SOONER(s->next_keepalive);
-        if (!s->jeopardy) SOONER(s->expires - jeopardy_margin_ms(e));
+        if (s->lease && !s->lease_req && now >= s->next_keepalive) keepalive(s);
+        if (s->lease && !s->lease_req) SOONER(s->next_keepalive);
+        if (s->lease && !s->expired) SOONER(s->deadline);
     } else if (s->grant_retry_at && !s->lease_req) {
         if (!wanted) s->grant_retry_at = 0;
-        else if (now >= s->grant_retry_at) grant(e);
+        else if (now >= s->grant_retry_at) grant(s);
         else SOONER(s->grant_retry_at);
     }
     if (!s->stream && s->stream_retry_at) {
         if (!wanted) s->stream_retry_at = s->stream_rev = 0;
-        else if (now >= s->stream_retry_at) open_stream(e);
+        else if (now >= s->stream_retry_at) open_stream(s);
         else SOONER(s->stream_retry_at);
     }
 #undef SOONER
@@ -300,28 +324,28 @@ int64_t lk_session_tick(lk_engine *e, int64_t now)
 
 static void on_revoke(lk_req *r)
 {
-    lk_engine *e = r->owner;
-    e->session.revoke = NULL;
+    lk_session *s = r->owner;
+    s->revoke = NULL;
 }
 
-void lk_session_stop(lk_engine *e)
+void lk_session_stop(lk_session *s)
 {
-    lk_session *s = &e->session;
     if (s->lease_req) lk_req_cancel(s->lease_req);
     if (s->stream) lk_req_cancel(s->stream);
     s->lease_req = s->stream = NULL;
     if (!s->lease) return;
-    lk_buf body = {0};
-    if (lk_etcd_lease_body(&body, s->lease)) {
-        lk_buf_free(&body);
-        return;
-    }
+    int64_t lease = s->lease;
     s->lease = 0;
-    s->revoke = lk_send(e, LK_PATH_REVOKE, on_revoke, e, &body,
-                        e->cfg.timeout_ms > REVOKE_TIMEOUT_MS ? REVOKE_TIMEOUT_MS : 0);
+    publish(s, 0);
+    lk_buf body = {0};
+    if (lk_etcd_lease_body(&body, lease) ||
+        !(s->revoke = lk_send_urgent(s->io, LK_PATH_REVOKE, on_revoke, s, &body,
+                                     s->io->cfg.timeout_ms > REVOKE_TIMEOUT_MS
+                                         ? REVOKE_TIMEOUT_MS : 0)))
+        lk_buf_free(&body);
 }
 
-int lk_session_busy(const lk_engine *e)
+int lk_session_busy(const lk_session *s)
 {
-    return e->session.revoke != NULL;
+    return s->revoke != NULL;
 }

@@ -1,16 +1,21 @@
-/* A lock's ownership as the engine last decided it, shared by the engine
- * (writer) and the Lua binding (reader) so that lock:owned() is true to the
- * engine even when Lua has not drained its events. Refcounted: one reference
- * per side; atomics make every field safe to read from the other thread. */
+/* A lock's ownership as the engine last published it, shared by the engine
+ * (writer) and the Lua binding (reader). Ownership is a deadline, not a
+ * flag: the lock is owned while now < until, compared by the reader when it
+ * asks, so the answer is right even when the engine thread has not run
+ * (a frozen or suspended process, a busy machine). Refcounted: one
+ * reference per side; atomics make every field safe to read from the
+ * other thread. */
 #ifndef LK_STATUS_H
 #define LK_STATUS_H
 
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "clock.h"
+
 typedef struct lk_status {
     int refs;
-    int owned;
+    int64_t until;             /* lk_now_ms clock; 0: not owned */
     int64_t token;
 } lk_status;
 
@@ -32,20 +37,23 @@ static inline void lk_status_unref(lk_status *s)
     if (s && __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) == 0) free(s);
 }
 
-static inline void lk_status_set(lk_status *s, int owned, int64_t token)
+/* Engine thread. The token is stored first, so a reader that sees an
+ * until also sees the token that goes with it. */
+static inline void lk_status_set(lk_status *s, int64_t until, int64_t token)
 {
-    __atomic_store_n(&s->token, token, __ATOMIC_RELEASE);
-    __atomic_store_n(&s->owned, owned, __ATOMIC_RELEASE);
+    if (until) __atomic_store_n(&s->token, token, __ATOMIC_RELEASE);
+    __atomic_store_n(&s->until, until, __ATOMIC_RELEASE);
 }
 
-static inline int lk_status_owned(const lk_status *s)
+/* Any thread: milliseconds of ownership left (0: not owned), and the
+ * token while owned. */
+static inline int64_t lk_status_left(const lk_status *s, int64_t *token)
 {
-    return __atomic_load_n(&s->owned, __ATOMIC_ACQUIRE);
-}
-
-static inline int64_t lk_status_token(const lk_status *s)
-{
-    return __atomic_load_n(&s->token, __ATOMIC_ACQUIRE);
+    int64_t until = __atomic_load_n(&s->until, __ATOMIC_ACQUIRE);
+    int64_t left = until ? until - lk_now_ms() : 0;
+    if (left <= 0) return 0;
+    if (token) *token = __atomic_load_n(&s->token, __ATOMIC_ACQUIRE);
+    return left;
 }
 
 #endif

@@ -3,7 +3,9 @@
  * watched name keeps its contenders (key, value, create_revision) so that
  * every owner change is known from the stream alone: a new owner, a set by
  * the owner, the owner's key going. Waiter churn changes nothing visible. */
-#include "internal.h"
+#include "watch.h"
+
+#include <stdio.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +30,7 @@ typedef enum {
 } watch_state;
 
 struct lk_watch {
-    lk_engine *engine;
+    lk_watches *ws;
     uint64_t id;             /* events carry it */
     watch_state state;
     lk_buf name, dir;
@@ -63,9 +65,9 @@ static void clear_pending(lk_watch *w)
 
 static void free_watch(lk_watch *w)
 {
-    if (w->req && w->req == w->engine->watch_single) {  /* let others go */
-        w->engine->watch_single = NULL;
-        w->engine->watch_sync_due = 1;
+    if (w->req && w->req == w->ws->single) {  /* let others go */
+        w->ws->single = NULL;
+        w->ws->sync_due = 1;
     }
     if (w->req) lk_req_cancel(w->req);
     clear_contenders(w);
@@ -139,7 +141,7 @@ static int same_blob(const lk_blob *a, const lk_blob *b)
 
 /* Emits an event and updates the cache when the owner or its value changed
  * (always for the first event and after a resync). */
-static void report(lk_engine *e, lk_watch *w)
+static void report(lk_watches *ws, lk_watch *w)
 {
     const contender *o = owner(w);
     lk_blob *value = o ? o->value : NULL;
@@ -154,7 +156,7 @@ static void report(lk_engine *e, lk_watch *w)
     w->owner_value = value;
     lk_blob_ref(value);
     int64_t token = o ? o->create_rev : 0;
-    lk_cache_set(&e->cache, w->name.data, w->name.len, value, token, w->applied);
+    lk_cache_set(ws->cache, w->name.data, w->name.len, value, token, w->applied);
     lk_event *ev = lk_event_new(LK_EV_WATCH, w->id);
     if (ev) {
         ev->ok = 1;
@@ -169,23 +171,23 @@ static void report(lk_engine *e, lk_watch *w)
                 ev->value_len = value->len;
             }
         }
-        lk_emit(e, ev);
+        lk_emit(ws->io, ev);
     }
     w->reported = 1;
     w->resync = 0;
 }
 
-static void retry_later(lk_engine *e, lk_watch *w)
+static void retry_later(lk_watches *ws, lk_watch *w)
 {
     w->state = WS_NEED_SYNC;
     w->retry_at = lk_now_ms() + RETRY_MS;
-    if (!e->watch_tick_at || w->retry_at < e->watch_tick_at)
-        e->watch_tick_at = w->retry_at;
+    if (!ws->tick_at || w->retry_at < ws->tick_at)
+        ws->tick_at = w->retry_at;
 }
 
 /* The snapshot is in w's contenders at revision rev: catch up with what
  * the stream showed meanwhile, go live, tell. */
-static void snapshot_done(lk_engine *e, lk_watch *w, int64_t rev)
+static void snapshot_done(lk_watches *ws, lk_watch *w, int64_t rev)
 {
     w->applied = rev;
     w->batched = 0;
@@ -197,22 +199,22 @@ static void snapshot_done(lk_engine *e, lk_watch *w, int64_t rev)
     }
     clear_pending(w);
     w->state = WS_LIVE;
-    report(e, w);
+    report(ws, w);
 }
 
 static void on_snapshot(lk_req *r)
 {
     lk_watch *w = r->owner;
-    lk_engine *e = w->engine;
+    lk_watches *ws = w->ws;
     w->req = NULL;
-    e->watch_single = NULL;
-    e->watch_sync_due = 1;  /* others may have queued up meanwhile */
+    ws->single = NULL;
+    ws->sync_due = 1;  /* others may have queued up meanwhile */
     const char *code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
     if (!root) {
         clear_pending(w);
-        retry_later(e, w);
+        retry_later(ws, w);
         return;
     }
     clear_contenders(w);
@@ -225,100 +227,100 @@ static void on_snapshot(lk_req *r)
     lk_etcd_kv_free(&kv);
     int64_t rev = lk_etcd_revision(root);
     cJSON_Delete(root);
-    snapshot_done(e, w, rev);
+    snapshot_done(ws, w, rev);
 }
 
 /* Calls fn on every watch. fn must not remove watches. */
-static void each_watch(lk_engine *e, void (*fn)(lk_engine *, lk_watch *))
+static void each_watch(lk_watches *ws, void (*fn)(lk_watches *, lk_watch *))
 {
-    lk_map *m = &e->watches;
+    lk_map *m = &ws->by_name;
     for (size_t i = 0; i < m->n_slots; i++)
-        for (lk_map_entry *en = m->slots[i]; en; en = en->next) fn(e, en->value);
+        for (lk_map_entry *en = m->slots[i]; en; en = en->next) fn(ws, en->value);
 }
 
-static void batch_failed(lk_engine *e, lk_watch *w)
+static void batch_failed(lk_watches *ws, lk_watch *w)
 {
     if (!w->batched) return;
     w->batched = 0;
     clear_pending(w);
-    retry_later(e, w);
+    retry_later(ws, w);
 }
 
-static void batch_clear(lk_engine *e, lk_watch *w)
+static void batch_clear(lk_watches *ws, lk_watch *w)
 {
-    (void)e;
+    (void)ws;
     if (w->batched) clear_contenders(w);
 }
 
-static void batch_done(lk_engine *e, lk_watch *w)
+static void batch_done(lk_watches *ws, lk_watch *w)
 {
-    if (w->batched) snapshot_done(e, w, e->watch_batch_rev);
+    if (w->batched) snapshot_done(ws, w, ws->batch_rev);
 }
 
 /* The answer of one read of the whole prefix, for every batched watch. */
 static void on_batch(lk_req *r)
 {
-    lk_engine *e = r->owner;
-    e->watch_batch = NULL;
-    e->watch_sync_due = 1;  /* others may have queued up meanwhile */
+    lk_watches *ws = r->owner;
+    ws->batch = NULL;
+    ws->sync_due = 1;  /* others may have queued up meanwhile */
     const char *code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
     if (!root) {
-        each_watch(e, batch_failed);
+        each_watch(ws, batch_failed);
         return;
     }
-    each_watch(e, batch_clear);
+    each_watch(ws, batch_clear);
     const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
     const cJSON *item;
     lk_kv kv = {0};
-    size_t plen = e->cfg.prefix_len;
+    size_t plen = ws->io->cfg.prefix_len;
     cJSON_ArrayForEach(item, kvs) {
         if (lk_etcd_kv(item, &kv) || kv.key.len <= plen) continue;
         const char *name = kv.key.data + plen;
         const char *slash = memchr(name, '/', kv.key.len - plen);
-        lk_watch *w = slash ? lk_map_get(&e->watches, name, (size_t)(slash - name)) : NULL;
+        lk_watch *w = slash ? lk_map_get(&ws->by_name, name, (size_t)(slash - name)) : NULL;
         if (w && w->batched) apply(w, 0, &kv);
     }
     lk_etcd_kv_free(&kv);
-    e->watch_batch_rev = lk_etcd_revision(root);
+    ws->batch_rev = lk_etcd_revision(root);
     cJSON_Delete(root);
-    each_watch(e, batch_done);
+    each_watch(ws, batch_done);
 }
 
 /* Reads every contender of the name; the stream must already be ready so
  * that every later change reaches us through it. Many names at once are
  * read together (see sync_waiting). */
-static void start_sync(lk_engine *e, lk_watch *w)
+static void start_sync(lk_watches *ws, lk_watch *w)
 {
     w->retry_at = 0;
     w->state = WS_NEED_SYNC;
-    if (!e->session.stream_ready) {
-        lk_session_need_stream(e);
+    if (!ws->session->stream_ready) {
+        lk_session_need_stream(ws->session);
         return;
     }
-    e->watch_sync_due = 1;
+    ws->sync_due = 1;
 }
 
 /* One read of one name. */
-static void sync_one(lk_engine *e, lk_watch *w)
+static void sync_one(lk_watches *ws, lk_watch *w)
 {
     lk_buf body = {0};
     if (lk_etcd_dir_body(&body, (lk_bytes){w->dir.data, w->dir.len})) {
         lk_buf_free(&body);
-        retry_later(e, w);
+        retry_later(ws, w);
         return;
     }
     clear_pending(w);
     w->state = WS_SYNCING;
-    w->req = lk_send(e, LK_PATH_RANGE, on_snapshot, w, &body, 0);
-    e->watch_single = w->req;
-    if (!w->req) retry_later(e, w);
+    w->req = lk_send(ws->io, LK_PATH_RANGE, on_snapshot, w, &body, 0);
+    ws->single = w->req;
+    if (!w->req) retry_later(ws, w);
 }
 
-static void join_batch(lk_engine *e, lk_watch *w)
+static void join_batch(lk_watches *ws, lk_watch *w)
 {
-    (void)e;
+    (void)ws;
     if (w->state != WS_NEED_SYNC || w->retry_at) return;
     clear_pending(w);
     w->state = WS_SYNCING;
@@ -329,13 +331,13 @@ static void join_batch(lk_engine *e, lk_watch *w)
  * single name is read alone; two or more with one read of the whole
  * prefix, so that a thousand new watches cost a request or two, not a
  * thousand requests on as many connections. */
-static void sync_waiting(lk_engine *e)
+static void sync_waiting(lk_watches *ws)
 {
-    if (!e->session.stream_ready || e->watch_batch || e->watch_single) return;
-    e->watch_sync_due = 0;  /* the reads in flight set it again when done */
+    if (!ws->session->stream_ready || ws->batch || ws->single) return;
+    ws->sync_due = 0;  /* the reads in flight set it again when done */
     lk_watch *first = NULL;
     size_t n_waiting = 0;
-    lk_map *m = &e->watches;
+    lk_map *m = &ws->by_name;
     for (size_t i = 0; i < m->n_slots && n_waiting < 2; i++)
         for (lk_map_entry *en = m->slots[i]; en && n_waiting < 2; en = en->next) {
             lk_watch *w = en->value;
@@ -346,52 +348,52 @@ static void sync_waiting(lk_engine *e)
         }
     if (n_waiting == 0) return;
     if (n_waiting == 1) {
-        sync_one(e, first);
+        sync_one(ws, first);
         return;
     }
     lk_buf body = {0};
-    if (lk_etcd_dir_body(&body, (lk_bytes){e->cfg.prefix, e->cfg.prefix_len}) ||
-        !(e->watch_batch = lk_send(e, LK_PATH_RANGE, on_batch, e, &body, 0))) {
+    if (lk_etcd_dir_body(&body, (lk_bytes){ws->io->cfg.prefix, ws->io->cfg.prefix_len}) ||
+        !(ws->batch = lk_send(ws->io, LK_PATH_RANGE, on_batch, ws, &body, 0))) {
         lk_buf_free(&body);
-        e->watch_sync_due = 1;  /* try again on the next turn */
+        ws->sync_due = 1;  /* try again on the next turn */
         return;
     }
-    each_watch(e, join_batch);
+    each_watch(ws, join_batch);
 }
 
-static void watch_command(lk_engine *e, lk_cmd *c)
+static void watch_command(lk_watches *ws, lk_cmd *c)
 {
-    lk_watch *w = lk_map_get(&e->watches, c->name, c->name_len);
+    lk_watch *w = lk_map_get(&ws->by_name, c->name, c->name_len);
     if (w) {  /* one subscription per name; the binding fans out */
-        lk_emit_fail(e, c->id, "protocol", "name is already watched");
+        lk_emit_fail(ws->io, c->id, "protocol", "name is already watched");
         return;
     }
     w = calloc(1, sizeof *w);
-    if (w) w->engine = e;
+    if (w) w->ws = ws;
     if (!w || lk_buf_append(&w->name, c->name, c->name_len) ||
-        lk_buf_append(&w->dir, e->cfg.prefix, e->cfg.prefix_len) ||
+        lk_buf_append(&w->dir, ws->io->cfg.prefix, ws->io->cfg.prefix_len) ||
         lk_buf_append(&w->dir, c->name, c->name_len) ||
         lk_buf_append(&w->dir, "/", 1) ||
-        lk_map_put(&e->watches, c->name, c->name_len, w)) {
+        lk_map_put(&ws->by_name, c->name, c->name_len, w)) {
         if (w) free_watch(w);
-        lk_emit_fail(e, c->id, "nomem", "watch: out of memory");
+        lk_emit_fail(ws->io, c->id, "nomem", "watch: out of memory");
         return;
     }
     w->id = c->id;
-    start_sync(e, w);  /* the binding already marked the name in the cache */
+    start_sync(ws, w);  /* the binding already marked the name in the cache */
 }
 
-static void unwatch_command(lk_engine *e, lk_cmd *c)
+static void unwatch_command(lk_watches *ws, lk_cmd *c)
 {
-    lk_watch *w = lk_map_del(&e->watches, c->name, c->name_len);
+    lk_watch *w = lk_map_del(&ws->by_name, c->name, c->name_len);
     if (w) free_watch(w);  /* the binding already dropped it from the cache */
-    lk_emit_ok(e, c->id);
+    lk_emit_ok(ws->io, c->id);
 }
 
-void lk_watch_command(lk_engine *e, lk_cmd *c)
+void lk_watches_command(lk_watches *ws, lk_cmd *c)
 {
-    if (c->kind == LK_CMD_WATCH) watch_command(e, c);
-    else unwatch_command(e, c);
+    if (c->kind == LK_CMD_WATCH) watch_command(ws, c);
+    else unwatch_command(ws, c);
     lk_cmd_free(c);
 }
 
@@ -413,44 +415,45 @@ static int push_pending(lk_watch *w, int deleted, const lk_kv *kv)
            lk_buf_append(&c->kv.value, kv->value.data, kv->value.len);
 }
 
-void lk_watches_changed(lk_engine *e, const char *name, size_t len,
-                        int deleted, const lk_kv *kv)
+void lk_watches_changed(lk_watches *ws, const lk_change *ch)
 {
-    lk_watch *w = lk_map_get(&e->watches, name, len);
+    int deleted = ch->deleted;
+    const lk_kv *kv = ch->kv;
+    lk_watch *w = lk_map_get(&ws->by_name, ch->name, ch->name_len);
     if (!w) return;
     if (w->state == WS_SYNCING) {
         if (push_pending(w, deleted, kv)) {  /* cannot buffer: read again */
-            if (w->req && w->req == e->watch_single) {
-                e->watch_single = NULL;
-                e->watch_sync_due = 1;
+            if (w->req && w->req == ws->single) {
+                ws->single = NULL;
+                ws->sync_due = 1;
             }
             if (w->req) lk_req_cancel(w->req);
             w->req = NULL;
             w->batched = 0;
             clear_pending(w);
-            retry_later(e, w);
+            retry_later(ws, w);
         }
         return;
     }
     if (w->state != WS_LIVE || kv->mod_rev <= w->applied) return;  /* seen */
     if (apply(w, deleted, kv)) {
-        retry_later(e, w);
+        retry_later(ws, w);
         return;
     }
     w->applied = kv->mod_rev;
-    report(e, w);
+    report(ws, w);
 }
 
-void lk_watches_stream_ready(lk_engine *e)
+void lk_watches_stream_ready(lk_watches *ws)
 {
-    e->watch_sync_due = 1;
+    ws->sync_due = 1;
 }
 
-void lk_watches_resync(lk_engine *e)
+void lk_watches_resync(lk_watches *ws)
 {
-    if (e->watch_batch) lk_req_cancel(e->watch_batch);
-    e->watch_batch = e->watch_single = NULL;
-    lk_map *m = &e->watches;
+    if (ws->batch) lk_req_cancel(ws->batch);
+    ws->batch = ws->single = NULL;
+    lk_map *m = &ws->by_name;
     for (size_t i = 0; i < m->n_slots; i++)
         for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
             lk_watch *w = en->value;
@@ -464,29 +467,43 @@ void lk_watches_resync(lk_engine *e)
         }
 }
 
-int64_t lk_watches_tick(lk_engine *e, int64_t now)
+int64_t lk_watches_tick(lk_watches *ws, int64_t now)
 {
-    if (e->watch_tick_at && now >= e->watch_tick_at) {
-        e->watch_tick_at = 0;
-        lk_map *m = &e->watches;
+    if (ws->tick_at && now >= ws->tick_at) {
+        ws->tick_at = 0;
+        lk_map *m = &ws->by_name;
         for (size_t i = 0; i < m->n_slots; i++)
             for (lk_map_entry *en = m->slots[i]; en; en = en->next) {
                 lk_watch *w = en->value;
                 if (!w->retry_at) continue;
-                if (now >= w->retry_at) start_sync(e, w);  /* read again */
-                else if (!e->watch_tick_at || w->retry_at < e->watch_tick_at)
-                    e->watch_tick_at = w->retry_at;
+                if (now >= w->retry_at) start_sync(ws, w);  /* read again */
+                else if (!ws->tick_at || w->retry_at < ws->tick_at)
+                    ws->tick_at = w->retry_at;
             }
     }
-    if (e->watch_sync_due) sync_waiting(e);
-    return e->watch_tick_at;
+    if (ws->sync_due) sync_waiting(ws);
+    return ws->tick_at;
 }
 
-void lk_watches_close(lk_engine *e)
+void lk_watches_init(lk_watches *ws, lk_io *io, lk_session *session,
+                     lk_cache *cache)
 {
-    if (e->watch_batch) lk_req_cancel(e->watch_batch);
-    e->watch_batch = e->watch_single = NULL;
-    lk_map *m = &e->watches;
+    memset(ws, 0, sizeof *ws);
+    ws->io = io;
+    ws->session = session;
+    ws->cache = cache;
+}
+
+int lk_watches_any(const lk_watches *ws)
+{
+    return ws->by_name.count > 0;
+}
+
+void lk_watches_close(lk_watches *ws)
+{
+    if (ws->batch) lk_req_cancel(ws->batch);
+    ws->batch = ws->single = NULL;
+    lk_map *m = &ws->by_name;
     for (size_t i = 0; i < m->n_slots; i++)
         for (lk_map_entry *en = m->slots[i]; en; en = en->next)
             free_watch(en->value);

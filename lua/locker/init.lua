@@ -7,7 +7,7 @@ local core = require "locker.core"
 local sched = require "locker.sched"
 
 local type, pairs, next, tostring, error, setmetatable = type, pairs, next, tostring, error, setmetatable
-local floor, huge = math.floor, math.huge
+local floor, ceil, huge, min = math.floor, math.ceil, math.huge, math.min
 local ipairs = ipairs
 local coroutine = coroutine
 
@@ -81,10 +81,28 @@ local deliver  -- function(sub, event), defined with Watch below
 
 local CLOSED = { ok = false, code = "closed", msg = "client is closed" }
 
+-- Work keeps a client alive: while it has waiting calls, locks or watches
+-- it is referenced from here. Otherwise a client used only inside a
+-- suspended coroutine would be garbage (the coroutine is referenced only
+-- by the client's pending calls) and collected, closing it mid-wait.
+local busy = {}
+
+local function retain(self)
+    busy[self] = true
+end
+
+local function settle(self)
+    if next(self._pending) == nil and next(self._locks) == nil
+        and next(self._watching) == nil then
+        busy[self] = nil
+    end
+end
+
 -- Waits for the answer to request id; yields inside a spawned coroutine.
 local function await(self, id)
     local slot = {}
     self._pending[id] = slot
+    retain(self)
     local co = sched.current()
     if co then
         slot.co = co
@@ -185,6 +203,7 @@ function Watch:cancel()
         client._watching[sub.name] = nil
         client._subs[sub.id] = nil
         client._core:unwatch(sub.name)
+        settle(client)
     end
     return true
 end
@@ -210,6 +229,7 @@ function Client:watch(name, fn)
     local w = setmetatable({ client = self, name = name, _sub = sub, _fn = fn,
                              _queue = not fn and {} or nil }, Watch)
     sub.watchers[w] = true
+    retain(self)
     if sub.last then push(w, sub.last) end  -- the current state, as others saw it
     return w
 end
@@ -234,6 +254,7 @@ function Client:dispatch()
                 self._pending[ev.id] = nil
                 slot.ev = ev
                 if slot.co then sched.wake(slot.co, ev) end
+                settle(self)
             end
         elseif ev.kind == "watch" then
             local sub = self._subs[ev.id]
@@ -282,18 +303,25 @@ function Client:lock(name, value, opts)
               .. "and takes no wait or timeout", 2)
     end
     local timeout_ms = (timeout == nil or timeout == huge) and -1 or floor(timeout * 1000)
-    local id, status = self._core:lock(name, value, timeout_ms, opts.wait ~= false,
+    -- under a millisecond there is no time to wait: one try, as wait = false
+    local wait = opts.wait ~= false and timeout_ms ~= 0
+    local id, status = self._core:lock(name, value, timeout_ms, wait,
                                        opts.keep == true, opts.background == true)
     local lock = setmetatable({
         client = self, name = name, _id = id, _status = status,
         _on_change = opts.on_change,
     }, Lock)
     self._locks[id] = lock
+    retain(self)
     if opts.background then return lock end
     local ev = await(self, id)
     if ev.ok then return lock end
     self._locks[id] = nil
     lock._released = true
+    settle(self)
+    if ev.code == "locked" and wait ~= (opts.wait ~= false) then
+        return nil, ev.msg, "timeout"  -- asked to wait, for no time at all
+    end
     return nil, ev.msg, ev.code
 end
 
@@ -368,6 +396,7 @@ function Client:close()
         for w in pairs(sub.watchers) do end_watch(w, "client is closed", "closed") end
         self._watching[name] = nil
     end
+    busy[self] = nil
     sched.remove_source(self)
     return true
 end
@@ -377,6 +406,16 @@ end
 function Client:lease()
     if self._closed then return nil end
     return self._core:lease()
+end
+
+--- The session: { lease = <hex, or nil>, state = "none" | "ok" |
+-- "jeopardy" | "lost", valid_for = <seconds to the local deadline, or nil> }.
+-- "jeopardy": renewals are late; owned locks stay owned until the local
+-- deadline (valid_for reaches 0) unless a renewal comes. No I/O: computed
+-- from the engine's published times and the clock now.
+function Client:session()
+    if self._closed then return { state = "none" } end
+    return self._core:session()
 end
 
 --- Counters of what the engine has done: requests (HTTP requests started),
@@ -394,16 +433,25 @@ Client.__gc = Client.close  -- Lua 5.2+; the core's own __gc covers 5.1
 
 -- ------------------------------------------------------------------ lock --
 
---- Whether the engine currently holds the lock (no I/O; true to the engine
--- even when events have not been dispatched yet).
+--- Whether the lock is owned right now: etcd showed its key first and
+-- the session lease is confirmed until past this moment (the local
+-- deadline, compared with the clock at the call: right even after the
+-- process was frozen or suspended). No I/O.
 function Lock:owned()
     return not self._released and self._status:owned()
 end
 
 --- The fencing token (the owner key's create_revision) while owned, else nil.
 function Lock:token()
-    if not self:owned() then return nil end
+    if self._released then return nil end
     return self._status:token()
+end
+
+--- Seconds of ownership left unless the lease is renewed (the local
+-- deadline), or nil when not owned.
+function Lock:valid_for()
+    if self._released then return nil end
+    return self._status:valid_for()
 end
 
 --- Changes the value while holding the lock (guarded by the token).
@@ -412,6 +460,9 @@ function Lock:set(value)
     check_value("lock:set", value)
     if self._released or self.client._closed then
         return nil, ("lock '%s': released"):format(self.name), "not_owner"
+    end
+    if not self:owned() then
+        return nil, ("lock '%s': not owned"):format(self.name), "not_owner"
     end
     return answer(await(self.client, self.client._core:set(self._id, value)))
 end
@@ -424,6 +475,7 @@ function Lock:release()
     if client._closed then return true end
     local ev = await(client, client._core:release(self._id))
     client._locks[self._id] = nil
+    settle(client)
     return answer(ev)
 end
 
@@ -438,10 +490,13 @@ Lock.__close = Lock.release
 
 -- ----------------------------------------------------------------- new --
 
-local new_opts = { endpoints = true, prefix = true, ttl = true, timeout = true }
+local new_opts = { endpoints = true, prefix = true, ttl = true, timeout = true,
+                   margin = true }
 
 --- Makes a client. opts: endpoints (list of http(s) URLs), prefix
--- ("/locker/"), ttl (seconds, 10), timeout (seconds per request, 5).
+-- ("/locker/"), ttl (seconds, 10), timeout (seconds per request, 5),
+-- margin (seconds: ownership ends this long before the lease could expire
+-- on the server; min(2, ttl/5) by default, at most ttl/2).
 -- Misuse raises; no I/O happens until the first call.
 function _M.new(opts)
     if type(opts) ~= "table" then error("locker.new: expected an options table", 2) end
@@ -475,11 +530,19 @@ function _M.new(opts)
     if type(timeout) ~= "number" or not (timeout > 0 and timeout <= 3600) then
         fail_opt("locker.new", "timeout", "a number of seconds > 0", timeout)
     end
-    local c, msg, code = core.new(eps, prefix, ttl, floor(timeout * 1000))
+    local margin = opts.margin
+    if margin == nil then margin = min(2, ttl / 5) end
+    if type(margin) ~= "number" or not (margin >= 0 and margin <= ttl / 2) then
+        fail_opt("locker.new", "margin", "a number of seconds from 0 to ttl/2", margin)
+    end
+    -- whole milliseconds, at least one (0 would mean no limit to libcurl)
+    local c, msg, code = core.new(eps, prefix, ttl, ceil(timeout * 1000),
+                                  floor(margin * 1000))
     if not c then return nil, msg, code end
     local self = setmetatable({
         _core = c, _pending = {}, _locks = {}, _watching = {}, _subs = {},
         prefix = prefix, ttl = ttl, timeout = timeout, endpoints = eps,
+        margin = margin,
     }, Client)
     sched.add_source(self)
     return self

@@ -1,0 +1,41 @@
+/* A client's settings, counters and published session times: plain data
+ * that the binding fills or reads, and that every part of the engine may
+ * look at. */
+#ifndef LK_CONFIG_H
+#define LK_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct lk_config {
+    char **endpoints;          /* "http://host:port", no trailing slash */
+    int n_endpoints;
+    char *prefix;              /* key prefix, e.g. "/locker/" */
+    size_t prefix_len;
+    int64_t ttl;               /* session lease, seconds */
+    int64_t timeout_ms;        /* per request */
+    int64_t margin_ms;         /* ownership ends this long before the lease
+                                  could expire on the server */
+} lk_config;
+
+/* What the engine has done so far (for benchmarks and status pages). */
+typedef struct lk_stats {
+    int64_t requests;          /* HTTP requests started (streams included) */
+    int64_t keepalives;        /* lease renewals sent */
+    int64_t stream_events;     /* watch events received */
+    int64_t stream_connects;   /* watch streams opened */
+} lk_stats;
+
+/* The lease's times, all ms on lk_now_ms's clock, published for the Lua
+ * thread (atomics). From jeopardy_at on, renewals are late; from deadline
+ * on, nobody may act as an owner; at expires the server may end the lease
+ * (it is the send time of the last confirmed renewal + the granted TTL). */
+typedef struct lk_session_view {
+    int64_t lease;             /* 0: none */
+    int64_t jeopardy_at;
+    int64_t deadline;
+    int64_t expires;
+    int lost;                  /* the last lease ended, none granted since */
+} lk_session_view;
+
+#endif

@@ -1,0 +1,106 @@
+/* The helpers every part of the engine shares (see io.h). */
+#include "io.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "etcd.h"
+
+void lk_count(int64_t *counter)
+{
+    __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+}
+
+void lk_emit(lk_io *io, lk_event *ev)
+{
+    if (!ev) return;
+    if (lk_queue_push(io->events, ev)) {
+        uint64_t one = 1;
+        ssize_t n = write(io->event_fd, &one, sizeof one);
+        (void)n;  /* EAGAIN: the counter is already non-zero, fd readable */
+    }
+}
+
+void lk_emit_ok(lk_io *io, uint64_t id)
+{
+    lk_event *ev = lk_event_new(LK_EV_RESULT, id);
+    if (ev) ev->ok = 1;
+    lk_emit(io, ev);
+}
+
+void lk_emit_fail(lk_io *io, uint64_t id, const char *code,
+                  const char *fmt, ...)
+{
+    lk_event *ev = lk_event_new(LK_EV_RESULT, id);
+    if (!ev) return;
+    char msg[LK_MSG_SIZE];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(ev->code, sizeof ev->code, "%s", code);
+    ev->msg = strdup(msg);
+    lk_emit(io, ev);
+}
+
+cJSON *lk_answer(lk_req *r, const char **code, char *msg, size_t msg_size)
+{
+    if (lk_req_transport_failed(r)) {
+        *code = "unavailable";
+        snprintf(msg, msg_size, "etcd at %s unreachable: %s",
+                 lk_req_endpoint(r), lk_req_error(r));
+        return NULL;
+    }
+    int grpc = -1;
+    char text[LK_MSG_SIZE];
+    cJSON *root = lk_etcd_parse(r->answer.data, r->answer.len, r->status,
+                                text, sizeof text, &grpc);
+    if (root) return root;
+    /* NotFound on a lease-carrying call is etcd saying the lease is gone. */
+    *code = grpc == 5 && strstr(text, "lease") ? "lease_lost"
+          : grpc == 14 || r->status == 503 ? "unavailable"
+          : grpc >= 0 ? "etcd" : "protocol";
+    snprintf(msg, msg_size, "%s", text);
+    return NULL;
+}
+
+cJSON *lk_request_answer(lk_io *io, lk_req *r, const char *what)
+{
+    const char *code;
+    char msg[LK_MSG_SIZE];
+    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    if (!root) lk_emit_fail(io, r->id, code, "%s: %s", what, msg);
+    return root;
+}
+
+static lk_req *send_req(lk_io *io, const char *path, lk_req_done_fn done,
+                        void *owner, lk_buf *body, int64_t timeout_ms,
+                        int urgent)
+{
+    long t = (long)(timeout_ms ? timeout_ms : io->cfg.timeout_ms);
+    lk_req *r = lk_req_new(io->http, path, done, owner, t);
+    if (!r) {
+        lk_buf_free(body);
+        return NULL;
+    }
+    r->urgent = urgent;
+    r->body = *body;                 /* takes the body over */
+    *body = (lk_buf){0};
+    lk_count(&io->stats.requests);
+    return lk_req_start(r) == 0 ? r : NULL;
+}
+
+lk_req *lk_send(lk_io *io, const char *path, lk_req_done_fn done,
+                void *owner, lk_buf *body, int64_t timeout_ms)
+{
+    return send_req(io, path, done, owner, body, timeout_ms, 0);
+}
+
+lk_req *lk_send_urgent(lk_io *io, const char *path, lk_req_done_fn done,
+                       void *owner, lk_buf *body, int64_t timeout_ms)
+{
+    return send_req(io, path, done, owner, body, timeout_ms, 1);
+}

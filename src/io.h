@@ -1,0 +1,53 @@
+/* What every part of the engine uses, below all of them: the client's
+ * settings, the HTTP connection to etcd, the event queue to the Lua thread
+ * and the counters. Engine thread only, but for the fields marked. */
+#ifndef LK_IO_H
+#define LK_IO_H
+
+#include <stdint.h>
+
+#include <cJSON.h>
+
+#include "buf.h"
+#include "clock.h"
+#include "config.h"
+#include "http.h"
+#include "msg.h"
+
+#define LK_MSG_SIZE 512
+
+typedef struct lk_io {
+    lk_config cfg;
+    lk_http *http;
+    lk_queue *events;          /* to the Lua thread (own mutex) */
+    int event_fd;              /* written when events goes non-empty */
+    lk_stats stats;            /* atomics: read by the Lua thread */
+} lk_io;
+
+/* One more of a counter (atomic). */
+void lk_count(int64_t *counter);
+
+/* Hands an event to the Lua thread (NULL: out of memory, nothing sent). */
+void lk_emit(lk_io *io, lk_event *ev);
+/* A result event for request id: ok, or failed with code and message. */
+void lk_emit_ok(lk_io *io, uint64_t id);
+void lk_emit_fail(lk_io *io, uint64_t id, const char *code,
+                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Reads a finished request's answer: the parsed root object, or NULL with a
+ * code ("unavailable", "lease_lost", "etcd", "protocol") and a message. */
+cJSON *lk_answer(lk_req *r, const char **code, char *msg, size_t msg_size);
+
+/* The answer to a request the Lua side waits for (r->id): its root
+ * object, or NULL once the failure went to the caller as "WHAT: why". */
+cJSON *lk_request_answer(lk_io *io, lk_req *r, const char *what);
+
+/* Starts a request, taking body over; timeout_ms 0 means the client's
+ * request timeout. Returns the request, or NULL (nothing was sent).
+ * lk_send_urgent's requests never wait behind others (lease renewals). */
+lk_req *lk_send(lk_io *io, const char *path, lk_req_done_fn done,
+                void *owner, lk_buf *body, int64_t timeout_ms);
+lk_req *lk_send_urgent(lk_io *io, const char *path, lk_req_done_fn done,
+                       void *owner, lk_buf *body, int64_t timeout_ms);
+
+#endif

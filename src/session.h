@@ -1,0 +1,70 @@
+/* The session: the client's one lease and its one watch stream on the
+ * client's prefix. It keeps the lease's local deadline and publishes what
+ * happens to the lease and on the stream through hooks that the engine
+ * sets; it never calls a lock or a watch itself. Engine thread only, but
+ * for lk_session_view. */
+#ifndef LK_SESSION_H
+#define LK_SESSION_H
+
+#include <stdint.h>
+
+#include "etcd.h"
+#include "io.h"
+
+/* One change under the prefix, as the stream showed it. */
+typedef struct lk_change {
+    const char *name;          /* the lock name the key belongs to */
+    size_t name_len;
+    int deleted;
+    const lk_kv *kv;           /* key, value, revisions, lease */
+} lk_change;
+
+/* What the session tells its user (the engine routes it on). */
+typedef struct lk_session_hooks {
+    void *ctx;
+    void (*ready)(void *ctx);         /* lease and stream both up */
+    void (*failed)(void *ctx, const char *code, const char *msg);
+    void (*lease_lost)(void *ctx, const char *why);
+    void (*renewed)(void *ctx);       /* the deadline moved on */
+    void (*expired)(void *ctx);       /* the deadline passed unrenewed */
+    void (*stream_ready)(void *ctx);
+    void (*resync)(void *ctx);        /* the stream lost events */
+    void (*change)(void *ctx, const lk_change *c);
+    int (*wanted)(void *ctx);         /* anything needs the session now */
+} lk_session_hooks;
+
+typedef struct lk_session {
+    lk_io *io;
+    lk_session_hooks hooks;
+    int64_t lease;             /* 0: none */
+    lk_req *lease_req;         /* grant or keepalive in flight */
+    int64_t next_keepalive;
+    int64_t expires, deadline, jeopardy_at;
+    int expired;               /* the deadline passed without renewal */
+    int64_t grant_retry_at;    /* 0: none planned */
+    int grant_failures;
+    lk_req *stream;            /* the watch stream, NULL when down */
+    int stream_ready;          /* etcd confirmed the watch */
+    int64_t stream_rev;        /* highest revision the stream has shown */
+    int64_t stream_retry_at;
+    int stream_failures;
+    lk_req *revoke;            /* at close */
+    lk_session_view view;      /* published copy (atomics) */
+} lk_session;
+
+void lk_session_init(lk_session *s, lk_io *io, const lk_session_hooks *hooks);
+void lk_session_need(lk_session *s);          /* lease + stream, soon */
+void lk_session_need_stream(lk_session *s);   /* the stream only */
+int lk_session_ready(const lk_session *s);    /* lease and stream up */
+/* Whether a new owner may be told it owns: the lease is confirmed and its
+ * renewals are not late. */
+int lk_session_confirmed(const lk_session *s, int64_t now);
+int64_t lk_session_tick(lk_session *s, int64_t now);  /* next deadline */
+void lk_session_lease_gone(lk_session *s, const char *why);
+void lk_session_stop(lk_session *s);          /* close: revoke, end stream */
+int lk_session_busy(const lk_session *s);     /* revoke still in flight */
+
+/* Any thread: a copy of the published view. */
+void lk_session_view_read(const lk_session_view *v, lk_session_view *out);
+
+#endif

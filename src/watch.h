@@ -1,0 +1,36 @@
+/* Watches: the owner's value of a name, followed through the session's one
+ * stream and published to the cache. Above the session, below the engine
+ * loop. Engine thread only. */
+#ifndef LK_WATCH_H
+#define LK_WATCH_H
+
+#include "cache.h"
+#include "io.h"
+#include "map.h"
+#include "session.h"
+
+typedef struct lk_watch lk_watch;
+
+typedef struct lk_watches {
+    lk_io *io;
+    lk_session *session;
+    lk_cache *cache;
+    lk_map by_name;            /* name -> lk_watch */
+    int64_t tick_at;
+    int sync_due;              /* watches wait for their first read */
+    lk_req *batch;             /* one read of the whole prefix, for many */
+    lk_req *single;            /* or one read of one name */
+    int64_t batch_rev;
+} lk_watches;
+
+void lk_watches_init(lk_watches *ws, lk_io *io, lk_session *session,
+                     lk_cache *cache);
+void lk_watches_command(lk_watches *ws, lk_cmd *c);   /* WATCH, UNWATCH */
+int lk_watches_any(const lk_watches *ws);
+void lk_watches_changed(lk_watches *ws, const lk_change *c);
+void lk_watches_stream_ready(lk_watches *ws);
+void lk_watches_resync(lk_watches *ws);
+int64_t lk_watches_tick(lk_watches *ws, int64_t now);
+void lk_watches_close(lk_watches *ws);
+
+#endif
