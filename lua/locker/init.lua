@@ -305,6 +305,7 @@ function Client:lock(name, value, opts)
     local timeout_ms = (timeout == nil or timeout == huge) and -1 or floor(timeout * 1000)
     -- under a millisecond there is no time to wait: one try, as wait = false
     local wait = opts.wait ~= false and timeout_ms ~= 0
+    if timeout_ms == 0 then timeout_ms = -1 end  -- one try needs no deadline
     local id, status = self._core:lock(name, value, timeout_ms, wait,
                                        opts.keep == true, opts.background == true)
     local lock = setmetatable({
