@@ -1,5 +1,6 @@
 -- The locker command against a real etcd.
 local locker = require "locker"
+local core = require "locker.core"
 local helper = require "helper"
 
 describe("the locker command", function()
@@ -92,6 +93,108 @@ describe("the locker command", function()
         assert.matches("timed out", out)
         held:release()
         c:close()
+    end)
+
+    -- Starts bin/locker ARGS in the background; returns its pid and the
+    -- file of its output, which ends with "exit=N" once it exited.
+    local function start(args, endpoint)
+        local pidf = os.tmpname()
+        local inner = ("echo $$ >%s; exec %s bin/locker %s"):format(helper.quote(pidf), helper.lua, args)
+        local _, out = helper.spawn(("LOCKER_ENDPOINTS=%s LOCKER_PREFIX=%s sh -c %s; echo \"exit=$?\"")
+            :format(endpoint or etcd.endpoint, prefix, helper.quote(inner)), true)
+        local pid = helper.wait_until("locker to start", function()
+            return tonumber(helper.read(pidf):match("^(%d+)"))
+        end)
+        os.remove(pidf)
+        return pid, out
+    end
+
+    local function exit_code(out, timeout)
+        return tonumber(helper.wait_until("locker's exit status", function()
+            return helper.read(out):match("exit=(%d+)")
+        end, timeout))
+    end
+
+    it("ends the wait for the lock on SIGTERM (143) and SIGINT (130), leaving no waiter key", function()
+        local c = etcd:client({ prefix = prefix })
+        local held = assert(c:lock("busy", "x"))
+        for _, case in ipairs({ { "TERM", 143 }, { "INT", 130 } }) do
+            local pid, out = start("lock busy -- echo ran")
+            helper.wait_until("locker to queue", function() return #etcd:keys(prefix) == 2 end)
+            local t0 = core.now()
+            helper.kill(pid, case[1])
+            assert.equal(case[2], exit_code(out, 5))
+            assert.is_true(core.now() - t0 < 3, "took " .. (core.now() - t0) .. " s")
+            local text = helper.read(out)
+            assert.not_matches("ran", text)
+            assert.matches("SIG" .. case[1] .. " while waiting for busy", text)
+            assert.same({ held:key() }, etcd:keys(prefix))   -- only the holder's
+            os.remove(out)
+        end
+        held:release()
+        c:close()
+    end)
+
+    it("refuses a grace period longer than ttl/3 with exit 2", function()
+        local out, ok, code = cli("--ttl 3 lock --grace 1.5 job -- true")
+        assert.is_false(ok)
+        assert.equal(2, code)
+        assert.matches("%-%-grace 1%.5 is over the limit of ttl/3 = 1 s %(ttl 3 s%)", out)
+        assert.matches("usage: locker lock", out)
+        out, _, code = cli("lock --grace 4 job -- true")           -- default ttl 10
+        assert.equal(2, code)
+        assert.matches("ttl/3 = 3%.33 s %(ttl 10 s%)", out)
+        out, _, code = cli("lock --grace soon job -- true")
+        assert.equal(2, code)
+        assert.matches("%-%-grace takes seconds", out)
+        out, ok = cli("--ttl 3 lock --grace 1 job -- true")        -- the limit itself is fine
+        assert(ok, out)
+        assert.same({}, etcd:keys(prefix))
+    end)
+
+    it("stops the command before the lease can be taken over when renewals stop", function()
+        local p = helper.proxy(etcd)
+        local c = etcd:client({ prefix = prefix })
+        local marker, pidf = os.tmpname(), os.tmpname()
+        -- CMD notes SIGTERM and goes on: only SIGKILL ends it
+        local script = ("echo $$ >%s; trap 'echo TERM >>%s' TERM; echo running; while :; do sleep 0.05; done")
+            :format(pidf, marker)
+        local _, out = start("--ttl 3 --timeout 1 lock jp -- sh -c " .. helper.quote(script), p.endpoint)
+        helper.wait_until("the command to run", function() return helper.read(out):match("running") end)
+        local child = tonumber(helper.read(pidf):match("%d+"))
+        -- a contender queues behind it and notes whether CMD still runs when it gets the lock
+        local got = {}
+        locker.spawn(function()
+            got.lock, got.msg = c:lock("jp", "c", { timeout = 20 })
+            got.at, got.child_alive = core.now(), helper.alive(child)
+        end)
+        helper.wait_until("the contender to queue", function() return #etcd:keys(prefix .. "jp/") == 2 end)
+        -- renewals (and locker's release) no longer reach etcd: the lease
+        -- runs out on the server, which is when the contender gets it
+        p:mode("drop /v3/kv/deleterange")
+        p:mode("drop /v3/lease/keepalive")
+        local t_drop = core.now()
+        helper.wait_until("SIGTERM to the command", function() return helper.read(marker):match("TERM") end, 5)
+        local t_term = core.now()
+        assert.is_true(helper.alive(child), "SIGTERM ended a command that traps it")
+        helper.wait_until("the command to be gone", function() return not helper.alive(child) end, 5)
+        local t_gone = core.now()
+        helper.wait_until("the contender to get the lock", function() return got.at end, 15)
+        assert.is_truthy(got.lock, got.msg)
+        assert.is_false(got.child_alive, "the contender owned the lock while the command ran")
+        -- the last renewal that got through was sent before t_drop: the local
+        -- deadline was at most ttl - margin (3 - 0.6 s) after it
+        assert.is_true(t_gone <= t_drop + 2.4 + 0.3, ("gone %.2f s after the drop"):format(t_gone - t_drop))
+        -- the grace ran from jeopardy to the deadline (ttl/3 = 1 s), and the
+        -- lease outlived the command by about the margin (0.6 s)
+        assert.is_true(t_gone - t_term >= 0.5, ("SIGKILL %.2f s after SIGTERM"):format(t_gone - t_term))
+        assert.is_true(got.at - t_gone >= 0.3, ("taken over %.2f s after the command ended"):format(got.at - t_gone))
+        assert.equal(137, exit_code(out, 10))           -- CMD's end: SIGKILL
+        assert.matches("renewals of the lease are late", helper.read(out))
+        got.lock:release()
+        p:close()
+        c:close()
+        os.remove(marker); os.remove(pidf); os.remove(out)
     end)
 
     it("gets a value, exits 1 when nobody holds the name", function()

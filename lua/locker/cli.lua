@@ -29,12 +29,21 @@ options (also from the environment):
     lock = [[
 usage: locker lock [--wait-timeout S] [--grace S] NAME [VALUE] -- CMD [ARGS...]
 
-Waits until NAME is held (VALUE defaults to ""), then runs CMD with
-LOCKER_TOKEN (the fencing token) and LOCKER_KEY (the etcd key) in its
-environment. If the lock is lost, CMD gets SIGTERM, then SIGKILL after the
-grace period (default 10 s). SIGINT/SIGTERM to locker are passed to CMD.
-Exits with CMD's exit status (128 + N when signal N ended it); the lock is
-released when CMD ends.]],
+Waits until NAME is held (VALUE defaults to ""; --wait-timeout S gives up
+after S seconds, exit 4), then runs CMD with LOCKER_TOKEN (the fencing token)
+and LOCKER_KEY (the etcd key) in its environment, and releases the lock when
+CMD ends.
+
+CMD is stopped before anyone else can own NAME: it gets SIGTERM as soon as
+the session's lease renewals are late (ttl/3 before the local deadline, where
+ownership ends, shortly before the lease can expire on etcd) or the lock is
+lost, then SIGKILL after the grace period, and never later than that
+deadline. --grace S defaults to ttl/3, all the time there is; a longer grace
+is refused. Once signalled, CMD is stopped even if renewals resume.
+
+SIGINT/SIGTERM to locker are passed to CMD; while locker still waits for
+NAME they end the wait (nothing stays queued) with exit 130 / 143.
+Exits with CMD's exit status (128 + N when signal N ended it).]],
     hold = [[
 usage: locker hold NAME VALUE
 
@@ -263,6 +272,8 @@ function commands.hold(client, opts, words)
     return 0
 end
 
+local SIGNAL_NAMES = { [2] = "SIGINT", [15] = "SIGTERM" }
+
 function commands.lock(client, opts, words, rest)
     if not rest or #rest == 0 then
         return usage_error("lock", "lock needs a command after --")
@@ -270,38 +281,84 @@ function commands.lock(client, opts, words, rest)
     if #words < 1 or #words > 2 then
         return usage_error("lock", "lock takes NAME and an optional VALUE before --")
     end
-    local grace = tonumber(opts.grace or 10)
+    -- Between jeopardy (renewals late) and the local deadline there are
+    -- ttl/3 seconds: all the grace CMD can have without outliving the lease.
+    local ttl = client.ttl
+    local limit = ttl / 3
+    local grace = limit
+    if opts.grace ~= nil then
+        grace = tonumber(opts.grace)
+        if not grace or grace ~= grace or grace < 0 then
+            return usage_error("lock", "--grace takes seconds (a number >= 0)")
+        end
+        if grace > limit then
+            return usage_error("lock", ("--grace %s is over the limit of ttl/3 = %.3g s (ttl %d s): "
+                .. "CMD could still run when the lease expires and another owner takes %s")
+                :format(opts.grace, limit, ttl, words[1]))
+        end
+    end
     local wait_timeout = opts["wait-timeout"] and tonumber(opts["wait-timeout"])
-    if not grace or (opts["wait-timeout"] and not wait_timeout) then
-        return usage_error("lock", "--grace and --wait-timeout take seconds")
+    if opts["wait-timeout"] and not (wait_timeout and wait_timeout >= 0) then
+        return usage_error("lock", "--wait-timeout takes seconds (a number >= 0)")
     end
     local name, value = words[1], words[2] or ""
-    local child, kill_at
-    local lost, ended = false, false  -- ended: the child was reaped
-    local interrupted = false
+    local lock, child, status      -- status: CMD's, once reaped
+    local kill_at                  -- when CMD gets SIGKILL (once stopping)
+    local stopping = false         -- CMD got SIGTERM: it is stopped, come what may
+    local interrupted              -- a signal to locker before CMD ran
+
     on_signals(function(sig)
-        interrupted = true
-        if child and not ended then core.kill(child, sig) end
+        if child then
+            if status == nil then core.kill(child, sig) end
+        elseif not interrupted then
+            -- still waiting: closing the client revokes the session lease,
+            -- so a queued key goes at once, and the waiting lock() returns
+            interrupted = sig
+            client:close()
+        end
     end)
-    local lock, msg, code = client:lock(name, value, {
+
+    -- SIGTERM now, SIGKILL at min(now + grace, the local deadline): CMD is
+    -- gone before the lease can expire on the server (after the deadline),
+    -- so before anyone else can own NAME.
+    local function stop(why)
+        if stopping or status ~= nil then return end
+        stopping = true
+        local t = core.now()
+        local left = client:session().valid_for or 0
+        local owned_left = lock:valid_for()
+        if owned_left and owned_left < left then left = owned_left end
+        local delay = math.max(0, math.min(grace, left))
+        core.kill(child, "TERM")
+        if delay > 0 then
+            kill_at = t + delay
+            say(("%s: stopping the command (SIGTERM, SIGKILL in %.3g s)"):format(why, delay))
+        else
+            core.kill(child, "KILL")
+            say(("%s: stopping the command (SIGTERM, SIGKILL now%s)"):format(why,
+                left <= 0 and ": the lease's local deadline has passed" or ""))
+        end
+    end
+
+    local lock_opts = {
         timeout = wait_timeout,
-        on_change = function(owned)
-            if not owned and child and not ended and not lost then
-                lost = true
-                say(("lost the lock on %s: stopping the command (SIGTERM, SIGKILL in %g s)")
-                    :format(name, grace))
-                core.kill(child, "TERM")
-                kill_at = core.now() + grace
+        on_change = function(owned, _, why)
+            if not owned and child then
+                stop(("lost the lock on %s%s"):format(name, why and " (" .. why .. ")" or ""))
             end
         end,
-    })
+    }
+    local msg, code
+    lock, msg, code = client:lock(name, value, lock_opts)
+    if interrupted then
+        say(("%s while waiting for %s: gave up"):format(SIGNAL_NAMES[interrupted] or
+            "signal " .. interrupted, name))
+        if lock then lock:release() end
+        return 128 + interrupted
+    end
     if not lock then
         say(explain(msg, code))
         return code == "timeout" and 4 or 3
-    end
-    if interrupted then
-        lock:release()
-        return 130
     end
     local err
     child, err = core.spawn(rest, {
@@ -313,24 +370,36 @@ function commands.lock(client, opts, words, rest)
         say(err)
         return 127
     end
-    if not lock:owned() and not lost then  -- lost between lock() and spawn
-        lost = true
-        core.kill(child, "TERM")
-        kill_at = core.now() + grace
-    end
-    local status
-    sched.spawn(function()  -- a child's end is not pollable: look every 50 ms
-        while status == nil do sched.sleep(0.05) end
-    end)
-    sched.loop(function()
-        status = core.reap(child)
-        if not status and kill_at and core.now() >= kill_at then
-            core.kill(child, "KILL")
-            kill_at = nil
+    -- A child's end is not pollable: look every 50 ms, and at once when
+    -- renewals become late (jeopardy) or SIGKILL is due.
+    sched.spawn(function()
+        while true do
+            status = core.reap(child)
+            if status then return end
+            local t = core.now()
+            if kill_at and t >= kill_at then
+                core.kill(child, "KILL")
+                kill_at = nil
+            end
+            local session = client:session()
+            if not stopping then
+                if not lock:owned() then
+                    stop("lost the lock on " .. name)
+                elseif session.state ~= "ok" then
+                    stop(("renewals of the lease are late, the lock on %s ends in %.3g s")
+                        :format(name, session.valid_for or 0))
+                end
+            end
+            local nap = 0.05
+            if kill_at then
+                nap = math.min(nap, kill_at - t)
+            elseif not stopping and session.valid_for then
+                nap = math.min(nap, session.valid_for - limit)  -- jeopardy then
+            end
+            sched.sleep(math.max(nap, 0.001))
         end
-        return status ~= nil
     end)
-    ended = true
+    sched.loop(function() return status ~= nil end)
     lock:release()
     return status
 end
