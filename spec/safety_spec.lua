@@ -256,6 +256,18 @@ os.exit(0)
         a:close(); b:close()
     end)
 
+    it("keeps a sub-millisecond request timeout a limit, not 'no limit' (finding 8)", function()
+        local p = helper.proxy(etcd)
+        p:mode("blackhole")
+        local c = client({ endpoints = { p.endpoint }, timeout = 0.0005 })
+        local t0 = core.now()
+        local v, _, code = c:get("x")
+        assert.is_nil(v)
+        assert.equal("unavailable", code)
+        assert.is_true(core.now() - t0 < 1, "took " .. (core.now() - t0) .. " s")
+        c:close(); p:close()
+    end)
+
     it("gives owned(), token(), set() and on_change one answer (finding 8)", function()
         local p = helper.proxy(etcd)
         local events = {}
