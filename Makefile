@@ -67,13 +67,13 @@ lint: ## the thread boundary: only the binding includes lua.h
 	 test "$$n" -eq 1 || { echo "lint: $$n C files include lua.h"; exit 1; }
 
 test: deps ## build and run the specs against a throwaway etcd
-	@$(MAKE) --no-print-directory lint all
+	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy
 	@LOCKER_BUILD=$(BUILD) LUA="$(LUA)" sh tools/run-specs
 
 sanitize: deps ## the specs with the core built under ASan + UBSan
 	@$(MAKE) --no-print-directory BUILD=build/sanitize \
 	   OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	   LDFLAGS="-fsanitize=address,undefined" all
+	   LDFLAGS="-fsanitize=address,undefined" all build/sanitize/faultproxy
 	@LOCKER_BUILD=build/sanitize LUA="$(LUA)" LOCKER_SANITIZE=1 sh tools/run-specs
 
 LUA_ENV = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;"
@@ -85,6 +85,11 @@ demo: deps ## the mesh-health cascade against a throwaway etcd
 $(BUILD)/floor: bench/floor.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -Wall -Wextra -o $@ bench/floor.c $(DEP_LIBS)
+
+# The fault specs' proxy (not sanitized: it is a test tool, not the module).
+$(BUILD)/faultproxy: tools/faultproxy.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c99 -O2 -Wall -Wextra -o $@ tools/faultproxy.c
 
 bench: deps ## speed and memory table against a throwaway etcd (a few minutes)
 	@$(MAKE) --no-print-directory all $(BUILD)/floor

@@ -1,6 +1,7 @@
 --- Spec helper: a throwaway etcd per spec file, and small process tools.
 -- etcd runs from Debian's etcd-server on free loopback ports, its data on
--- tmpfs (/dev/shm) where there is one, and is killed by pid in teardown.
+-- tmpfs (/dev/shm) where there is one, and is killed by pid in teardown
+-- (tools/run-specs kills by pid any left over: LOCKER_PIDS lists them).
 local core = require "locker.core"
 
 local helper = {}
@@ -150,43 +151,96 @@ end
 local Proxy = {}
 Proxy.__index = Proxy
 
---- A TCP proxy (socat) to etcd on a port of its own, to cut and restore
--- the client's connections while etcd itself stays up.
+-- tools/faultproxy.c, built by make (tools/run-specs names it)
+local faultproxy = os.getenv("LOCKER_FAULTPROXY") or "build/5.4/faultproxy"
+
+--- A TCP proxy to etcd on a port of its own (tools/faultproxy.c), to break
+-- the client's connections while etcd itself stays up: cut them, refuse
+-- new ones, black-hole them, delay answers or swallow some requests. It is
+-- driven through its stdin, so it ends with the spec's process at the
+-- latest; etcd:destroy() closes the proxies made for it.
 function helper.proxy(etcd)
-    local self = setmetatable({ target = etcd.port }, Proxy)
-    self:start()
+    local _, built = sh("test -x " .. quote(faultproxy))
+    if not built then error("no " .. faultproxy .. " (make test builds it)", 2) end
+    local out = os.tmpname()
+    -- its output file: the shell's pid (exec keeps it), then the proxy's
+    -- port line, stats lines and any complaint
+    local self = setmetatable({ out = out, listen_mode = "pass", target = etcd.port }, Proxy)
+    self.stdin = assert(io.popen(("echo $$ >%s; exec env -u LD_PRELOAD %s 0 127.0.0.1:%s >>%s 2>&1")
+        :format(quote(out), quote(faultproxy), etcd.port, quote(out)), "w"))
+    local ok, head = pcall(helper.wait_until, "the proxy to listen", function()
+        return helper.read(out):match("^%d+\n%d+\n")
+    end, 5)
+    if not ok then error("cannot start the proxy: " .. head .. ": " .. helper.read(out), 2) end
+    local pid, port = head:match("^(%d+)\n(%d+)\n")
+    self.pid, self.port = tonumber(pid), port
+    self.endpoint = "http://127.0.0.1:" .. port
+    etcd.proxies = etcd.proxies or {}
+    etcd.proxies[#etcd.proxies + 1] = self
     return self
 end
 
-function Proxy:start(port)
-    for _ = 1, 10 do
-        local p = port or (20000 + math.random(0, 39999))
-        local pid = helper.spawn(("exec setsid socat TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork TCP:127.0.0.1:%s")
-            :format(p, self.target))
-        local up = pcall(helper.wait_until, "the proxy to listen", function()
-            if not helper.alive(pid) then error("socat exited") end
-            return sh(("ss -tlnH '( sport = :%d )'"):format(p)):find("LISTEN", 1, true)
-        end, 5)
-        if up then
-            self.pid, self.port = pid, p
-            self.endpoint = "http://127.0.0.1:" .. p
-            return
-        end
-        helper.kill(pid, "KILL")
-        if port then break end
+-- The proxy's stats lines so far: their number and the last one.
+function Proxy:stats_lines()
+    local n, last = 0, nil
+    for line in helper.read(self.out):gmatch("[^\n]+") do
+        if line:match("^conns=") then n, last = n + 1, line end
     end
-    error("cannot start socat")
+    return n, last
+end
+
+--- Sends a control line ("pass", "blackhole", "cut", "refuse", "drop PATH",
+-- "undrop PATH", "delay MS") and waits until the proxy has applied it;
+-- returns its stats then (see Proxy:stats).
+function Proxy:mode(line)
+    if self.closed or not helper.alive(self.pid) then
+        error("the proxy is gone: " .. helper.read(self.out), 2)
+    end
+    if line == "pass" or line == "blackhole" then self.listen_mode = line end
+    local before = self:stats_lines()
+    -- it applies lines in order, so the answer to "stats" comes after line's effect
+    self.stdin:write(line == "stats" and "stats\n" or line .. "\nstats\n")
+    self.stdin:flush()
+    local answer = helper.wait_until("the proxy to apply " .. line, function()
+        if not helper.alive(self.pid) then error("the proxy exited: " .. helper.read(self.out)) end
+        local n, last = self:stats_lines()
+        return n > before and last
+    end, 5)
+    local conns, accepted, dropped = answer:match("^conns=(%d+) accepted=(%d+) dropped=(%d+)")
+    return { conns = tonumber(conns), accepted = tonumber(accepted), dropped = tonumber(dropped) }
+end
+
+--- { conns = open connections, accepted = connections so far, dropped =
+-- requests swallowed so far }.
+function Proxy:stats()
+    return self:mode("stats")
 end
 
 --- Cuts every connection through the proxy and stops listening.
 function Proxy:stop()
-    sh(("kill -KILL -%d"):format(self.pid))  -- the group: socat and its forks
-    helper.wait_until("the proxy to stop", function() return not helper.alive(self.pid) end)
+    self:mode("refuse")
 end
 
 --- Listens again on the same port.
 function Proxy:restart()
-    self:start(self.port)
+    self:mode(self.listen_mode)
+    local listening = sh(("ss -tlnH '( sport = :%s )'"):format(self.port)):find("LISTEN", 1, true)
+    if not listening then error("the proxy cannot listen again: " .. helper.read(self.out), 2) end
+end
+
+--- Ends the proxy process (its connections with it) and waits until it is
+-- gone. Idempotent.
+function Proxy:close()
+    if self.closed then return end
+    self.closed = true
+    local gone = function() return not helper.alive(self.pid) end
+    helper.kill(self.pid, "TERM")
+    if not pcall(helper.wait_until, "the proxy to exit", gone, 5) then
+        helper.kill(self.pid, "KILL")
+        helper.wait_until("the proxy to exit", gone, 5)
+    end
+    pcall(self.stdin.close, self.stdin)   -- reaps it: it has exited
+    os.remove(self.out)
 end
 
 local Etcd = {}
@@ -211,6 +265,13 @@ function Etcd:start(port)
     if not ok or not pid then error("cannot start etcd: " .. out, 2) end
     self.pid, self.endpoint = tonumber(pid), url
     self.port = url:match(":(%d+)$")
+    -- tools/run-specs kills (by pid) whichever of these is left at the end
+    local pids = os.getenv("LOCKER_PIDS")
+    local f = pids and pids ~= "" and io.open(pids, "a")
+    if f then
+        f:write(pid, " ", self.dir, "\n")
+        f:close()
+    end
 end
 
 --- Kills etcd (SIGKILL unless told) and waits until the process is gone.
@@ -230,8 +291,10 @@ function Etcd:restart()
     self:start(self.port)
 end
 
---- Stops it and removes its data.
+--- Stops it (and the proxies made for it) and removes its data.
 function Etcd:destroy()
+    for _, p in ipairs(self.proxies or {}) do p:close() end
+    self.proxies = nil
     self:stop()
     sh("rm -rf " .. quote(self.dir))
 end

@@ -197,7 +197,7 @@ describe("client:watch()", function()
         assert(l:set("v4"))                -- and it follows changes again
         helper.wait_until("v4", function() return #events == 4 end)
         assert.same({ "v4", false }, events[4])
-        proxy:stop()
+        proxy:close()
         l:release()
         c:close(); a:close()
     end)
@@ -264,22 +264,30 @@ describe("client:watch()", function()
         end
         local c, a = client(), client()
         local w = c:watch("loop")
-        local vals = {}
+        local vals, looped, writer = {}, false, nil
         locker.spawn(function()
             for ev in w:events() do
                 vals[#vals + 1] = tostring(ev.value)
                 if #vals == 3 then w:cancel() end
             end
+            looped = true
         end)
         locker.spawn(function()
-            helper.wait_until("first", function() return #vals == 1 end)
-            local l = assert(a:lock("loop", "x"))
-            helper.wait_until("second", function() return #vals == 2 end)
-            l:release()
+            writer = { pcall(function()
+                helper.wait_until("first", function() return #vals == 1 end)
+                local l = assert(a:lock("loop", "x", { timeout = 10 }))
+                helper.wait_until("second", function() return #vals == 2 end)
+                l:release()
+            end) }
         end)
-        locker.run()
+        -- bounded (etcd may die): the loop ends by its cancel(), or ours
+        local ok, err = pcall(helper.wait_until, "the for loop and the writer to end", function()
+            return (looped and writer) or (writer and not writer[1])
+        end, 30)
+        w:cancel(); c:close(); a:close()   -- idempotent; ends whatever still waits
+        assert(ok, tostring(err) .. "; events so far: " .. table.concat(vals, " "))
+        assert(writer[1], writer[2])
         assert.same({ "nil", "x", "nil" }, vals)
-        c:close(); a:close()
     end)
 
     it("reports a holder of etcdctl elect", function()

@@ -1,0 +1,371 @@
+/* A TCP proxy for the fault specs: forwards connections to etcd and, on
+ * command, breaks them the ways a network or a member can break.
+ * usage: faultproxy LISTEN_PORT TARGET_HOST:TARGET_PORT
+ * It listens on 127.0.0.1:LISTEN_PORT (0: a free port), prints "PORT\n"
+ * once listening, and reads commands, one a line, from stdin:
+ *   pass             forward normally (the default)
+ *   blackhole        keep every connection open but forward nothing: data
+ *                    from either side is read and discarded
+ *   cut              close every current connection (both sides)
+ *   refuse           cut, and stop listening; pass/blackhole listen again
+ *   drop PATH        swallow (never forward, never answer) each HTTP/1.1
+ *                    request whose path starts with PATH
+ *   undrop PATH      end that rule
+ *   delay MS         hold server->client data MS ms (0: no delay)
+ *   stats            print "conns=N accepted=N dropped=N"
+ * EOF on stdin ends it. Single-threaded, poll()-based, libc only.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAXCONN  512
+#define MAXRULES 16
+#define HEADMAX  65536          /* a longer request head is not parsed */
+#define HIGH     (1 << 20)      /* stop reading a side while this much waits */
+
+enum { HEAD, BODY, RAW };
+
+struct buf { char *p; size_t n, cap; };
+struct chunk { struct chunk *next; long long due; size_t n; char data[]; };
+
+struct conn {
+    int cfd, sfd, ci, si;       /* fds, their pollfd slots (-1: none) */
+    int connecting, cl_eof, sv_eof, shut, dead;
+    struct buf to_srv, to_cli, head;
+    struct chunk *delayed, *last;
+    int state, drop;            /* request parser; drop: swallow this one */
+    long long body;             /* request body bytes still to come */
+};
+
+static struct conn *conns[MAXCONN];
+static int nconns, lfd = -1, lport, blackhole, delay_ms;
+static char *rules[MAXRULES];
+static int nrules;
+static long accepted, dropped;
+static struct addrinfo *target;
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void buf_add(struct buf *b, const char *p, size_t n)
+{
+    if (b->n + n + 1 > b->cap) {        /* + 1: the head parser wants a NUL */
+        b->cap = (b->n + n + 1) * 2;
+        if (!(b->p = realloc(b->p, b->cap))) { perror("faultproxy"); exit(1); }
+    }
+    memcpy(b->p + b->n, p, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+/* Writes what fd takes now; -1 on error. */
+static int buf_flush(int fd, struct buf *b)
+{
+    if (b->n == 0) return 0;
+    ssize_t w = write(fd, b->p, b->n);
+    if (w < 0) return errno == EAGAIN || errno == EINTR ? 0 : -1;
+    memmove(b->p, b->p + w, b->n - (size_t)w);
+    b->n -= (size_t)w;
+    return 0;
+}
+
+static void nonblock(int fd)
+{
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+static int open_listener(void)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(lport) };
+    socklen_t len = sizeof a;
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM, 0);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 128) < 0
+        || getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+        fprintf(stderr, "faultproxy: cannot listen on port %d: %s\n", lport, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    nonblock(fd);
+    lport = ntohs(a.sin_port);
+    lfd = fd;
+    return 0;
+}
+
+/* Forgets what waits to be forwarded (entering a black hole). */
+static void discard(struct conn *c)
+{
+    c->to_srv.n = c->to_cli.n = 0;
+    while (c->delayed) {
+        struct chunk *next = c->delayed->next;
+        free(c->delayed);
+        c->delayed = next;
+    }
+}
+
+static void conn_free(struct conn *c)
+{
+    close(c->cfd);
+    if (c->sfd >= 0) close(c->sfd);
+    discard(c);
+    free(c->to_srv.p); free(c->to_cli.p); free(c->head.p);
+    free(c);
+}
+
+/* Accepts a connection and connects it to the target; 0 when none came. */
+static int accept_one(void)
+{
+    int cfd = accept(lfd, NULL, NULL);
+    if (cfd < 0) return 0;
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c) { close(cfd); return 0; }
+    accepted++;
+    nonblock(cfd);
+    c->cfd = cfd;
+    c->sfd = socket(target->ai_family, SOCK_STREAM, 0);
+    if (c->sfd >= 0) {
+        nonblock(c->sfd);
+        if (connect(c->sfd, target->ai_addr, target->ai_addrlen) == 0) c->connecting = 0;
+        else if (errno == EINPROGRESS) c->connecting = 1;
+        else { close(c->sfd); c->sfd = -1; }
+    }
+    conns[nconns++] = c;
+    if (c->sfd < 0 && !blackhole) c->dead = 1;  /* target down: refuse (black hole: hang) */
+    return 1;
+}
+
+static void to_server(struct conn *c, const char *p, size_t n, int drop)
+{
+    if (!drop && !blackhole && c->sfd >= 0) buf_add(&c->to_srv, p, n);
+}
+
+/* Runs client bytes through the HTTP/1.1 request parser. */
+static void client_data(struct conn *c, const char *p, size_t n)
+{
+    while (n > 0) {
+        if (c->state == RAW) { to_server(c, p, n, 0); return; }
+        if (c->state == BODY) {
+            size_t k = c->body < (long long)n ? (size_t)c->body : n;
+            to_server(c, p, k, c->drop);
+            p += k; n -= k; c->body -= (long long)k;
+            if (c->body == 0) c->state = HEAD;
+            continue;
+        }
+        size_t old = c->head.n, end = 0;
+        buf_add(&c->head, p, n);
+        for (size_t i = old > 3 ? old - 3 : 0; i + 4 <= c->head.n; i++)
+            if (!memcmp(c->head.p + i, "\r\n\r\n", 4)) { end = i + 4; break; }
+        if (!end) {
+            if (c->head.n > HEADMAX) goto raw;
+            return;
+        }
+        /* request line: METHOD SP PATH SP HTTP/1.x */
+        char *h = c->head.p, *sp1 = memchr(h, ' ', end), *sp2, *line;
+        if (memchr(h, 0, end) || !sp1 || !(sp2 = memchr(sp1 + 1, ' ', end - (size_t)(sp1 + 1 - h)))
+            || strncmp(sp2 + 1, "HTTP/1.", 7)) goto raw;
+        c->body = 0;
+        for (line = strstr(sp2, "\r\n") + 2; line < h + end - 2; line = strstr(line, "\r\n") + 2) {
+            if (!strncasecmp(line, "content-length:", 15)) {
+                char *e;
+                c->body = strtoll(line + 15, &e, 10);
+                if (c->body < 0 || (*e != '\r' && *e != ' ')) goto raw;
+            } else if (!strncasecmp(line, "transfer-encoding:", 18)) goto raw;
+        }
+        c->drop = 0;
+        for (int r = 0; r < nrules; r++)
+            if (!strncmp(sp1 + 1, rules[r], strlen(rules[r])) && sp1 + 1 + strlen(rules[r]) <= sp2)
+                c->drop = 1;
+        dropped += c->drop;
+        to_server(c, h, end, c->drop);
+        p += end - old; n -= end - old;
+        c->head.n = 0;
+        c->state = c->body > 0 ? BODY : HEAD;
+    }
+    return;
+raw:    /* not a request we understand: forward it and the rest as they are */
+    c->state = RAW;
+    to_server(c, c->head.p, c->head.n, 0);
+    c->head.n = 0;
+}
+
+static void server_data(struct conn *c, const char *p, size_t n)
+{
+    if (blackhole) return;
+    if (delay_ms <= 0 && !c->delayed) { buf_add(&c->to_cli, p, n); return; }
+    struct chunk *k = malloc(sizeof *k + n);
+    if (!k) { perror("faultproxy"); exit(1); }
+    k->next = NULL;
+    k->due = now_ms() + delay_ms;
+    k->n = n;
+    memcpy(k->data, p, n);
+    if (c->delayed) c->last->next = k; else c->delayed = k;
+    c->last = k;
+}
+
+static void command(char *cmd)
+{
+    char *arg = strchr(cmd, ' ');
+    if (arg) { *arg++ = 0; arg += strspn(arg, " "); }
+    if (!strcmp(cmd, "pass") || !strcmp(cmd, "blackhole")) {
+        blackhole = cmd[0] == 'b';
+        for (int i = 0; i < nconns; i++)
+            if (blackhole) discard(conns[i]);
+            else if (conns[i]->sfd < 0 && !conns[i]->sv_eof) conns[i]->dead = 1;
+        if (lfd < 0) open_listener();
+    } else if (!strcmp(cmd, "cut") || !strcmp(cmd, "refuse")) {
+        for (int i = 0; i < nconns; i++) conns[i]->dead = 1;
+        if (cmd[0] == 'r' && lfd >= 0) { close(lfd); lfd = -1; }
+    } else if (!strcmp(cmd, "drop") && arg && *arg && nrules < MAXRULES) {
+        rules[nrules++] = strdup(arg);
+    } else if (!strcmp(cmd, "undrop") && arg) {
+        for (int r = 0; r < nrules; r++)
+            if (!strcmp(rules[r], arg)) { free(rules[r]); rules[r--] = rules[--nrules]; }
+    } else if (!strcmp(cmd, "delay") && arg) {
+        delay_ms = atoi(arg);
+    } else if (!strcmp(cmd, "stats")) {
+        int live = 0;
+        for (int i = 0; i < nconns; i++) live += !conns[i]->dead;
+        printf("conns=%d accepted=%ld dropped=%ld\n", live, accepted, dropped);
+        fflush(stdout);
+    } else if (*cmd) {
+        fprintf(stderr, "faultproxy: unknown command: %s%s%s\n", cmd, arg ? " " : "", arg ? arg : "");
+    }
+}
+
+static void read_commands(void)
+{
+    static char line[4096];
+    static size_t len;
+    ssize_t r = read(0, line + len, sizeof line - 1 - len);
+    if (r == 0) exit(0);                    /* EOF: the test is done with us */
+    if (r < 0) { if (errno == EINTR) return; perror("faultproxy: stdin"); exit(1); }
+    len += (size_t)r;
+    char *nl, *start = line;
+    while ((nl = memchr(start, '\n', len - (size_t)(start - line)))) {
+        *nl = 0;
+        if (nl > start && nl[-1] == '\r') nl[-1] = 0;
+        command(start);
+        start = nl + 1;
+    }
+    len -= (size_t)(start - line);
+    memmove(line, start, len);
+    if (len == sizeof line - 1) len = 0;    /* an overlong line: forget it */
+}
+
+/* Serves one connection after poll(); marks it dead when it is over. */
+static void serve(struct conn *c, struct pollfd *pf, long long now)
+{
+    char b[65536];
+    ssize_t r;
+    short cre = c->ci >= 0 ? pf[c->ci].revents : 0, sre = c->si >= 0 ? pf[c->si].revents : 0;
+    if (c->connecting && sre) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(c->sfd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) { close(c->sfd); c->sfd = -1; }
+        c->connecting = 0;
+        sre = 0;
+    }
+    if (cre & (POLLIN | POLLHUP | POLLERR)) {
+        r = read(c->cfd, b, sizeof b);
+        if (r > 0) client_data(c, b, (size_t)r);
+        else if (r == 0) c->cl_eof = 1;
+        else if (errno != EAGAIN && errno != EINTR) c->dead = 1;
+    }
+    if (c->sfd >= 0 && (sre & (POLLIN | POLLHUP | POLLERR))) {
+        r = read(c->sfd, b, sizeof b);
+        if (r > 0) server_data(c, b, (size_t)r);
+        else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+            close(c->sfd);                  /* black hole: the client hears nothing */
+            c->sfd = -1;
+            c->sv_eof = r == 0 && !blackhole;   /* the client gets what is pending */
+        }
+    }
+    while (c->delayed && c->delayed->due <= now) {
+        struct chunk *k = c->delayed;
+        buf_add(&c->to_cli, k->data, k->n);
+        c->delayed = k->next;
+        free(k);
+    }
+    if (buf_flush(c->cfd, &c->to_cli) < 0) c->dead = 1;
+    if (c->sfd >= 0 && !c->connecting) {
+        if (buf_flush(c->sfd, &c->to_srv) < 0) c->dead = 1;
+        if (c->cl_eof && !c->to_srv.n && !c->shut) { shutdown(c->sfd, SHUT_WR); c->shut = 1; }
+    }
+    if (c->sfd < 0 && !blackhole && (!c->sv_eof || (!c->to_cli.n && !c->delayed))) c->dead = 1;
+    if (c->cl_eof && blackhole) c->dead = 1;
+}
+
+int main(int argc, char **argv)
+{
+    static struct pollfd pf[2 + 2 * MAXCONN];
+    char host[256], *colon = argc == 3 ? strrchr(argv[2], ':') : NULL;
+    if (!colon || colon - argv[2] >= (long)sizeof host) {
+        fprintf(stderr, "usage: faultproxy LISTEN_PORT TARGET_HOST:TARGET_PORT\n");
+        return 2;
+    }
+    memcpy(host, argv[2], (size_t)(colon - argv[2]));
+    host[colon - argv[2]] = 0;
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM };
+    int err = getaddrinfo(host, colon + 1, &hints, &target);
+    if (err) { fprintf(stderr, "faultproxy: %s: %s\n", argv[2], gai_strerror(err)); return 1; }
+    signal(SIGPIPE, SIG_IGN);
+    lport = atoi(argv[1]);
+    if (open_listener() < 0) return 1;
+    printf("%d\n", lport);
+    fflush(stdout);
+    for (;;) {
+        int n = 2, timeout = -1;
+        long long now = now_ms();
+        pf[0] = (struct pollfd){ .fd = 0, .events = POLLIN };
+        pf[1] = (struct pollfd){ .fd = lfd, .events = nconns < MAXCONN ? POLLIN : 0 };
+        for (int i = 0; i < nconns; i++) {
+            struct conn *c = conns[i];
+            size_t waiting = c->to_cli.n;
+            for (struct chunk *k = c->delayed; k; k = k->next) waiting += k->n;
+            c->ci = n;
+            pf[n++] = (struct pollfd){ .fd = c->cfd,
+                .events = (short)((!c->cl_eof && c->to_srv.n < HIGH ? POLLIN : 0) | (c->to_cli.n ? POLLOUT : 0)) };
+            c->si = -1;
+            if (c->sfd >= 0) {
+                c->si = n;
+                pf[n++] = (struct pollfd){ .fd = c->sfd, .events = (short)(c->connecting ? POLLOUT
+                    : (!c->sv_eof && waiting < HIGH ? POLLIN : 0) | (c->to_srv.n ? POLLOUT : 0)) };
+            }
+            if (c->delayed) {
+                long long t = c->delayed->due > now ? c->delayed->due - now : 0;
+                if (timeout < 0 || t < timeout) timeout = (int)t;
+            }
+        }
+        if (poll(pf, (nfds_t)n, timeout) < 0) {
+            if (errno == EINTR) continue;
+            perror("faultproxy: poll");
+            return 1;
+        }
+        now = now_ms();
+        int before = nconns;                /* accepted below: not polled yet */
+        for (int i = 0; i < before; i++) if (!conns[i]->dead) serve(conns[i], pf, now);
+        if (lfd >= 0 && (pf[1].revents & POLLIN))
+            while (nconns < MAXCONN && accept_one()) {}
+        if (pf[0].revents) read_commands();
+        for (int i = 0; i < nconns; )
+            if (conns[i]->dead) { conn_free(conns[i]); conns[i] = conns[--nconns]; }
+            else i++;
+    }
+}
