@@ -52,7 +52,7 @@ $(CORE): $(OBJS)
 	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(DEP_LIBS)
 
 # Debian packages the build and the tests need (idempotent; sudo when not root).
-DEPS_DEB = gcc make pkg-config curl procps iproute2 socat libcurl4-openssl-dev libcjson-dev \
+DEPS_DEB = gcc make pkg-config curl procps iproute2 libcurl4-openssl-dev libcjson-dev \
            lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client
 ifeq ($(LUA_VERSION),jit)
 DEPS_DEB += luajit libluajit-5.1-dev
@@ -62,9 +62,10 @@ endif
 deps: ## install the Debian packages needed to build and test
 	@sh tools/install-deps $(DEPS_DEB)
 
-lint: ## the thread boundary: only the binding includes lua.h
+lint: ## the thread boundary (only the binding includes lua.h) and the engine's layers
 	@n=$$(grep -l -E '#include *[<"](lua|lauxlib|lualib|compat)\.h' src/*.c | wc -l); \
 	 test "$$n" -eq 1 || { echo "lint: $$n C files include lua.h"; exit 1; }
+	@sh tools/lint-layers
 
 test: deps ## build and run the specs against a throwaway etcd
 	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy
