@@ -244,6 +244,23 @@ os.exit(0)
         a:close(); b:close()
     end)
 
+    it("deletes a key of its own lease that no lock claims (a put that landed late, finding 7)", function()
+        local c = client()
+        local l = assert(c:lock("anchor", "v"))  -- a lease and a running stream
+        local stray = prefix .. "late/" .. c:lease()
+        local _, ok = etcd:ctl(("put --lease=%s %s x"):format(c:lease(), helper.quote(stray)))
+        assert.is_true(ok)
+        helper.wait_until("the stray key to go", function()
+            return #etcd:keys(prefix .. "late/") == 0
+        end, 5)
+        -- a lock on that name afterwards works as usual
+        local again = assert(c:lock("late", "w", { timeout = 5 }))
+        assert.equal("w", c:get("late"))
+        again:release(); l:release()
+        assert.same({}, etcd:keys(prefix))
+        c:close()
+    end)
+
     it("takes a free name with timeout = 0, and says 'timeout' when it is held (finding 8)", function()
         local a, b = client(), client()
         local l = assert(a:lock("zero", "a", { timeout = 0 }))
