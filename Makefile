@@ -36,7 +36,7 @@ CORE     = $(BUILD)/locker/core.so
 LMOD_DIR ?= $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)
 CMOD_DIR ?= $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)
 
-.PHONY: all help deps test sanitize bench demo install lint clean
+.PHONY: all help deps test sanitize bench chaos demo install lint clean
 
 all: $(CORE) ## build locker/core.so for LUA_VERSION (5.4 by default)
 
@@ -95,6 +95,10 @@ $(BUILD)/faultproxy: tools/faultproxy.c
 bench: deps ## speed and memory table against a throwaway etcd (a few minutes)
 	@$(MAKE) --no-print-directory all $(BUILD)/floor
 	@$(LUA_ENV) FLOOR=$(BUILD)/floor sh tools/with-etcd $(LUA) bench/bench.lua
+
+chaos: deps ## mutual exclusion under faults: 15 minutes against a 3-member etcd
+	@$(MAKE) --no-print-directory all $(BUILD)/faultproxy
+	@$(LUA_ENV) LOCKER_FAULTPROXY=$(BUILD)/faultproxy $(LUA) tools/chaos.lua --seconds 900
 
 install: all ## install the modules (PREFIX, DESTDIR)
 	install -d $(LMOD_DIR)/locker $(CMOD_DIR)/locker

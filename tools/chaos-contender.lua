@@ -1,0 +1,96 @@
+-- One contender of tools/chaos.lua, in its own process:
+--   chaos-contender.lua EVENTS FENCE TTL SEED PARENT_PID UNTIL ENDPOINT...
+-- Loops forever: takes the lock "chaos", and while it holds it samples
+-- lock:owned() / lock:token() between two clock readings and writes to the
+-- fence. Appends to EVENTS (one line per write, O_APPEND, so lines of all
+-- contenders interleave whole; times are core.now(), CLOCK_MONOTONIC):
+--   B pid ttl t              started
+--   A pid token t            lock() returned the lock
+--   E pid code t             lock() failed (timeout, unavailable, ...)
+--   S pid token t1 t2        owned() was true between t1 and t2
+--   L pid token t            owned() (or token()) said the lock was lost
+--   R pid token t ok|code    released
+-- and to FENCE, after each owned sample but the last of a hold, "token pid
+-- t_write" (the fence: the file order is the order in which the fence saw
+-- the writes; sometimes after a short sleep, so that a stop can come
+-- between the check and the write). It uses a client of its own with the
+-- endpoints in a shuffled order, a TTL of TTL s and 1 s requests. It exits by
+-- itself when PARENT_PID is no longer its parent or at UNTIL (core.now()),
+-- so that nothing outlives a chaos run that died.
+local locker = require "locker"
+local core = require "locker.core"
+local now = core.now
+
+local events_path, fence_path = arg[1], arg[2]
+local ttl, seed = tonumber(arg[3]), tonumber(arg[4])
+local parent, until_t = arg[5], tonumber(arg[6])
+local endpoints = {}
+for i = 7, #arg do endpoints[#endpoints + 1] = arg[i] end
+assert(events_path and fence_path and ttl and seed and parent and until_t and #endpoints > 0,
+       "usage: chaos-contender.lua EVENTS FENCE TTL SEED PARENT_PID UNTIL ENDPOINT...")
+
+math.randomseed(seed)
+local random = math.random
+for i = #endpoints, 2, -1 do  -- each contender tries the members in its own order
+    local j = random(i)
+    endpoints[i], endpoints[j] = endpoints[j], endpoints[i]
+end
+
+local function stat()
+    local f = io.open("/proc/self/stat")
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+local pid = stat():match("^(%d+)")  -- the interpreter's own pid
+
+local function orphaned()
+    return stat():match("^%d+ %b() %a (%d+)") ~= parent or now() > until_t
+end
+
+local function appender(path)
+    local f = assert(io.open(path, "a"))
+    f:setvbuf("full")  -- each line leaves in one write(2), by the flush below
+    return function(line)
+        f:write(line)
+        f:flush()
+    end
+end
+local event, fence = appender(events_path), appender(fence_path)
+local fmt = string.format
+
+local client = assert(locker.new{ endpoints = endpoints, prefix = "/chaos/", ttl = ttl, timeout = 1 })
+event(fmt("B %s %d %.6f\n", pid, ttl, now()))
+
+while not orphaned() do
+    local lock, _, code = client:lock("chaos", pid, { timeout = 2 + random() * 4 })
+    if not lock then
+        event(fmt("E %s %s %.6f\n", pid, tostring(code), now()))
+        locker.sleep(random() * 0.2)
+    else
+        local token = lock:token()
+        event(fmt("A %s %s %.6f\n", pid, tostring(token), now()))
+        local hold_until = now() + 0.1 + random() * 1.2
+        while true do  -- a sample after every sleep, also one a stop stretched
+            local t1 = now()
+            local ok = lock:owned()
+            local tok = lock:token()
+            local t2 = now()
+            if not (ok and tok) then
+                event(fmt("L %s %s %.6f\n", pid, tostring(token), now()))
+                break
+            end
+            event(fmt("S %s %s %.6f %.6f\n", pid, tostring(tok), t1, t2))
+            if now() >= hold_until then break end
+            -- sometimes dawdle between the check and the write: a stop that
+            -- lands here makes a stale write, which the fence must refuse
+            if random() < 0.3 then locker.sleep(random() * 0.2) end
+            fence(fmt("%s %s %.6f\n", tostring(tok), pid, now()))
+            locker.sleep(0.01 + random() * 0.04)
+        end
+        local ok, _, rcode = lock:release()
+        event(fmt("R %s %s %.6f %s\n", pid, tostring(token), now(), ok and "ok" or tostring(rcode)))
+        locker.sleep(random() * 0.3)
+    end
+end
+client:close()

@@ -1,0 +1,815 @@
+-- chaos.lua [--seconds N] [--contenders N] [--seed N] [--min-acquisitions N] [--keep]
+-- chaos.lua --check DIR   (only the checker, on the files a --keep run left)
+-- A mutual-exclusion checker for the lock library. Starts a 3-member etcd
+-- cluster (tools/cluster-up), N contender processes (tools/chaos-contender.lua)
+-- taking one lock, and injects a fault every 1.5 to 4.5 s, at random:
+--   stop     SIGSTOP a contender (the holder, mostly) for longer than its
+--            TTL, then SIGCONT
+--   member   SIGKILL an etcd member (the leader, more than half the time;
+--            one member down at most), restart it in place a moment later
+--   kill     SIGKILL a contender (the holder, mostly), start a new one
+--   proxy    only with $LOCKER_FAULTPROXY (a fault-injecting TCP proxy):
+--            every contender reaches each member through a proxy of its own;
+--            a contender's proxies blackhole (a partition longer than its
+--            TTL), cut its connections, refuse them, drop its lease
+--            keepalives, or delay etcd's answers
+-- Then it is the fence: it replays the contenders' fence writes in file
+-- order, accepting a write iff its token is >= the highest seen, and looks
+-- for violations: (a) token reuse: an accepted write of the highest token
+-- by another process than its first writer, or one token held by two
+-- processes; (b) overlapping ownership: for each (process, token), the
+-- interval [min t1, max t2] of its owned()==true samples; two intervals
+-- with different tokens that overlap. Prints a table; exits 1 on a
+-- violation, a contender crash, or too few acquisitions (a run that proved
+-- nothing), 2 on bad usage, 130 when interrupted (SIGINT, SIGTERM). Every
+-- process it started is killed by pid at the end, its data removed (kept
+-- with --keep). Run it from the project's root with the project's Lua
+-- environment (LUA_PATH, LUA_CPATH), as make chaos does.
+local core = require "locker.core"
+local now = core.now
+local fmt = string.format
+
+-- ------------------------------------------------------------- options --
+
+local opts = { seconds = 60, contenders = 4, seed = nil, min_acquisitions = nil, keep = false }
+do
+    local i = 1
+    while i <= #arg do
+        local a = arg[i]
+        local key = a:match("^%-%-([%a-]+)$")
+        key = key and key:gsub("-", "_")
+        if key == "keep" then
+            opts.keep = true
+        elseif key == "check" and arg[i + 1] then
+            opts.check = arg[i + 1]
+            i = i + 1
+        elseif key and opts[key] ~= nil or key == "seed" or key == "min_acquisitions" then
+            local v = tonumber(arg[i + 1])
+            if not v or v < 0 or v ~= math.floor(v) then
+                io.stderr:write(("chaos: %s needs a whole number\n"):format(a))
+                os.exit(2)
+            end
+            opts[key] = v
+            i = i + 1
+        else
+            io.stderr:write(("chaos: unknown argument '%s'\n"):format(a),
+                "usage: chaos.lua [--seconds N] [--contenders N] [--seed N] [--min-acquisitions N] [--keep]\n",
+                "       chaos.lua --check DIR\n")
+            os.exit(2)
+        end
+        i = i + 1
+    end
+end
+if opts.contenders < 2 then
+    io.stderr:write("chaos: --contenders must be at least 2\n")
+    os.exit(2)
+end
+opts.seed = opts.seed or (os.time() % 1000000)
+-- below this, the run saw too few handovers to prove anything
+-- (--check: only when asked, as it does not know how long the run was)
+opts.min_acquisitions = opts.min_acquisitions or (opts.check and 0 or math.max(5, math.floor(opts.seconds / 4)))
+math.randomseed(opts.seed)
+local random = math.random
+
+local here = (arg[0]:match("^(.*)/[^/]*$") or ".")
+local lua  -- the interpreter running us (contenders run with it too)
+do
+    local i = -1
+    while arg[i - 1] do i = i - 1 end
+    lua = arg[i] or "lua5.4"
+end
+local faultproxy = os.getenv("LOCKER_FAULTPROXY")
+if faultproxy == "" then faultproxy = nil end
+
+-- -------------------------------------------------------- processes --
+
+local function quote(s)
+    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- Runs a shell command (never with a sanitizer runtime preloaded: etcd,
+-- curl and the shell are not instrumented); its output and success.
+local function sh(cmd)
+    local p = assert(io.popen("env -u LD_PRELOAD sh -c " .. quote("(" .. cmd .. ") 2>&1; echo \"\n__rc=$?\"")))
+    local out = p:read("*a")
+    p:close()
+    local body, code = out:match("^(.*)\n__rc=(%d+)\n?$")
+    return body or out, code == "0"
+end
+
+local function read_file(path)
+    local f = io.open(path)
+    if not f then return "" end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+local procs = {}  -- pid -> { what =, status = exit status once reaped }
+
+-- Starts argv (a table) in the background; its pid: our child by
+-- core.spawn, else through a shell that leaves it behind.
+local function spawn(what, argv)
+    local pid, err
+    if core.spawn then
+        pid, err = core.spawn(argv)
+    else
+        local q = {}
+        for i, a in ipairs(argv) do q[i] = quote(a) end
+        err = sh(table.concat(q, " ") .. " </dev/null & echo $!")
+        pid = tonumber(err:match("(%d+)%s*$"))
+    end
+    if not pid then error(("cannot start %s: %s"):format(what, tostring(err)), 2) end
+    procs[pid] = { what = what }
+    return pid
+end
+
+-- Whether pid runs; reaps our children (then procs[pid].status is set).
+local function alive(pid)
+    local p = procs[pid]
+    if p and (p.status or p.gone) then return false end
+    if core.reap then
+        local status, err = core.reap(pid)
+        if status then
+            if p then p.status = status end
+            return false
+        end
+        if not err then return true end
+    end
+    local stat = read_file("/proc/" .. pid .. "/stat")
+    local state = stat:match("^%d+ %b() (%a)")
+    return state ~= nil and state ~= "Z"
+end
+
+local function kill(pid, sig)
+    if procs[pid] and (procs[pid].status or procs[pid].gone) then return end
+    if core.kill then return core.kill(pid, sig) end
+    return sh(("kill -%s %d"):format(sig, pid))
+end
+
+-- SIGKILL and wait (bounded) until it is gone; whether it is.
+local function kill_wait(pid, timeout)
+    kill(pid, "KILL")
+    local deadline = now() + (timeout or 5)
+    while alive(pid) do
+        if now() > deadline then return false end
+        core.poll({}, 0.02)
+    end
+    procs[pid] = procs[pid] or {}
+    procs[pid].gone = true  -- never signalled again (its pid may be reused)
+    return true
+end
+
+-- -------------------------------------------------------------- state --
+
+local base = "/dev/shm"
+if not sh("test -d /dev/shm -a -w /dev/shm") then base = os.getenv("TMPDIR") or "/tmp" end
+local dir
+local t0 = now()
+local run_end
+local members = {}       -- name -> { name, pid, url, peer, port, up }
+local member_names = {}
+local contenders = {}    -- list of { pid, ttl, proxies = {...}, log }
+-- the kinds of fault, in the order of the table
+local fault_order = { "stop holder (SIGSTOP > ttl)", "stop waiter (SIGSTOP > ttl)",
+                      "kill etcd leader", "kill etcd follower", "kill holder", "kill waiter" }
+if faultproxy then
+    for _, k in ipairs({ "partition holder", "partition waiter", "cut connections", "refuse connections",
+                         "drop keepalives", "delay answers" }) do
+        fault_order[#fault_order + 1] = k
+    end
+end
+local faults = {}        -- kind -> count
+for _, k in ipairs(fault_order) do faults[k] = 0 end
+local timers = {}        -- { at =, fn = }
+local crashes = {}       -- lines about contenders that died by themselves
+local holder = {}        -- pid (string) -> token, from the events so far
+local restarting = nil   -- { name, pid, out, at, tries } while a member restarts
+local sigfd
+
+local function log(...)
+    io.stdout:write(fmt("[%7.2f] ", now() - t0), fmt(...), "\n")
+    io.stdout:flush()
+end
+
+local function count(kind)
+    faults[kind] = assert(faults[kind], kind) + 1
+end
+
+local function after(seconds, fn)
+    timers[#timers + 1] = { at = now() + seconds, fn = fn }
+end
+
+-- ------------------------------------------------------------ cluster --
+
+-- Under tools/run-specs, every etcd started is noted in $LOCKER_PIDS
+-- ("PID DATADIR"), so that one left behind fails the run.
+local function note_etcd(m)
+    procs[m.pid] = { what = "etcd " .. m.name }
+    local path = os.getenv("LOCKER_PIDS")
+    local f = path and path ~= "" and io.open(path, "a")
+    if f then
+        f:write(fmt("%d %s/%s\n", m.pid, dir, m.name))
+        f:close()
+    end
+end
+
+local function parse_member(line)
+    local pid, url, peer, name = line:match("^(%d+) (http://%S+) (http://%S+) (%S+)$")
+    if not pid then return nil end
+    return { pid = tonumber(pid), url = url, peer = peer, name = name,
+             port = url:match(":(%d+)$"), up = true }
+end
+
+local function start_cluster()
+    local out, ok = sh(("sh %s/cluster-up %s"):format(quote(here), quote(dir)))
+    if not ok then error("cannot start the etcd cluster:\n" .. out, 0) end
+    for line in out:gmatch("[^\n]+") do
+        local m = parse_member(line)
+        if m then
+            members[m.name] = m
+            member_names[#member_names + 1] = m.name
+            note_etcd(m)
+        end
+    end
+    if #member_names ~= 3 then error("cluster-up said:\n" .. out, 0) end
+end
+
+-- The etcd member id of the leader, as the first running member to answer
+-- says (ids map to names in member_ids), or nil.
+local function leader()
+    local urls = {}
+    for _, n in ipairs(member_names) do
+        if members[n].up then urls[#urls + 1] = members[n].url end
+    end
+    local out = sh(("for u in %s; do curl -s -m 1 -X POST -d '{}' \"$u/v3/maintenance/status\"; echo; done")
+        :format(table.concat(urls, " ")))
+    for line in out:gmatch("[^\n]+") do
+        local lead = line:match('"leader":"(%d+)"')
+        if lead and lead ~= "0" then return lead end
+    end
+end
+
+local member_ids = {}  -- etcd member id (decimal) -> name
+
+local function learn_ids()
+    for _, n in ipairs(member_names) do
+        local out = sh(("curl -s -m 1 -X POST -d '{}' %s/v3/maintenance/status"):format(members[n].url))
+        local id = out:match('"member_id":"(%d+)"')
+        if id then member_ids[id] = n end
+    end
+end
+
+local function restart_member(name)
+    local out = dir .. "/restart.out"
+    local pid = spawn("cluster-up --restart " .. name, { "sh", "-c",
+        ('exec env -u LD_PRELOAD sh "$0" "$1" --restart "$2" >"$3" 2>&1'),
+        here .. "/cluster-up", dir, name, out })
+    restarting = { name = name, pid = pid, out = out, since = now(),
+                   tries = (restarting and restarting.tries or 0) + 1 }
+end
+
+local function poll_restart()
+    local r = restarting
+    if not r or not r.pid or alive(r.pid) then return end
+    local text = read_file(r.out)
+    local m = parse_member(text:match("^[^\n]*"))
+    if m then
+        members[r.name] = m
+        note_etcd(m)
+        log("member %s restarted (pid %d) after %.1f s", r.name, m.pid, now() - r.since)
+        restarting = nil
+        return
+    end
+    if r.tries >= 3 then error(("cannot restart member %s:\n%s"):format(r.name, text), 0) end
+    log("restarting member %s failed, trying again: %s", r.name, (text:gsub("\n", " | ")))
+    r.pid = nil
+    after(1, function() restart_member(r.name) end)
+end
+
+-- ---------------------------------------------------------- proxies --
+
+local Proxy = {}
+Proxy.__index = Proxy
+
+local proxy_n = 0
+local function new_proxy(target_port)
+    proxy_n = proxy_n + 1
+    local fifo = ("%s/proxy%d.in"):format(dir, proxy_n)
+    local out = ("%s/proxy%d.out"):format(dir, proxy_n)
+    assert(sh("mkfifo " .. quote(fifo)))
+    -- opened read-write (Linux): neither end blocks, and the proxy never
+    -- sees end-of-file while we hold it
+    local ctl = assert(io.open(fifo, "r+"))
+    ctl:setvbuf("no")
+    local pid = spawn("faultproxy", { "sh", "-c", 'exec env -u LD_PRELOAD "$0" 0 "$1" <"$2" >"$3" 2>&1',
+                                      faultproxy, "127.0.0.1:" .. target_port, fifo, out })
+    local self = setmetatable({ pid = pid, ctl = ctl, out = out }, Proxy)
+    local deadline = now() + 5
+    while not self.port do
+        self.port = read_file(out):match("(%d+)")
+        if not self.port and (now() > deadline or not alive(pid)) then
+            kill_wait(pid)
+            error("faultproxy did not start: " .. read_file(out), 0)
+        end
+        if not self.port then core.poll({}, 0.02) end
+    end
+    self.url = "http://127.0.0.1:" .. self.port
+    return self
+end
+
+function Proxy:send(line)
+    if alive(self.pid) then self.ctl:write(line, "\n") end
+end
+
+function Proxy:close()
+    kill_wait(self.pid)
+    self.ctl:close()
+end
+
+-- ---------------------------------------------------------- contenders --
+
+local events_path, fence_path
+
+local function start_contender()
+    local c = { ttl = random(2, 3), proxies = {} }
+    local endpoints = {}
+    for _, n in ipairs(member_names) do
+        if faultproxy then
+            local p = new_proxy(members[n].port)
+            c.proxies[#c.proxies + 1] = p
+            endpoints[#endpoints + 1] = p.url
+        else
+            endpoints[#endpoints + 1] = members[n].url
+        end
+    end
+    local seed = random(1, 1073741823)
+    local me = read_file("/proc/self/stat"):match("^(%d+)")
+    local n = #contenders + 1
+    c.log = ("%s/contender%d.log"):format(dir, n)
+    local argv = { "sh", "-c", 'exec "$0" "$@" >"$CHAOS_LOG" 2>&1', lua, here .. "/chaos-contender.lua",
+                   events_path, fence_path, tostring(c.ttl), tostring(seed), me,
+                   fmt("%.3f", run_end + 60) }
+    for _, e in ipairs(endpoints) do argv[#argv + 1] = e end
+    -- the log path travels in the environment (core.spawn's extra env)
+    if core.spawn then
+        c.pid = assert(core.spawn(argv, { "CHAOS_LOG=" .. c.log }))
+        procs[c.pid] = { what = "contender" }
+    else
+        argv[3] = 'exec "$0" "$@" >' .. quote(c.log) .. ' 2>&1'
+        c.pid = spawn("contender", argv)
+    end
+    contenders[#contenders + 1] = c
+    return c
+end
+
+local function live_contenders()
+    local list = {}
+    for _, c in ipairs(contenders) do
+        if not c.dead then list[#list + 1] = c end
+    end
+    return list
+end
+
+local function pick(list)
+    if #list > 0 then return list[random(#list)] end
+end
+
+-- A contender to hurt: the holder with probability p_holder (when one
+-- holds the lock and is not already stopped), else any live one.
+local function victim(p_holder, filter)
+    local list, holders = {}, {}
+    for _, c in ipairs(live_contenders()) do
+        if not filter or filter(c) then
+            list[#list + 1] = c
+            if holder[tostring(c.pid)] then holders[#holders + 1] = c end
+        end
+    end
+    if #holders > 0 and random() < p_holder then return pick(holders), true end
+    return pick(list), false
+end
+
+local function bury(c)
+    c.dead = true
+    for _, p in ipairs(c.proxies) do p:close() end
+end
+
+local function check_contenders()
+    for _, c in ipairs(contenders) do
+        if not c.dead and not c.killing and not alive(c.pid) then
+            local status = procs[c.pid].status
+            local tail = read_file(c.log):sub(-600)
+            crashes[#crashes + 1] = fmt("contender %d exited by itself (status %s): %s",
+                                        c.pid, tostring(status), tail)
+            log("contender %d exited by itself (status %s); starting another", c.pid, tostring(status))
+            bury(c)
+            start_contender()
+        end
+    end
+end
+
+-- --------------------------------------------------------------- events --
+
+local events_f, events_rest = nil, ""
+
+-- Reads new event lines to know who holds the lock now.
+local function follow_events()
+    events_f = events_f or io.open(events_path)
+    if not events_f then return end
+    local chunk = events_f:read("*a")
+    if not chunk or chunk == "" then return end
+    local text = events_rest .. chunk
+    local last = 1
+    for line, pos in text:gmatch("([^\n]*)\n()") do
+        local kind, pid, token = line:match("^(%u) (%d+) (%S+)")
+        if kind == "A" then
+            holder[pid] = token
+        elseif kind == "R" or kind == "L" then
+            holder[pid] = nil
+        end
+        last = pos
+    end
+    events_rest = text:sub(last)
+end
+
+-- --------------------------------------------------------------- faults --
+
+local function fault_stop()
+    local c, was_holder = victim(0.8, function(x) return not x.stopped end)
+    if not c then return end
+    local secs = c.ttl + 0.5 + random() * 2
+    kill(c.pid, "STOP")
+    c.stopped = true
+    count(was_holder and "stop holder (SIGSTOP > ttl)" or "stop waiter (SIGSTOP > ttl)")
+    log("SIGSTOP contender %d (%s, ttl %d) for %.1f s", c.pid, was_holder and "holder" or "waiter", c.ttl, secs)
+    after(secs, function()
+        c.stopped = false
+        if c.dead then return end
+        kill(c.pid, "CONT")
+        log("SIGCONT contender %d", c.pid)
+    end)
+end
+
+local function fault_member()
+    if restarting then return false end
+    for _, n in ipairs(member_names) do
+        if not members[n].up then return false end
+    end
+    local lead = leader()
+    local name = lead and member_ids[lead]
+    if not name or random() < 0.5 then name = member_names[random(#member_names)] end
+    local is_leader = lead ~= nil and member_ids[lead] == name
+    local m = members[name]
+    m.up = false
+    if not kill_wait(m.pid, 10) then error(("etcd member %s (pid %d) does not die"):format(name, m.pid), 0) end
+    count(is_leader and "kill etcd leader" or "kill etcd follower")
+    local pause = 0.5 + random() * 3
+    log("SIGKILL member %s%s; restarting it in %.1f s", name, is_leader and " (leader)" or "", pause)
+    restarting = { name = name, since = now(), tries = 0 }
+    after(pause, function() restart_member(name) end)
+    return true
+end
+
+local function fault_contender()
+    local c, was_holder = victim(0.7)
+    if not c then return end
+    c.killing = true
+    kill_wait(c.pid, 10)
+    bury(c)
+    count(was_holder and "kill holder" or "kill waiter")
+    local n = start_contender()
+    log("SIGKILL contender %d (%s); started %d", c.pid, was_holder and "holder" or "waiter", n.pid)
+end
+
+-- A proxy fault on one contender's three proxies: cmd for secs (a number,
+-- or a function of the contender), then undo.
+local function fault_proxy(kind, cmd, undo, secs)
+    local c, was_holder = victim(0.8, function(x) return not x.stopped and not x.proxied end)
+    if not c then return end
+    if type(secs) == "function" then secs = secs(c) end
+    c.proxied = true
+    for _, p in ipairs(c.proxies) do p:send(cmd) end
+    count(kind == "partition" and (was_holder and "partition holder" or "partition waiter") or kind)
+    log("proxy %s for contender %d (%s) for %.1f s", cmd, c.pid, was_holder and "holder" or "waiter", secs)
+    after(secs, function()
+        if not c.dead then
+            for _, p in ipairs(c.proxies) do p:send(undo) end
+        end
+        c.proxied = false
+    end)
+end
+
+local function inject()
+    local r = random()
+    if faultproxy then
+        if r < 0.12 then
+            return fault_proxy("partition", "blackhole", "pass", function(c) return c.ttl + 0.5 + random() * 2 end)
+        elseif r < 0.18 then
+            return fault_proxy("cut connections", "cut", "pass", 0.2 + random())
+        elseif r < 0.23 then
+            return fault_proxy("refuse connections", "refuse", "pass", 0.5 + random() * 2)
+        elseif r < 0.31 then
+            return fault_proxy("drop keepalives", "drop /v3/lease/keepalive", "undrop /v3/lease/keepalive",
+                               3.5 + random() * 2)
+        elseif r < 0.38 then
+            return fault_proxy("delay answers", "delay " .. random(300, 1500), "delay 0", 2 + random() * 3)
+        end
+        r = (r - 0.38) / 0.62
+    end
+    if r < 0.4 then
+        fault_stop()
+    elseif r < 0.7 then
+        if not fault_member() then fault_stop() end
+    else
+        fault_contender()
+    end
+end
+
+-- ------------------------------------------------------------- checker --
+
+local function parse_events(path)
+    local ev = { started = 0, acquired = 0, failures = {}, failure_order = {}, lost = 0,
+                 released = 0, release_failures = 0, samples = 0, wide = 0, intervals = {},
+                 token_pids = {} }
+    local by_key = {}
+    local function saw_token(token, pid)
+        local t = ev.token_pids[token]
+        if not t then
+            t = {}
+            ev.token_pids[token] = t
+        end
+        t[pid] = true
+    end
+    for line in io.lines(path) do
+        local kind, pid, a, b, c = line:match("^(%u) (%d+) (%S+) (%S+) ?(%S*)$")
+        if kind == "B" then
+            ev.started = ev.started + 1
+        elseif kind == "A" and tonumber(a) then
+            ev.acquired = ev.acquired + 1
+            saw_token(a, pid)
+        elseif kind == "E" then
+            if not ev.failures[a] then
+                ev.failures[a] = 0
+                ev.failure_order[#ev.failure_order + 1] = a
+            end
+            ev.failures[a] = ev.failures[a] + 1
+        elseif kind == "L" then
+            ev.lost = ev.lost + 1
+        elseif kind == "R" then
+            ev.released = ev.released + 1
+            if c ~= "ok" then ev.release_failures = ev.release_failures + 1 end
+        elseif kind == "S" and tonumber(a) and tonumber(b) and tonumber(c) then
+            ev.samples = ev.samples + 1
+            saw_token(a, pid)
+            local t1, t2 = tonumber(b), tonumber(c)
+            -- owned() answered at some instant between t1 and t2. A sample
+            -- that took long (the process was stopped inside it) may have
+            -- answered at either end, so it counts only for what it proves:
+            -- owned from t2 at the latest, until t1 at least.
+            if t2 - t1 > 0.05 then
+                ev.wide = ev.wide + 1
+                t1, t2 = t2, t1
+            end
+            local key = pid .. " " .. a
+            local iv = by_key[key]
+            if not iv then
+                iv = { pid = pid, token = tonumber(a), lo = t1, hi = t2 }
+                by_key[key] = iv
+                ev.intervals[#ev.intervals + 1] = iv
+            else
+                if t1 < iv.lo then iv.lo = t1 end
+                if t2 > iv.hi then iv.hi = t2 end
+            end
+        end
+    end
+    return ev
+end
+
+local function check()
+    local ev = parse_events(events_path)
+    local violations = {}
+    local function violation(s)
+        violations[#violations + 1] = s
+    end
+    local function rel(t) return fmt("%.3f", t - t0) end
+
+    -- the fence, in file order
+    local highest, first_writer = nil, {}
+    local accepted, rejected, reuse = 0, 0, 0
+    for line in io.lines(fence_path) do
+        local tok, pid, t = line:match("^(%d+) (%d+) (%S+)$")
+        tok = tonumber(tok)
+        if tok and tonumber(t) then
+            if not highest or tok > highest then
+                highest = tok
+                first_writer[tok] = pid
+                accepted = accepted + 1
+            elseif tok == highest then
+                accepted = accepted + 1
+                if first_writer[tok] ~= pid then
+                    reuse = reuse + 1
+                    violation(fmt("VIOLATION token reuse at the fence: token %d written by pid %s at %s, "
+                        .. "first written by pid %s", tok, pid, rel(tonumber(t)), first_writer[tok]))
+                end
+            else
+                rejected = rejected + 1
+            end
+        end
+    end
+    -- a token that two processes saw as theirs, written or not
+    local tokens = {}
+    for token in pairs(ev.token_pids) do tokens[#tokens + 1] = token end
+    table.sort(tokens, function(x, y) return tonumber(x) < tonumber(y) end)
+    for _, token in ipairs(tokens) do
+        local pids = {}
+        for pid in pairs(ev.token_pids[token]) do pids[#pids + 1] = pid end
+        if #pids > 1 then
+            table.sort(pids)
+            reuse = reuse + 1
+            violation(fmt("VIOLATION token reuse: token %s held by pids %s", token, table.concat(pids, ", ")))
+        end
+    end
+
+    -- overlapping ownership: intervals of owned()==true, by (pid, token)
+    local list = {}
+    for _, iv in ipairs(ev.intervals) do
+        if iv.lo <= iv.hi then list[#list + 1] = iv end
+    end
+    table.sort(list, function(x, y) return x.lo < y.lo end)
+    local overlaps = 0
+    for i = 1, #list do
+        local a = list[i]
+        for j = i + 1, #list do
+            local b = list[j]
+            if b.lo >= a.hi then break end
+            if a.token ~= b.token then
+                overlaps = overlaps + 1
+                violation(fmt("VIOLATION overlapping ownership: pid %s token %d owned [%s, %s] and "
+                    .. "pid %s token %d owned [%s, %s] (both for %.3f s)",
+                    a.pid, a.token, rel(a.lo), rel(a.hi), b.pid, b.token, rel(b.lo), rel(b.hi),
+                    math.min(a.hi, b.hi) - b.lo))
+            end
+        end
+    end
+    return ev, { accepted = accepted, rejected = rejected, reuse = reuse, overlaps = overlaps,
+                 violations = violations }
+end
+
+local function report(ev, fence, interrupted)
+    local total_faults = 0
+    for _, k in ipairs(fault_order) do total_faults = total_faults + faults[k] end
+    local rows = {}
+    local function row(label, n, note)
+        rows[#rows + 1] = fmt("  %-36s %8d%s", label, n, note and ("   " .. note) or "")
+    end
+    print("")
+    if opts.check then
+        print("chaos: the files in " .. opts.check)
+    else
+        print(fmt("chaos: %d s, %d contenders (ttl 2-3 s), 3 etcd members, seed %d%s",
+                  opts.seconds, opts.contenders, opts.seed, faultproxy and ", behind fault proxies" or ""))
+    end
+    row("contenders started", ev.started)
+    row("acquisitions", ev.acquired)
+    for _, code in ipairs(ev.failure_order) do row("lock() failed: " .. code, ev.failures[code]) end
+    row("locks lost while held", ev.lost)
+    row("releases", ev.released, ev.release_failures > 0 and fmt("(%d failed)", ev.release_failures) or nil)
+    row("owned() samples", ev.samples, ev.wide > 0 and fmt("(%d stopped mid-sample)", ev.wide) or nil)
+    if not opts.check then
+        for _, k in ipairs(fault_order) do row("fault: " .. k, faults[k]) end
+        row("faults injected", total_faults)
+    end
+    row("fence: writes accepted", fence.accepted)
+    row("fence: stale writes rejected", fence.rejected)
+    row("violations: token reuse", fence.reuse)
+    row("violations: overlapping ownership", fence.overlaps)
+    if #crashes > 0 then row("contenders that died by themselves", #crashes) end
+    for _, r in ipairs(rows) do print(r) end
+    for _, v in ipairs(fence.violations) do print(v) end
+    for _, c in ipairs(crashes) do print("CRASH " .. c) end
+    print(fmt("chaos: acquisitions=%d faults=%d accepted=%d rejected=%d violations=%d crashes=%d",
+              ev.acquired, total_faults, fence.accepted, fence.rejected, #fence.violations, #crashes))
+    local failed = {}
+    if #fence.violations > 0 then failed[#failed + 1] = fmt("%d violations", #fence.violations) end
+    if #crashes > 0 then failed[#failed + 1] = fmt("%d contenders crashed", #crashes) end
+    if interrupted then failed[#failed + 1] = "interrupted" end
+    if ev.acquired < opts.min_acquisitions then
+        failed[#failed + 1] = fmt("only %d acquisitions (fewer than %d: the run proved nothing)",
+                                  ev.acquired, opts.min_acquisitions)
+    end
+    if #failed > 0 then
+        print("chaos: FAILED: " .. table.concat(failed, "; "))
+        return false
+    end
+    print("chaos: OK, no violation")
+    return true
+end
+
+-- ----------------------------------------------------------------- run --
+
+local function cleanup()
+    for _, c in ipairs(contenders) do
+        if not c.dead then
+            c.killing = true
+            kill_wait(c.pid)
+            bury(c)
+        end
+    end
+    if restarting and restarting.pid then kill_wait(restarting.pid) end
+    -- every member by the pid files cluster-up writes, also one mid-restart
+    for _, m in pairs(members) do kill_wait(m.pid) end
+    if dir then  -- and one cluster-up started but did not report yet
+        for _, n in ipairs({ "m1", "m2", "m3" }) do
+            local pid = tonumber(read_file(dir .. "/" .. n .. ".pid"):match("%d+"))
+            if pid and alive(pid) then kill_wait(pid) end
+        end
+    end
+    if dir and not opts.keep then sh("rm -rf " .. quote(dir)) end
+    if dir and opts.keep then print("chaos: kept " .. dir) end
+end
+
+local function interrupted()
+    if not sigfd then return false end
+    return core.read_signal(sigfd) ~= nil
+end
+
+local function main()
+    if core.signals then sigfd = core.signals({ "INT", "TERM" }) end
+    t0 = now()
+    dir = sh("mktemp -d " .. base .. "/locker-chaos.XXXXXX"):gsub("%s+$", "")
+    assert(dir:match("locker%-chaos"), "mktemp: " .. dir)
+    events_path, fence_path = dir .. "/events", dir .. "/fence"
+    assert(io.open(events_path, "a")):close()
+    assert(io.open(fence_path, "a")):close()
+    if faultproxy and not sh("test -x " .. quote(faultproxy)) then
+        error("LOCKER_FAULTPROXY is not an executable: " .. faultproxy, 0)
+    end
+    log("seed %d, %d s, %d contenders%s", opts.seed, opts.seconds, opts.contenders,
+        faultproxy and ", through fault proxies" or "")
+    start_cluster()
+    learn_ids()
+    for _, n in ipairs(member_names) do
+        log("member %s pid %d %s", n, members[n].pid, members[n].url)
+    end
+    run_end = now() + opts.seconds
+    for _ = 1, opts.contenders do start_contender() end
+    local next_fault = now() + 2 + random() * 2
+    local stopped_by_signal = false
+    while now() < run_end do
+        if interrupted() then
+            stopped_by_signal = true
+            log("interrupted")
+            break
+        end
+        follow_events()
+        local due = {}
+        for i = #timers, 1, -1 do
+            if timers[i].at <= now() then
+                due[#due + 1] = timers[i]
+                table.remove(timers, i)
+            end
+        end
+        table.sort(due, function(a, b) return a.at < b.at end)
+        for _, t in ipairs(due) do t.fn() end
+        poll_restart()
+        check_contenders()
+        if now() >= next_fault then
+            inject()
+            next_fault = now() + 1.5 + random() * 3
+        end
+        core.poll(sigfd and { sigfd } or {}, 0.05)
+    end
+    -- no more faults: stop everyone, then read what they wrote
+    for _, c in ipairs(contenders) do
+        if not c.dead then
+            c.killing = true
+            kill_wait(c.pid)
+            bury(c)
+        end
+    end
+    local ev, fence = check()
+    return report(ev, fence, stopped_by_signal), stopped_by_signal
+end
+
+if opts.check then  -- times relative to the first event
+    events_path, fence_path = opts.check .. "/events", opts.check .. "/fence"
+    local first = io.open(events_path)
+    t0 = first and tonumber((first:read("*l") or ""):match("(%d+%.%d+)")) or 0
+    if first then first:close() end
+    local ok, ev, fence = pcall(check)
+    if not ok then
+        io.stderr:write("chaos: ", tostring(ev), "\n")
+        os.exit(2)
+    end
+    os.exit(report(ev, fence, false) and 0 or 1)
+end
+
+local ok, passed, stopped = xpcall(main, debug.traceback)
+local cleaned, cerr = pcall(cleanup)
+if not cleaned then io.stderr:write("chaos: cleanup failed: ", tostring(cerr), "\n") end
+if not ok then
+    io.stderr:write("chaos: ", tostring(passed), "\n")
+    os.exit(1)
+end
+if stopped then os.exit(130) end
+os.exit(passed and 0 or 1)
