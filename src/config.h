@@ -36,6 +36,9 @@ typedef struct lk_session_view {
     int64_t deadline;
     int64_t expires;
     int lost;                  /* the last lease ended, none granted since */
+    int64_t heard_at;          /* the watch stream last showed it is live */
+    int stream_up;             /* the stream runs, and is not suspected */
+    int endpoint;              /* index of the endpoint requests go to */
 } lk_session_view;
 
 #endif

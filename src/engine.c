@@ -198,6 +198,12 @@ void lk_engine_session(const lk_engine *e, lk_session_view *out)
     lk_session_view_read(&e->session.view, out);
 }
 
+const char *lk_engine_endpoint(const lk_engine *e, int i)
+{
+    if (i < 0 || i >= e->io.cfg.n_endpoints) i = 0;
+    return e->io.cfg.endpoints[i];
+}
+
 static void global_init(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);

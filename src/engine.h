@@ -49,6 +49,9 @@ int64_t lk_engine_lease(const lk_engine *e);
 /* The session's lease and its times as last published (any thread). */
 void lk_engine_session(const lk_engine *e, lk_session_view *out);
 
+/* Endpoint i of the client's list (any thread: the list never changes). */
+const char *lk_engine_endpoint(const lk_engine *e, int i);
+
 /* Process-wide library set-up (libcurl); call once, before any thread. */
 void lk_engine_global_init(void);
 

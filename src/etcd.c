@@ -148,23 +148,51 @@ int lk_etcd_delete_if_body(lk_buf *out, lk_bytes key, int64_t create_rev)
            field64(out, "key", key) || lk_buf_puts(out, "}}]}");
 }
 
+int lk_etcd_put_body(lk_buf *out, lk_bytes key, lk_bytes value)
+{
+    return lk_buf_puts(out, "{") || field64(out, "key", key) ||
+           lk_buf_puts(out, ",") || field64(out, "value", value) ||
+           lk_buf_puts(out, "}");
+}
+
 int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev)
 {
     return lk_buf_puts(out, "{\"create_request\":{") || dir_range(out, dir) ||
-           lk_buf_printf(out, ",\"start_revision\":\"%" PRId64 "\"}}",
-                         start_rev);
+           lk_buf_printf(out, ",\"start_revision\":\"%" PRId64 "\","
+                              "\"progress_notify\":true}}", start_rev);
+}
+
+int lk_etcd_int_field(const cJSON *obj, const char *field, int64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, field);
+    *out = 0;
+    if (!v) return 0;
+    /* the gateway sends int64 as decimal strings: nothing else is taken
+     * (no number through a double, no sign but '-', no spaces, no trailing
+     * garbage, no overflow) */
+    if (!cJSON_IsString(v) || !v->valuestring) return -1;
+    const char *p = v->valuestring;
+    if (!(*p == '-' ? p[1] >= '0' && p[1] <= '9' : *p >= '0' && *p <= '9'))
+        return -1;
+    char *end;
+    errno = 0;
+    long long n = strtoll(p, &end, 10);
+    if (errno || *end) return -1;
+    *out = (int64_t)n;
+    return 1;
 }
 
 int64_t lk_etcd_int(const cJSON *obj, const char *field)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, field);
-    if (cJSON_IsString(v) && v->valuestring) {
-        errno = 0;
-        long long n = strtoll(v->valuestring, NULL, 10);
-        return errno ? 0 : (int64_t)n;
-    }
-    if (cJSON_IsNumber(v)) return (int64_t)v->valuedouble;  /* small fields only */
-    return 0;
+    int64_t n;
+    return lk_etcd_int_field(obj, field, &n) > 0 ? n : 0;
+}
+
+int lk_etcd_kvs(const cJSON *answer, const cJSON **kvs)
+{
+    *kvs = cJSON_GetObjectItemCaseSensitive(answer, "kvs");
+    if (!*kvs) return 0;      /* the gateway omits an empty list */
+    return cJSON_IsArray(*kvs) ? 0 : -1;
 }
 
 int64_t lk_etcd_revision(const cJSON *answer)
@@ -188,9 +216,10 @@ int lk_etcd_kv(const cJSON *item, lk_kv *kv)
     if (!cJSON_IsObject(item)) return -1;
     if (decode_field(item, "key", &kv->key)) return -1;
     if (decode_field(item, "value", &kv->value)) return -1;
-    kv->create_rev = lk_etcd_int(item, "create_revision");
-    kv->mod_rev = lk_etcd_int(item, "mod_revision");
-    kv->lease = lk_etcd_int(item, "lease");
+    if (lk_etcd_int_field(item, "create_revision", &kv->create_rev) < 0 ||
+        lk_etcd_int_field(item, "mod_revision", &kv->mod_rev) < 0 ||
+        lk_etcd_int_field(item, "lease", &kv->lease) < 0)
+        return -1;
     return 0;
 }
 

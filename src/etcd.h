@@ -19,6 +19,7 @@
 #define LK_PATH_RANGE     "/v3/kv/range"
 #define LK_PATH_DELETE    "/v3/kv/deleterange"
 #define LK_PATH_WATCH     "/v3/watch"
+#define LK_PATH_PUT       "/v3/kv/put"
 
 /* A byte string that is not NUL-safe to assume: pointer and length. */
 typedef struct lk_bytes {
@@ -56,11 +57,21 @@ int lk_etcd_set_body(lk_buf *out, lk_bytes key, lk_bytes value,
                      int64_t lease, int64_t token);
 /* Txn: delete key if its create_revision is still create_rev. */
 int lk_etcd_delete_if_body(lk_buf *out, lk_bytes key, int64_t create_rev);
-/* Watch create request for every key under dir from start_rev (0: now). */
+/* A plain put of key = value, without a lease. */
+int lk_etcd_put_body(lk_buf *out, lk_bytes key, lk_bytes value);
+/* Watch create request for every key under dir from start_rev (0: now),
+ * with progress notifications. */
 int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev);
 
-/* An int64 field sent as a JSON string (or number); 0 when absent. */
+/* An int64 field, sent by the gateway as a decimal JSON string: 1 and *out
+ * set, 0 when absent (*out = 0: the gateway omits zero values), -1 when
+ * malformed (anything but a plain in-range decimal string). */
+int lk_etcd_int_field(const cJSON *obj, const char *field, int64_t *out);
+/* The same, 0 when absent or malformed. */
 int64_t lk_etcd_int(const cJSON *obj, const char *field);
+/* An answer's "kvs": *kvs NULL when absent (none). 0, or -1 when it is
+ * there but not a list. */
+int lk_etcd_kvs(const cJSON *answer, const cJSON **kvs);
 /* The header revision of an answer object, 0 when absent. */
 int64_t lk_etcd_revision(const cJSON *answer);
 

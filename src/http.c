@@ -3,15 +3,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backoff.h"
 #include "clock.h"
 
 #define POOL_MAX 16
+#define DOWN_MIN_MS 250      /* a failed endpoint rests at least this long */
+#define DOWN_MAX_MS 5000
+#define ATTEMPT_MIN_MS 300   /* an attempt on one endpoint gets at least this */
 
 struct lk_http {
     CURLM *multi;
     char **endpoints;          /* borrowed from the engine's config */
     int n_endpoints;
-    int current;               /* the endpoint that answered last */
+    int current;               /* the endpoint requests go to first */
+    int64_t *down_until;       /* per endpoint: failed, rests until then */
+    int *fails;                /* per endpoint: failures in a row */
     long connect_timeout_ms;
     struct curl_slist *headers;
     lk_req *inflight;          /* handed to libcurl */
@@ -29,15 +35,25 @@ lk_http *lk_http_new(char **endpoints, int n, long connect_timeout_ms)
     h->endpoints = endpoints;
     h->n_endpoints = n;
     h->connect_timeout_ms = connect_timeout_ms;
+    h->down_until = calloc((size_t)n, sizeof *h->down_until);
+    h->fails = calloc((size_t)n, sizeof *h->fails);
     h->multi = curl_multi_init();
-    h->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    /* curl waits up to a second for "100 Continue" on bodies over 1 KiB. */
-    if (h->headers) {
-        struct curl_slist *more = curl_slist_append(h->headers, "Expect:");
-        if (more) h->headers = more;
-        else { curl_slist_free_all(h->headers); h->headers = NULL; }
+    /* curl waits up to a second for "100 Continue" on bodies over 1 KiB;
+     * hasleader: etcd refuses (or cancels a watch) at once when the member
+     * has no leader, instead of hanging: grpc-gateway passes Grpc-Metadata-*
+     * headers on as gRPC metadata */
+    static const char *const headers[] = {
+        "Content-Type: application/json", "Expect:", "Grpc-Metadata-hasleader: true",
+    };
+    for (size_t i = 0; i < sizeof headers / sizeof *headers; i++) {
+        struct curl_slist *more = curl_slist_append(h->headers, headers[i]);
+        if (!more) {
+            lk_http_free(h);
+            return NULL;
+        }
+        h->headers = more;
     }
-    if (!h->multi || !h->headers) {
+    if (!h->multi || !h->down_until || !h->fails) {
         lk_http_free(h);
         return NULL;
     }
@@ -101,6 +117,8 @@ void lk_http_free(lk_http *h)
     for (int i = 0; i < h->n_pool; i++) curl_easy_cleanup(h->pool[i]);
     if (h->multi) curl_multi_cleanup(h->multi);
     curl_slist_free_all(h->headers);
+    free(h->down_until);
+    free(h->fails);
     free(h);
 }
 
@@ -135,16 +153,64 @@ static int split_lines(lk_req *r)
 static size_t on_write(char *p, size_t size, size_t n, void *ud)
 {
     lk_req *r = ud;
+    if (r->answer.len + size * n > LK_MAX_ANSWER) {  /* hostile or broken */
+        r->too_big = 1;
+        return 0;  /* aborts the transfer */
+    }
     if (lk_buf_append(&r->answer, p, size * n)) return 0;  /* aborts: no memory */
+    r->received = 1;
     return size * n;
 }
 
-/* Sets up the easy handle for the current endpoint and adds it. */
+/* The endpoint to try: the current one, or the next that is not resting
+ * (not `avoid`, the one that just failed, while there is another); when
+ * all rest, the one whose rest ends first. */
+static int pick_endpoint(lk_http *h, int avoid)
+{
+    int64_t now = lk_now_ms();
+    int best = -1;
+    for (int k = 0; k < h->n_endpoints; k++) {
+        int i = (h->current + k) % h->n_endpoints;
+        if (i == avoid && h->n_endpoints > 1) continue;
+        if (h->down_until[i] <= now) return i;
+        if (best < 0 || h->down_until[i] < h->down_until[best]) best = i;
+    }
+    return best >= 0 ? best : h->current;
+}
+
+static void endpoint_failed(lk_http *h, int i)
+{
+    h->fails[i]++;
+    h->down_until[i] = lk_now_ms() + lk_backoff_ms(h->fails[i], DOWN_MIN_MS, DOWN_MAX_MS);
+    if (h->current == i) h->current = pick_endpoint(h, i);
+}
+
+static void endpoint_ok(lk_http *h, int i)
+{
+    h->fails[i] = 0;
+    h->down_until[i] = 0;
+}
+
+/* The time this attempt may take: the request's whole timeout is shared
+ * by the endpoints it may still try, so a hung member costs a part of it,
+ * not all (streams: 0, no limit). Never 0 for a request with a timeout:
+ * that would mean no limit at all to libcurl. */
+static long attempt_timeout(const lk_req *r)
+{
+    if (r->timeout_ms <= 0) return 0;
+    int64_t left = r->deadline - lk_now_ms();
+    if (left < 1) return 1;
+    int others = r->http->n_endpoints - r->tries - 1;  /* after this one */
+    int64_t share = others > 0 ? r->timeout_ms / r->http->n_endpoints : left;
+    if (share < ATTEMPT_MIN_MS) share = ATTEMPT_MIN_MS;
+    return (long)(share < left ? share : left);
+}
+
+/* Sets up the easy handle for r->endpoint and adds it. */
 static int launch(lk_req *r)
 {
     lk_http *h = r->http;
     char url[1024];
-    r->endpoint = h->current;
     snprintf(url, sizeof url, "%s%s", h->endpoints[r->endpoint], r->path);
     if (!r->easy) {
         r->easy = h->n_pool ? h->pool[--h->n_pool] : curl_easy_init();
@@ -160,12 +226,10 @@ static int launch(lk_req *r)
     curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(c, CURLOPT_PRIVATE, r);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, r->error);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, h->connect_timeout_ms);
-    long timeout = r->timeout_ms;
-    if (timeout > 0 && r->queued_at) {  /* the wait in the queue counts */
-        timeout -= (long)(lk_now_ms() - r->queued_at);
-        if (timeout < 1) timeout = 1;   /* 0 would mean no limit at all */
-    }
+    long timeout = attempt_timeout(r);
+    long connect = h->connect_timeout_ms;
+    if (timeout > 0 && timeout < connect) connect = timeout;
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 5L);
@@ -173,6 +237,7 @@ static int launch(lk_req *r)
     r->error[0] = '\0';
     r->result = CURLE_OK;
     r->status = 0;
+    r->received = 0;
     lk_buf_reset(&r->answer);
     r->tries++;
     r->sent_at = lk_now_ms();
@@ -196,6 +261,7 @@ static void start_queued(lk_http *h)
 {
     while (h->queue && h->n_counted < LK_MAX_REQUESTS) {
         lk_req *r = h->queue;
+        r->endpoint = pick_endpoint(h, -1);
         if (launch(r)) return;
         unlink_req(r);
         link_inflight(r);
@@ -205,6 +271,7 @@ static void start_queued(lk_http *h)
 int lk_req_start(lk_req *r)
 {
     lk_http *h = r->http;
+    if (r->timeout_ms > 0) r->deadline = lk_now_ms() + r->timeout_ms;  /* queue time counts */
     if (counted(r) && (h->n_counted >= LK_MAX_REQUESTS || h->queue)) {
         r->queued = 1;
         r->queued_at = lk_now_ms();
@@ -214,6 +281,7 @@ int lk_req_start(lk_req *r)
         h->queue_tail = r;
         return 0;
     }
+    r->endpoint = pick_endpoint(h, -1);
     if (launch(r)) {
         free_req(r);
         return -1;
@@ -246,11 +314,37 @@ const char *lk_req_endpoint(const lk_req *r)
     return r->http->endpoints[r->endpoint];
 }
 
-/* A failure where the request cannot have reached etcd: safe to resend. */
-static int never_sent(CURLcode rc)
+/* A failure that is not etcd's answer: the member is down, hung, cut
+ * off or without a leader (5xx). Another member may do better; every
+ * request we send is safe to repeat (puts are guarded, deletes and reads
+ * idempotent; a repeated grant leaves a lease that expires unused). */
+static int endpoint_fault(CURLcode rc, long status)
 {
-    return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
-           rc == CURLE_COULDNT_RESOLVE_PROXY;
+    switch (rc) {
+    case CURLE_OK: return status >= 500;
+    case CURLE_COULDNT_CONNECT: case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY: case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_GOT_NOTHING: case CURLE_RECV_ERROR: case CURLE_SEND_ERROR:
+    case CURLE_PARTIAL_FILE:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+void lk_http_endpoint_failed(lk_http *h, int endpoint)
+{
+    endpoint_failed(h, endpoint);
+}
+
+void lk_http_endpoint_ok(lk_http *h, int endpoint)
+{
+    endpoint_ok(h, endpoint);
+}
+
+int lk_http_current_index(const lk_http *h)
+{
+    return h->current;
 }
 
 /* Ends a request: on_done, then free. */
@@ -293,16 +387,21 @@ int lk_http_perform(lk_http *h)
         lk_req *r = NULL;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
         CURLcode rc = m->data.result;
+        long status = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
         curl_multi_remove_handle(h->multi, m->easy_handle);
-        if (never_sent(rc) && r->tries < h->n_endpoints) {
-            /* move on from the endpoint that failed, unless another
-             * request already did */
-            if (h->current == r->endpoint)
-                h->current = (r->endpoint + 1) % h->n_endpoints;
+        int fault = !r->too_big && endpoint_fault(rc, status);
+        if (fault) endpoint_failed(h, r->endpoint);
+        else if (rc == CURLE_OK && !r->on_line) endpoint_ok(h, r->endpoint);
+        /* a stream is retried only before it showed anything */
+        int budget = r->on_line ? !r->received
+                                : r->deadline - lk_now_ms() >= ATTEMPT_MIN_MS / 3;
+        if (fault && budget && r->tries < h->n_endpoints) {
+            r->endpoint = pick_endpoint(h, r->endpoint);  /* the next member */
             if (launch(r) == 0) continue;
         }
         r->result = rc;
-        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
+        r->status = status;
         if (r->on_line) {  /* lines not yet handed over, and a last one */
             split_lines(r);
             if (r->answer.len) r->on_line(r, r->answer.data, r->answer.len);

@@ -1,7 +1,10 @@
 /* HTTP requests to etcd's gateway over one libcurl multi handle. Everything
  * here runs on the engine thread only (libcurl-thread: one thread owns every
- * handle). A request that could not connect is retried on the next endpoint,
- * so a dead member costs one connect attempt, not a failed operation. */
+ * handle). A request that meets a fault that is not etcd's answer (no
+ * connection, a timeout, an empty reply, a 5xx such as "no leader") is
+ * retried on the next endpoint within its own timeout, and the failed
+ * endpoint rests (with backoff), so a dead or hung member costs a part of
+ * one request's timeout, not a failed operation. */
 #ifndef LK_HTTP_H
 #define LK_HTTP_H
 
@@ -15,6 +18,10 @@
  * Streams and urgent requests (lease renewals) never wait: they are not
  * counted, so a renewal is never stuck behind a burst of reads. */
 #define LK_MAX_REQUESTS 7
+
+/* The largest answer (or unread stream data) taken from a server: above
+ * any legitimate answer (values are at most 1 MiB, base64 adds a third). */
+#define LK_MAX_ANSWER (8 * 1024 * 1024)
 
 typedef struct lk_http lk_http;
 typedef struct lk_req lk_req;
@@ -42,6 +49,9 @@ struct lk_req {
     int queued;              /* waiting for a free slot, not yet sent */
     int64_t queued_at;       /* ms: when it started waiting */
     int64_t sent_at;         /* ms: when it was last handed to libcurl */
+    int64_t deadline;        /* ms: when its whole timeout runs out */
+    int too_big;             /* the answer passed LK_MAX_ANSWER */
+    int received;            /* some of the answer came (this attempt) */
     int tries;
     int endpoint;            /* index of the endpoint it went to */
     CURLcode result;
@@ -69,6 +79,14 @@ int lk_req_transport_failed(const lk_req *r);
 const char *lk_req_error(const lk_req *r);
 /* The URL it went to (endpoint + path), for messages. */
 const char *lk_req_endpoint(const lk_req *r);
+
+/* Endpoint health beyond single requests (the watch stream's user knows
+ * when a stream went silent or was refused): a failed endpoint rests,
+ * with backoff, and requests go to others meanwhile. */
+void lk_http_endpoint_failed(lk_http *h, int endpoint);
+void lk_http_endpoint_ok(lk_http *h, int endpoint);
+/* The endpoint requests go to first now (its index in the list). */
+int lk_http_current_index(const lk_http *h);
 
 /* Drives transfers and calls on_done for each finished request. Returns the
  * number of requests still running. */

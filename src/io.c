@@ -48,6 +48,12 @@ void lk_emit_fail(lk_io *io, uint64_t id, const char *code,
 
 cJSON *lk_answer(lk_req *r, const char **code, char *msg, size_t msg_size)
 {
+    if (r->too_big) {
+        *code = "protocol";
+        snprintf(msg, msg_size, "etcd at %s sent an answer over %d MiB",
+                 lk_req_endpoint(r), LK_MAX_ANSWER >> 20);
+        return NULL;
+    }
     if (lk_req_transport_failed(r)) {
         *code = "unavailable";
         snprintf(msg, msg_size, "etcd at %s unreachable: %s",

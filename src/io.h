@@ -8,6 +8,7 @@
 
 #include <cJSON.h>
 
+#include "backoff.h"
 #include "buf.h"
 #include "clock.h"
 #include "config.h"

@@ -234,6 +234,10 @@ static int l_cached(lua_State *L)
     }
     lk_blob *v;
     int64_t token = 0, revision = 0;
+    lk_session_view view;
+    lk_engine_session(b->engine, &view);
+    /* age: seconds since the stream last showed it is live */
+    lua_Number age = view.heard_at ? (lua_Number)(lk_now_ms() - view.heard_at) / 1000 : -1;
     switch (lk_cache_get(lk_engine_cache(b->engine), name, len, &v, &token,
                          &revision)) {
     case LK_CACHE_HELD:
@@ -241,10 +245,16 @@ static int l_cached(lua_State *L)
         lk_blob_unref(v);
         push_int64(L, token);
         push_int64(L, revision);
-        return 3;
+        if (age >= 0) lua_pushnumber(L, age);
+        else lua_pushnil(L);
+        return 4;
     case LK_CACHE_GONE:
         lua_pushnil(L);
-        return 1;
+        lua_pushnil(L);
+        lua_pushnil(L);
+        if (age >= 0) lua_pushnumber(L, age);
+        else lua_pushnil(L);
+        return 4;
     case LK_CACHE_PENDING:
         lua_pushnil(L);
         lua_pushfstring(L, "'%s' is watched but not known yet", name);
@@ -444,6 +454,12 @@ static int l_session(lua_State *L)
     }
     lua_pushstring(L, state);
     lua_setfield(L, -2, "state");
+    if (b->engine) {
+        lua_pushstring(L, lk_engine_endpoint(b->engine, v.endpoint));
+        lua_setfield(L, -2, "endpoint");
+        lua_pushboolean(L, v.stream_up);
+        lua_setfield(L, -2, "stream");
+    }
     return 1;
 }
 

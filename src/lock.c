@@ -18,7 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RETRY_MS 250
+#define RETRY_MIN_MS 100
+#define RETRY_MAX_MS 2000
 
 typedef enum {
     LS_QUEUED,     /* behind another lock of this client on the same name */
@@ -44,6 +45,7 @@ struct lk_lock {
     int background;         /* keeps trying even when etcd is unreachable */
     int64_t deadline;       /* for the first acquisition; 0: none */
     int64_t retry_at;       /* LS_RETRY, LS_DELETE after a failure */
+    int failures;           /* requests failed in a row (backoff) */
     int reported;           /* lock() has its answer */
     int holds;              /* etcd showed our key first, nothing since
                                says otherwise */
@@ -210,6 +212,14 @@ static void lost_key(lk_locks *ls, lk_lock *l, const char *why)
     start_delete(ls, l);
 }
 
+/* Plans the next try of a failed request, with backoff. */
+static void retry_later(lk_locks *ls, lk_lock *l)
+{
+    l->failures++;
+    l->retry_at = lk_now_ms() + lk_backoff_ms(l->failures, RETRY_MIN_MS, RETRY_MAX_MS);
+    wake_at(ls, l->retry_at);
+}
+
 /* A request of this lock failed without etcd deciding anything. */
 static void transient(lk_locks *ls, lk_lock *l, const char *code,
                       const char *msg)
@@ -224,8 +234,7 @@ static void transient(lk_locks *ls, lk_lock *l, const char *code,
         return;
     }
     l->state = LS_RETRY;
-    l->retry_at = lk_now_ms() + RETRY_MS;
-    wake_at(ls, l->retry_at);
+    retry_later(ls, l);
 }
 
 /* Whether a kv item's key equals b. */
@@ -260,6 +269,7 @@ static cJSON *lock_answer(lk_req *r, int64_t *rev)
         transient(ls, l, "protocol", "etcd's answer has no header revision");
         return NULL;
     }
+    l->failures = 0;
     return root;
 }
 
@@ -467,8 +477,7 @@ static void on_delete(lk_req *r)
                      show_len(l), l->name.data, msg);
         l->release_id = 0;
     }
-    l->retry_at = lk_now_ms() + RETRY_MS;
-    wake_at(ls, l->retry_at);
+    retry_later(ls, l);
 }
 
 /* Deletes our key, then the lock is over. A request in flight is answered
@@ -487,8 +496,7 @@ static void start_delete(lk_locks *ls, lk_lock *l)
     if (lk_etcd_delete_body(&body, bytes(&l->key)) ||
         !(l->req = lk_send(ls->io, LK_PATH_DELETE, on_delete, l, &body, 0))) {
         lk_buf_free(&body);
-        l->retry_at = lk_now_ms() + RETRY_MS;
-        wake_at(ls, l->retry_at);
+        retry_later(ls, l);
     }
 }
 
@@ -795,7 +803,15 @@ int64_t lk_locks_tick(lk_locks *ls, int64_t now)
         if (l->deadline && !l->reported) {
             /* a request in flight decides first: its answer looks again */
             if (now >= l->deadline && !l->req) {
-                report_fail(ls, l, "timeout", "timed out waiting for the lock");
+                const char *why;
+                const char *cause = lk_session_failure(ls->session, &why);
+                if (l->state == LS_SESSION && cause) {  /* the known cause */
+                    char msg[LK_MSG_SIZE];
+                    snprintf(msg, sizeof msg, "timed out waiting for the session: %s", why);
+                    report_fail(ls, l, cause, msg);
+                } else {
+                    report_fail(ls, l, "timeout", "timed out waiting for the lock");
+                }
                 l->keep = 0;
                 start_delete(ls, l);
                 continue;

@@ -12,9 +12,15 @@ static void on_get(lk_req *r)
     lk_io *io = r->owner;
     cJSON *root = lk_request_answer(io, r, "get");
     if (!root) return;
+    const cJSON *kvs;
+    if (lk_etcd_kvs(root, &kvs)) {
+        cJSON_Delete(root);
+        lk_emit_fail(io, r->id, "protocol", "get: etcd's answer has \"kvs\" that is not a list");
+        return;
+    }
     lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
     lk_kv kv = {0};
-    const cJSON *owner = lk_etcd_first_kv(root);
+    const cJSON *owner = cJSON_GetArrayItem(kvs, 0);
     if (ev) {
         ev->ok = 1;
         ev->revision = lk_etcd_revision(root);
@@ -65,7 +71,12 @@ static void on_list(lk_req *r)
     lk_io *io = r->owner;
     cJSON *root = lk_request_answer(io, r, "status");
     if (!root) return;
-    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
+    const cJSON *kvs;
+    if (lk_etcd_kvs(root, &kvs)) {
+        cJSON_Delete(root);
+        lk_emit_fail(io, r->id, "protocol", "status: etcd's answer has \"kvs\" that is not a list");
+        return;
+    }
     int n = cJSON_GetArraySize(kvs);
     lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
     if (ev && n > 0 && !(ev->kvs = calloc((size_t)n, sizeof *ev->kvs))) {
@@ -83,7 +94,13 @@ static void on_list(lk_req *r)
     const cJSON *item;
     lk_kv kv = {0};
     cJSON_ArrayForEach(item, kvs) {
-        if (lk_etcd_kv(item, &kv)) continue;
+        if (lk_etcd_kv(item, &kv)) {  /* never a partial list */
+            lk_etcd_kv_free(&kv);
+            cJSON_Delete(root);
+            lk_event_free(ev);
+            lk_emit_fail(io, r->id, "protocol", "status: malformed key-value in etcd's answer");
+            return;
+        }
         lk_event_kv *o = &ev->kvs[ev->n_kvs++];
         o->key = take_buf(&kv.key, &o->key_len);
         o->value = take_buf(&kv.value, &o->value_len);

@@ -8,16 +8,33 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 2000
+#define BACKOFF_MIN_MS 200   /* with jitter: at most ~10 attempts a second */
+#define BACKOFF_MAX_MS 5000
 #define KEEPALIVE_RETRY_MS 500
 #define REVOKE_TIMEOUT_MS 2000
+/* A stream that shows nothing for QUIET_MS while someone relies on it is
+ * asked to prove it is live: a write to the probe key, whose event it must
+ * show within ECHO_MS of etcd confirming the write. */
+#define QUIET_MS 5000
+#define ECHO_MS 2000
+#define PROBE_KEY "/probe"   /* after the prefix: no lock name is empty */
 
 static int64_t backoff(int failures)
 {
-    int64_t ms = BACKOFF_MIN_MS;
-    for (int i = 1; i < failures && ms < BACKOFF_MAX_MS; i++) ms *= 2;
-    return ms < BACKOFF_MAX_MS ? ms : BACKOFF_MAX_MS;
+    return lk_backoff_ms(failures, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+}
+
+static void failure(lk_session *s, const char *code, const char *msg)
+{
+    snprintf(s->fail_code, sizeof s->fail_code, "%s", code);
+    snprintf(s->fail_msg, sizeof s->fail_msg, "%s", msg);
+    s->hooks.failed(s->hooks.ctx, code, msg);
+}
+
+const char *lk_session_failure(const lk_session *s, const char **msg)
+{
+    *msg = s->fail_msg;
+    return s->fail_code[0] ? s->fail_code : NULL;
 }
 
 static int64_t renew_every_ms(const lk_session *s)
@@ -28,6 +45,13 @@ static int64_t renew_every_ms(const lk_session *s)
 static void store(int64_t *field, int64_t v)
 {
     __atomic_store_n(field, v, __ATOMIC_RELEASE);
+}
+
+static void publish_stream(lk_session *s)
+{
+    store(&s->view.heard_at, s->heard_at);
+    __atomic_store_n(&s->view.stream_up, s->stream_ready && !s->probe_acked_at,
+                     __ATOMIC_RELEASE);
 }
 
 static void publish(lk_session *s, int lost)
@@ -46,6 +70,9 @@ void lk_session_view_read(const lk_session_view *v, lk_session_view *out)
     out->deadline = __atomic_load_n(&v->deadline, __ATOMIC_ACQUIRE);
     out->expires = __atomic_load_n(&v->expires, __ATOMIC_ACQUIRE);
     out->lost = __atomic_load_n(&v->lost, __ATOMIC_ACQUIRE);
+    out->heard_at = __atomic_load_n(&v->heard_at, __ATOMIC_ACQUIRE);
+    out->stream_up = __atomic_load_n(&v->stream_up, __ATOMIC_ACQUIRE);
+    out->endpoint = __atomic_load_n(&v->endpoint, __ATOMIC_ACQUIRE);
 }
 
 void lk_session_init(lk_session *s, lk_io *io, const lk_session_hooks *hooks)
@@ -86,10 +113,11 @@ static void on_grant(lk_req *r)
     if (!root || id == 0 || ttl <= 0) {
         s->grant_failures++;
         s->grant_retry_at = lk_now_ms() + backoff(s->grant_failures);
-        s->hooks.failed(s->hooks.ctx, code, msg);
+        failure(s, code, msg);
         return;
     }
     s->grant_failures = 0;
+    s->fail_code[0] = '\0';
     s->lease = id;
     confirmed(s, r->sent_at, ttl);
     if (s->stream_ready) s->hooks.ready(s->hooks.ctx);
@@ -168,10 +196,11 @@ static void open_stream(lk_session *s)
 {
     lk_io *io = s->io;
     s->stream_retry_at = 0;
-    s->stream_ready = 0;
+    s->stream_ready = s->stream_progress = s->stream_resync = 0;
+    s->probe_acked_at = 0;
     lk_req *r = lk_req_new(io->http, LK_PATH_WATCH, on_stream_done, s, 0);
     lk_bytes dir = {io->cfg.prefix, io->cfg.prefix_len};
-    int64_t start = s->stream_rev ? s->stream_rev + 1 : 0;
+    int64_t start = s->stream_rev && s->stream_rev < INT64_MAX ? s->stream_rev + 1 : 0;
     if (!r || lk_etcd_watch_body(&r->body, dir, start)) {  /* no memory */
         if (r) lk_buf_free(&r->body);
         free(r);
@@ -185,15 +214,24 @@ static void open_stream(lk_session *s)
     lk_count(&io->stats.stream_connects);
 }
 
+/* The stream showed it is live (an event, a progress note, our probe). */
+static void heard(lk_session *s)
+{
+    s->heard_at = lk_now_ms();
+    s->probe_acked_at = 0;
+    s->next_probe_at = 0;
+    publish_stream(s);
+}
+
 /* Hands one stream event on, with the lock name its key belongs to
- * (keys are prefix NAME "/" ...). */
+ * (keys are prefix NAME "/" ...; the probe key has no name). */
 static void publish_change(lk_session *s, const cJSON *ev, const lk_kv *kv)
 {
     size_t plen = s->io->cfg.prefix_len;
     const char *name = kv->key.data + plen;
     const char *slash = kv->key.len > plen
                       ? memchr(name, '/', kv->key.len - plen) : NULL;
-    if (!slash) return;
+    if (!slash || slash == name) return;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
     lk_change c = {
         .name = name,
@@ -204,6 +242,21 @@ static void publish_change(lk_session *s, const cJSON *ev, const lk_kv *kv)
     s->hooks.change(s->hooks.ctx, &c);
 }
 
+/* A line that is not a watch result: etcd's error (an HTTP 500's body, say).
+ * Kept as the stream's failure; the stream ends. */
+static int stream_error(lk_session *s, const char *line, size_t n, const lk_req *r)
+{
+    int grpc;
+    char text[LK_MSG_SIZE - 128];
+    cJSON_Delete(lk_etcd_parse(line, n, r->status ? r->status : 500, text,
+                               sizeof text, &grpc));
+    snprintf(s->fail_code, sizeof s->fail_code, "%s",
+             grpc == 14 ? "unavailable" : grpc >= 0 ? "etcd" : "protocol");
+    snprintf(s->fail_msg, sizeof s->fail_msg, "watch stream at %s: %s",
+             lk_req_endpoint(r), text);
+    return -1;
+}
+
 static int on_stream_line(lk_req *r, const char *line, size_t n)
 {
     lk_session *s = r->owner;
@@ -211,28 +264,43 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
     const cJSON *res = cJSON_GetObjectItemCaseSensitive(root, "result");
     if (!cJSON_IsObject(res)) {  /* {"error": ...} or garbage: reconnect */
         cJSON_Delete(root);
-        return -1;
+        return stream_error(s, line, n, r);
     }
     int64_t header_rev = lk_etcd_revision(res);
     if (lk_etcd_int(res, "compact_revision") > 0) {
         /* we resumed from a compacted revision: start afresh, look again */
         s->stream_rev = 0;
+        s->stream_resync = 1;
         cJSON_Delete(root);
         s->hooks.resync(s->hooks.ctx);
         return -1;
     }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "canceled"))) {
+        const cJSON *why = cJSON_GetObjectItemCaseSensitive(res, "cancel_reason");
+        snprintf(s->fail_code, sizeof s->fail_code, "etcd");
+        snprintf(s->fail_msg, sizeof s->fail_msg, "etcd at %s canceled the watch: %s",
+                 lk_req_endpoint(r), cJSON_IsString(why) ? why->valuestring
+                                                        : "no reason given");
         cJSON_Delete(root);
         return -1;
     }
+    const cJSON *events = cJSON_GetObjectItemCaseSensitive(res, "events");
+    if (events && !cJSON_IsArray(events)) {
+        cJSON_Delete(root);
+        return stream_error(s, "{\"error\":\"events that are not a list\"}", 37, r);
+    }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "created"))) {
         s->stream_ready = 1;
-        s->stream_failures = 0;
+        s->fail_code[0] = '\0';
         if (s->stream_rev == 0) s->stream_rev = header_rev;
+        heard(s);
         if (s->lease) s->hooks.ready(s->hooks.ctx);
         s->hooks.stream_ready(s->hooks.ctx);
+    } else if (!events) {  /* a progress note: nothing up to header_rev missed */
+        if (header_rev > s->stream_rev) s->stream_rev = header_rev;
+        s->stream_progress = 1;
+        heard(s);
     }
-    const cJSON *events = cJSON_GetObjectItemCaseSensitive(res, "events");
     const cJSON *ev;
     lk_kv kv = {0};
     cJSON_ArrayForEach(ev, events) {
@@ -240,6 +308,8 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         if (lk_etcd_kv(item, &kv)) continue;
         lk_count(&s->io->stats.stream_events);
         if (kv.mod_rev > s->stream_rev) s->stream_rev = kv.mod_rev;
+        s->stream_progress = 1;
+        heard(s);
         publish_change(s, ev, &kv);
     }
     lk_etcd_kv_free(&kv);
@@ -247,29 +317,97 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
     return 0;
 }
 
-static void on_stream_done(lk_req *r)
+/* The stream is over (etcd or the network ended it, or we did). */
+static void stream_ended(lk_session *s, int endpoint_fault, int endpoint)
 {
-    lk_session *s = r->owner;
     int was_ready = s->stream_ready;
     s->stream = NULL;
     s->stream_ready = 0;
-    if (r->result == CURLE_ABORTED_BY_CALLBACK) {  /* our decision: at once */
+    s->probe_acked_at = 0;
+    publish_stream(s);
+    if (s->stream_resync) {  /* our decision, to start afresh: at once */
         s->stream_retry_at = lk_now_ms();
         return;
     }
-    s->stream_failures++;
+    if (endpoint_fault) lk_http_endpoint_failed(s->io->http, endpoint);
+    /* backoff grows until a stream shows real progress (created alone is
+     * not: a watch canceled at once must not reconnect in a tight loop) */
+    s->stream_failures = s->stream_progress ? 1 : s->stream_failures + 1;
     s->stream_retry_at = lk_now_ms() + backoff(s->stream_failures);
-    if (!was_ready) {
+    if (!was_ready || s->fail_code[0]) {
+        const char *msg;
+        const char *code = lk_session_failure(s, &msg);
+        if (code) s->hooks.failed(s->hooks.ctx, code, msg);
+    }
+}
+
+static void on_stream_done(lk_req *r)
+{
+    lk_session *s = r->owner;
+    if (r->result != CURLE_ABORTED_BY_CALLBACK && !s->fail_code[0]) {
         const char *code;
         char msg[LK_MSG_SIZE];
         cJSON_Delete(lk_answer(r, &code, msg, sizeof msg));
-        if (!lk_req_transport_failed(r) && r->status == 200) {
+        if (!lk_req_transport_failed(r) && !r->too_big && r->status == 200) {
             code = "unavailable";
             snprintf(msg, sizeof msg, "etcd at %s ended the watch stream",
                      lk_req_endpoint(r));
         }
-        s->hooks.failed(s->hooks.ctx, code, msg);
+        snprintf(s->fail_code, sizeof s->fail_code, "%s", code);
+        snprintf(s->fail_msg, sizeof s->fail_msg, "%s", msg);
     }
+    /* an error line or a cancel: try another member (the transport's own
+     * faults were counted by http already) */
+    stream_ended(s, r->result == CURLE_ABORTED_BY_CALLBACK && !s->stream_resync,
+                 r->endpoint);
+}
+
+/* ---- proving the stream is live ---- */
+
+static void on_probe(lk_req *r)
+{
+    lk_session *s = r->owner;
+    s->probe = NULL;
+    const char *code;
+    char msg[LK_MSG_SIZE];
+    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    cJSON_Delete(root);
+    if (!root) {  /* no proof either way: ask again later */
+        s->next_probe_at = lk_now_ms() + QUIET_MS;
+        return;
+    }
+    if (s->heard_at >= r->sent_at) return;  /* the stream showed it already */
+    s->probe_acked_at = lk_now_ms();
+    publish_stream(s);
+}
+
+static void probe(lk_session *s)
+{
+    lk_io *io = s->io;
+    lk_buf key = {0}, body = {0};
+    s->next_probe_at = lk_now_ms() + QUIET_MS;  /* if this comes to nothing */
+    if (lk_buf_append(&key, io->cfg.prefix, io->cfg.prefix_len) ||
+        lk_buf_puts(&key, PROBE_KEY) ||
+        lk_etcd_put_body(&body, (lk_bytes){key.data, key.len}, (lk_bytes){"", 0}) ||
+        !(s->probe = lk_send_urgent(io, LK_PATH_PUT, on_probe, s, &body, 0)))
+        lk_buf_free(&body);
+    lk_buf_free(&key);
+}
+
+/* Whether the stream has gone silent: probes it when quiet, and gives up
+ * on it when it does not show a probe that landed. */
+static int stream_silent(lk_session *s, int64_t now, int64_t *next)
+{
+    if (!s->stream_ready) return 0;
+    if (s->probe_acked_at) {
+        if (now >= s->probe_acked_at + ECHO_MS) return 1;
+        *next = s->probe_acked_at + ECHO_MS;
+        return 0;
+    }
+    int64_t due = s->next_probe_at ? s->next_probe_at : s->heard_at + QUIET_MS;
+    if (!s->probe && now >= due) probe(s);
+    *next = s->probe ? 0 : s->next_probe_at ? s->next_probe_at : s->heard_at + QUIET_MS;
+    return 0;
 }
 
 /* ---- life cycle ---- */
@@ -313,11 +451,24 @@ int64_t lk_session_tick(lk_session *s, int64_t now)
         else if (now >= s->grant_retry_at) grant(s);
         else SOONER(s->grant_retry_at);
     }
+    int64_t probe_at = 0;
+    if (s->stream && wanted && stream_silent(s, now, &probe_at)) {
+        lk_req *r = s->stream;
+        int endpoint = r->endpoint;
+        lk_req_cancel(r);
+        snprintf(s->fail_code, sizeof s->fail_code, "unavailable");
+        snprintf(s->fail_msg, sizeof s->fail_msg, "the watch stream went silent");
+        stream_ended(s, 1, endpoint);
+        s->stream_retry_at = now;  /* elsewhere, at once */
+    }
+    SOONER(probe_at);
     if (!s->stream && s->stream_retry_at) {
         if (!wanted) s->stream_retry_at = s->stream_rev = 0;
         else if (now >= s->stream_retry_at) open_stream(s);
         else SOONER(s->stream_retry_at);
     }
+    __atomic_store_n(&s->view.endpoint, lk_http_current_index(s->io->http),
+                     __ATOMIC_RELEASE);
 #undef SOONER
     return next;
 }
@@ -332,7 +483,8 @@ void lk_session_stop(lk_session *s)
 {
     if (s->lease_req) lk_req_cancel(s->lease_req);
     if (s->stream) lk_req_cancel(s->stream);
-    s->lease_req = s->stream = NULL;
+    if (s->probe) lk_req_cancel(s->probe);
+    s->lease_req = s->stream = s->probe = NULL;
     if (!s->lease) return;
     int64_t lease = s->lease;
     s->lease = 0;

@@ -23,7 +23,8 @@ typedef struct lk_change {
 typedef struct lk_session_hooks {
     void *ctx;
     void (*ready)(void *ctx);         /* lease and stream both up */
-    void (*failed)(void *ctx, const char *code, const char *msg);
+    void (*failed)(void *ctx, const char *code, const char *msg);  /* the
+                                         lease or the stream cannot be had */
     void (*lease_lost)(void *ctx, const char *why);
     void (*renewed)(void *ctx);       /* the deadline moved on */
     void (*expired)(void *ctx);       /* the deadline passed unrenewed */
@@ -45,9 +46,17 @@ typedef struct lk_session {
     int grant_failures;
     lk_req *stream;            /* the watch stream, NULL when down */
     int stream_ready;          /* etcd confirmed the watch */
+    int stream_progress;       /* it showed an event or progress since */
+    int stream_resync;         /* we ended it to start afresh: reopen now */
     int64_t stream_rev;        /* highest revision the stream has shown */
     int64_t stream_retry_at;
-    int stream_failures;
+    int stream_failures;       /* in a row, without progress between */
+    int64_t heard_at;          /* the stream last showed it is live */
+    lk_req *probe;             /* a write the stream must show, in flight */
+    int64_t probe_acked_at;    /* it landed: the stream owes us its event */
+    int64_t next_probe_at;
+    char fail_code[16];        /* the last failure's cause, "" when none */
+    char fail_msg[LK_MSG_SIZE];
     lk_req *revoke;            /* at close */
     lk_session_view view;      /* published copy (atomics) */
 } lk_session;
@@ -56,6 +65,8 @@ void lk_session_init(lk_session *s, lk_io *io, const lk_session_hooks *hooks);
 void lk_session_need(lk_session *s);          /* lease + stream, soon */
 void lk_session_need_stream(lk_session *s);   /* the stream only */
 int lk_session_ready(const lk_session *s);    /* lease and stream up */
+/* The last failure's cause (lease or stream), or NULL when none. */
+const char *lk_session_failure(const lk_session *s, const char **msg);
 /* Whether a new owner may be told it owns: the lease is confirmed and its
  * renewals are not late. */
 int lk_session_confirmed(const lk_session *s, int64_t now);

@@ -10,7 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RETRY_MS 250
+#define RETRY_MIN_MS 100
+#define RETRY_MAX_MS 2000
 
 typedef struct contender {
     lk_buf key;
@@ -44,6 +45,7 @@ struct lk_watch {
     int batched;             /* SYNCING through the engine's batch read */
     int reported;            /* first event sent */
     int resync;              /* next event follows a resync */
+    int failures;            /* reads failed in a row (backoff) */
     lk_buf owner_key;        /* as last reported */
     lk_blob *owner_value;    /* NULL: gone */
 };
@@ -180,7 +182,8 @@ static void report(lk_watches *ws, lk_watch *w)
 static void retry_later(lk_watches *ws, lk_watch *w)
 {
     w->state = WS_NEED_SYNC;
-    w->retry_at = lk_now_ms() + RETRY_MS;
+    w->failures++;
+    w->retry_at = lk_now_ms() + lk_backoff_ms(w->failures, RETRY_MIN_MS, RETRY_MAX_MS);
     if (!ws->tick_at || w->retry_at < ws->tick_at)
         ws->tick_at = w->retry_at;
 }
@@ -189,6 +192,7 @@ static void retry_later(lk_watches *ws, lk_watch *w)
  * the stream showed meanwhile, go live, tell. */
 static void snapshot_done(lk_watches *ws, lk_watch *w, int64_t rev)
 {
+    w->failures = 0;
     w->applied = rev;
     w->batched = 0;
     for (size_t i = 0; i < w->n_pending; i++) {
@@ -202,6 +206,21 @@ static void snapshot_done(lk_watches *ws, lk_watch *w, int64_t rev)
     report(ws, w);
 }
 
+/* A snapshot read's answer, or NULL when it failed or cannot be read
+ * (then the watches read again later). */
+static cJSON *snapshot_answer(lk_req *r)
+{
+    const char *code;
+    char msg[LK_MSG_SIZE];
+    const cJSON *kvs;
+    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    if (root && (lk_etcd_kvs(root, &kvs) || lk_etcd_revision(root) <= 0)) {
+        cJSON_Delete(root);
+        root = NULL;
+    }
+    return root;
+}
+
 static void on_snapshot(lk_req *r)
 {
     lk_watch *w = r->owner;
@@ -209,9 +228,7 @@ static void on_snapshot(lk_req *r)
     w->req = NULL;
     ws->single = NULL;
     ws->sync_due = 1;  /* others may have queued up meanwhile */
-    const char *code;
-    char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    cJSON *root = snapshot_answer(r);
     if (!root) {
         clear_pending(w);
         retry_later(ws, w);
@@ -263,9 +280,7 @@ static void on_batch(lk_req *r)
     lk_watches *ws = r->owner;
     ws->batch = NULL;
     ws->sync_due = 1;  /* others may have queued up meanwhile */
-    const char *code;
-    char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    cJSON *root = snapshot_answer(r);
     if (!root) {
         each_watch(ws, batch_failed);
         return;
