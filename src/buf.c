@@ -46,6 +46,20 @@ int lk_buf_printf(lk_buf *b, const char *fmt, ...)
     return 0;
 }
 
+int lk_buf_lines(lk_buf *b, int (*fn)(void *ctx, const char *line, size_t n),
+                 void *ctx)
+{
+    size_t start = 0;
+    int stop = 0;
+    for (size_t i = 0; i < b->len && !stop; i++) {
+        if (b->data[i] != '\n') continue;
+        if (i > start) stop = fn(ctx, b->data + start, i - start);
+        start = i + 1;
+    }
+    lk_buf_consume(b, start);
+    return stop;
+}
+
 void lk_buf_consume(lk_buf *b, size_t n)
 {
     if (n >= b->len) {

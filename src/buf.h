@@ -15,6 +15,12 @@ int lk_buf_append(lk_buf *b, const void *p, size_t n);
 int lk_buf_puts(lk_buf *b, const char *s);
 int lk_buf_printf(lk_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Hands each complete newline-terminated line (without the newline;
+ * empty lines skipped) to fn, then drops what was handed over; a partial
+ * last line stays. Returns fn's first nonzero answer (the rest stays
+ * too), or 0. */
+int lk_buf_lines(lk_buf *b, int (*fn)(void *ctx, const char *line, size_t n),
+                 void *ctx);
 /* Drops the first n bytes (consumed stream data). */
 void lk_buf_consume(lk_buf *b, size_t n);
 void lk_buf_reset(lk_buf *b);

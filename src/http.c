@@ -135,18 +135,16 @@ lk_req *lk_req_new(lk_http *h, const char *path, lk_req_done_fn on_done,
     return r;
 }
 
+static int line_to_req(void *ctx, const char *line, size_t n)
+{
+    lk_req *r = ctx;
+    return r->on_line(r, line, n);
+}
+
 /* Hands each complete line to on_line; nonzero when on_line ended it. */
 static int split_lines(lk_req *r)
 {
-    size_t start = 0;
-    int stop = 0;
-    for (size_t i = 0; i < r->answer.len && !stop; i++) {
-        if (r->answer.data[i] != '\n') continue;
-        if (i > start) stop = r->on_line(r, r->answer.data + start, i - start);
-        start = i + 1;
-    }
-    lk_buf_consume(&r->answer, start);
-    return stop;
+    return lk_buf_lines(&r->answer, line_to_req, r);
 }
 
 /* libcurl's write callback: only collects (no API calls from callbacks). */
