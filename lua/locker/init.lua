@@ -235,8 +235,10 @@ function Client:watch(name, fn)
 end
 
 --- The latest known value of a watched NAME, without I/O: value, token,
--- revision; nil when nobody holds it; nil, msg, "pending" before the first
--- answer; nil, msg, "not_watched" when this client does not watch NAME.
+-- revision, age; nil, nil, nil, age when nobody holds it; nil, msg,
+-- "pending" before the first answer; nil, msg, "not_watched" when this
+-- client does not watch NAME. age: seconds since the watch stream last
+-- showed it is live (an event, a progress note, a probe), nil if never.
 function Client:cached(name)
     return self._core:cached(name)
 end
@@ -410,7 +412,9 @@ function Client:lease()
 end
 
 --- The session: { lease = <hex, or nil>, state = "none" | "ok" |
--- "jeopardy" | "lost", valid_for = <seconds to the local deadline, or nil> }.
+-- "jeopardy" | "lost", valid_for = <seconds to the local deadline, or nil>,
+-- endpoint = <the URL requests go to first>, stream = <the watch stream
+-- runs and is not suspected of being silent> }.
 -- "jeopardy": renewals are late; owned locks stay owned until the local
 -- deadline (valid_for reaches 0) unless a renewal comes. No I/O: computed
 -- from the engine's published times and the clock now.
