@@ -196,7 +196,7 @@ static void open_stream(lk_session *s)
 {
     lk_io *io = s->io;
     s->stream_retry_at = 0;
-    s->stream_ready = s->stream_progress = s->stream_resync = 0;
+    s->stream_ready = s->stream_progress = s->stream_resync = s->stream_refused = 0;
     s->probe_acked_at = 0;
     lk_req *r = lk_req_new(io->http, LK_PATH_WATCH, on_stream_done, s, 0);
     lk_bytes dir = {io->cfg.prefix, io->cfg.prefix_len};
@@ -254,6 +254,7 @@ static int stream_error(lk_session *s, const char *line, size_t n, const lk_req 
              grpc == 14 ? "unavailable" : grpc >= 0 ? "etcd" : "protocol");
     snprintf(s->fail_msg, sizeof s->fail_msg, "watch stream at %s: %s",
              lk_req_endpoint(r), text);
+    s->stream_refused = 1;
     return -1;
 }
 
@@ -281,6 +282,7 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         snprintf(s->fail_msg, sizeof s->fail_msg, "etcd at %s canceled the watch: %s",
                  lk_req_endpoint(r), cJSON_IsString(why) ? why->valuestring
                                                         : "no reason given");
+        s->stream_refused = 1;
         cJSON_Delete(root);
         return -1;
     }
@@ -334,7 +336,10 @@ static void stream_ended(lk_session *s, int endpoint_fault, int endpoint)
      * not: a watch canceled at once must not reconnect in a tight loop) */
     s->stream_failures = s->stream_progress ? 1 : s->stream_failures + 1;
     s->stream_retry_at = lk_now_ms() + backoff(s->stream_failures);
-    if (!was_ready || s->fail_code[0]) {
+    /* a stream that never got going, or that etcd refused with a reason,
+     * is news for whoever waits for the session; a drop is not (it comes
+     * back by itself) */
+    if (!was_ready || s->stream_refused) {
         const char *msg;
         const char *code = lk_session_failure(s, &msg);
         if (code) s->hooks.failed(s->hooks.ctx, code, msg);

@@ -48,6 +48,7 @@ typedef struct lk_session {
     int stream_ready;          /* etcd confirmed the watch */
     int stream_progress;       /* it showed an event or progress since */
     int stream_resync;         /* we ended it to start afresh: reopen now */
+    int stream_refused;        /* etcd canceled it or answered an error */
     int64_t stream_rev;        /* highest revision the stream has shown */
     int64_t stream_retry_at;
     int stream_failures;       /* in a row, without progress between */
