@@ -68,13 +68,13 @@ lint: ## the thread boundary (only the binding includes lua.h) and the engine's 
 	@sh tools/lint-layers
 
 test: deps ## build and run the specs against a throwaway etcd
-	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy
+	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw
 	@LOCKER_BUILD=$(BUILD) LUA="$(LUA)" sh tools/run-specs
 
 sanitize: deps ## the specs with the core built under ASan + UBSan
 	@$(MAKE) --no-print-directory BUILD=build/sanitize \
 	   OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	   LDFLAGS="-fsanitize=address,undefined" all build/sanitize/faultproxy
+	   LDFLAGS="-fsanitize=address,undefined" all build/sanitize/faultproxy build/sanitize/badgw
 	@LOCKER_BUILD=build/sanitize LUA="$(LUA)" LOCKER_SANITIZE=1 sh tools/run-specs
 
 LUA_ENV = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;"
@@ -91,6 +91,11 @@ $(BUILD)/floor: bench/floor.c
 $(BUILD)/faultproxy: tools/faultproxy.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c99 -O2 -Wall -Wextra -o $@ tools/faultproxy.c
+
+# The gateway specs' misbehaving etcd gateway (a test tool, not sanitized).
+$(BUILD)/badgw: tools/badgw.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c99 -O2 -Wall -Wextra -o $@ tools/badgw.c
 
 bench: deps ## speed and memory table against a throwaway etcd (a few minutes)
 	@$(MAKE) --no-print-directory all $(BUILD)/floor

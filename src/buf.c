@@ -60,6 +60,16 @@ int lk_buf_lines(lk_buf *b, int (*fn)(void *ctx, const char *line, size_t n),
     return stop;
 }
 
+void lk_buf_shrink(lk_buf *b)
+{
+    if (b->cap <= 65536 || b->len > b->cap / 4) return;
+    size_t cap = b->len + 1 > 4096 ? b->len + 1 : 4096;
+    char *p = realloc(b->data, cap);
+    if (!p) return;  /* keeping the larger block is fine */
+    b->data = p;
+    b->cap = cap;
+}
+
 void lk_buf_consume(lk_buf *b, size_t n)
 {
     if (n >= b->len) {

@@ -21,6 +21,8 @@ int lk_buf_printf(lk_buf *b, const char *fmt, ...)
  * too), or 0. */
 int lk_buf_lines(lk_buf *b, int (*fn)(void *ctx, const char *line, size_t n),
                  void *ctx);
+/* Gives back storage far larger than the content (after a big answer). */
+void lk_buf_shrink(lk_buf *b);
 /* Drops the first n bytes (consumed stream data). */
 void lk_buf_consume(lk_buf *b, size_t n);
 void lk_buf_reset(lk_buf *b);

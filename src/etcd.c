@@ -159,7 +159,8 @@ int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev)
 {
     return lk_buf_puts(out, "{\"create_request\":{") || dir_range(out, dir) ||
            lk_buf_printf(out, ",\"start_revision\":\"%" PRId64 "\","
-                              "\"progress_notify\":true}}", start_rev);
+                              "\"progress_notify\":true,\"fragment\":true}}",
+                         start_rev);
 }
 
 int lk_etcd_int_field(const cJSON *obj, const char *field, int64_t *out)
@@ -168,12 +169,12 @@ int lk_etcd_int_field(const cJSON *obj, const char *field, int64_t *out)
     *out = 0;
     if (!v) return 0;
     /* the gateway sends int64 as decimal strings: nothing else is taken
-     * (no number through a double, no sign but '-', no spaces, no trailing
-     * garbage, no overflow) */
+     * (no number through a double, no sign: every field we read, IDs,
+     * revisions, TTLs, is positive; no spaces, no trailing garbage, no
+     * overflow) */
     if (!cJSON_IsString(v) || !v->valuestring) return -1;
     const char *p = v->valuestring;
-    if (!(*p == '-' ? p[1] >= '0' && p[1] <= '9' : *p >= '0' && *p <= '9'))
-        return -1;
+    if (*p < '0' || *p > '9') return -1;
     char *end;
     errno = 0;
     long long n = strtoll(p, &end, 10);

@@ -60,12 +60,14 @@ int lk_etcd_delete_if_body(lk_buf *out, lk_bytes key, int64_t create_rev);
 /* A plain put of key = value, without a lease. */
 int lk_etcd_put_body(lk_buf *out, lk_bytes key, lk_bytes value);
 /* Watch create request for every key under dir from start_rev (0: now),
- * with progress notifications. */
+ * with progress notifications, and large batches of events split into
+ * fragments (so no stream line outgrows LK_MAX_ANSWER). */
 int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev);
 
 /* An int64 field, sent by the gateway as a decimal JSON string: 1 and *out
  * set, 0 when absent (*out = 0: the gateway omits zero values), -1 when
- * malformed (anything but a plain in-range decimal string). */
+ * malformed (anything but a plain unsigned decimal string in range: every
+ * int64 we read is an ID, a revision or a TTL, never negative). */
 int lk_etcd_int_field(const cJSON *obj, const char *field, int64_t *out);
 /* The same, 0 when absent or malformed. */
 int64_t lk_etcd_int(const cJSON *obj, const char *field);

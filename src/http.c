@@ -2,6 +2,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "backoff.h"
 #include "clock.h"
@@ -101,9 +104,15 @@ static void free_req(lk_req *r)
             curl_easy_cleanup(r->easy);
         }
     }
+    int big = r->answer.cap > (1 << 20);
     lk_buf_free(&r->body);
     lk_buf_free(&r->answer);
     free(r);
+#ifdef __GLIBC__
+    /* a big (or hostile) answer's memory goes back to the system; glibc
+     * keeps a thread's freed blocks otherwise */
+    if (big) malloc_trim(0);
+#endif
 }
 
 void lk_http_free(lk_http *h)
@@ -144,7 +153,9 @@ static int line_to_req(void *ctx, const char *line, size_t n)
 /* Hands each complete line to on_line; nonzero when on_line ended it. */
 static int split_lines(lk_req *r)
 {
-    return lk_buf_lines(&r->answer, line_to_req, r);
+    int stop = lk_buf_lines(&r->answer, line_to_req, r);
+    lk_buf_shrink(&r->answer);  /* after a big line, a stream stays small */
+    return stop;
 }
 
 /* libcurl's write callback: only collects (no API calls from callbacks). */
@@ -229,6 +240,9 @@ static int launch(lk_req *r)
     if (timeout > 0 && timeout < connect) connect = timeout;
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout);
+    /* an answer that announces more than we take is refused before any of
+     * it is read (on_write caps what comes without announcing its size) */
+    curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)LK_MAX_ANSWER);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 5L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, 2L);
@@ -388,6 +402,7 @@ int lk_http_perform(lk_http *h)
         long status = 0;
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
         curl_multi_remove_handle(h->multi, m->easy_handle);
+        if (rc == CURLE_FILESIZE_EXCEEDED) r->too_big = 1;
         int fault = !r->too_big && endpoint_fault(rc, status);
         if (fault) endpoint_failed(h, r->endpoint);
         else if (rc == CURLE_OK && !r->on_line) endpoint_ok(h, r->endpoint);
