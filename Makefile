@@ -36,7 +36,7 @@ CORE     = $(BUILD)/locker/core.so
 LMOD_DIR ?= $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)
 CMOD_DIR ?= $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)
 
-.PHONY: all help deps test sanitize bench chaos demo install lint clean
+.PHONY: all help deps test sanitize bench chaos fuzz tsan demo install lint clean
 
 all: $(CORE) ## build locker/core.so for LUA_VERSION (5.4 by default)
 
@@ -67,8 +67,14 @@ lint: ## the thread boundary (only the binding includes lua.h) and the engine's 
 	 test "$$n" -eq 1 || { echo "lint: $$n C files include lua.h"; exit 1; }
 	@sh tools/lint-layers
 
-test: deps ## build and run the specs against a throwaway etcd
+# libFuzzer needs clang and its runtime; make test fuzzes briefly, make fuzz long
+FUZZ_DEB          = clang libclang-rt-14-dev
+FUZZ_SECONDS      ?= 300
+FUZZ_TEST_SECONDS ?= 10
+
+test: deps ## build, fuzz briefly, and run the specs against a throwaway etcd
 	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw
+	@sh tools/install-deps $(FUZZ_DEB) && sh fuzz/run $(FUZZ_TEST_SECONDS)
 	@LOCKER_BUILD=$(BUILD) LUA="$(LUA)" sh tools/run-specs
 
 sanitize: deps ## the specs with the core built under ASan + UBSan
@@ -96,6 +102,13 @@ $(BUILD)/faultproxy: tools/faultproxy.c
 $(BUILD)/badgw: tools/badgw.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c99 -O2 -Wall -Wextra -o $@ tools/badgw.c
+
+fuzz: ## libFuzzer (ASan + UBSan): answer decoders, stream framer, base64; FUZZ_SECONDS each
+	@sh tools/install-deps $(DEPS_DEB) $(FUZZ_DEB)
+	@sh fuzz/run $(FUZZ_SECONDS)
+
+tsan: deps ## a subset of the specs with the core under ThreadSanitizer
+	@LUA="$(LUA)" LUA_VERSION=$(LUA_VERSION) MAKE="$(MAKE)" sh tools/tsan-specs
 
 bench: deps ## speed and memory table against a throwaway etcd (a few minutes)
 	@$(MAKE) --no-print-directory all $(BUILD)/floor

@@ -416,8 +416,9 @@ int lk_http_perform(lk_http *h)
         r->result = rc;
         r->status = status;
         if (r->on_line) {  /* lines not yet handed over, and a last one */
-            split_lines(r);
-            if (r->answer.len) r->on_line(r, r->answer.data, r->answer.len);
+            /* (not after on_line asked to stop: the rest is not for it) */
+            if (split_lines(r) == 0 && r->answer.len)
+                r->on_line(r, r->answer.data, r->answer.len);
             lk_buf_reset(&r->answer);
         }
         finish(r);
