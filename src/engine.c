@@ -102,6 +102,12 @@ static int wanted(void *ctx)
     return lk_locks_any(&e->locks) || lk_watches_any(&e->watches);
 }
 
+static int relies(void *ctx)
+{
+    lk_engine *e = ctx;
+    return lk_locks_waiting(&e->locks) || lk_watches_any(&e->watches);
+}
+
 static char *dup_bytes(const char *p, size_t n)
 {
     char *s = malloc(n + 1);
@@ -145,7 +151,7 @@ lk_engine *lk_engine_new(const lk_config *cfg, char *err, size_t err_size)
         .ready = on_ready, .failed = on_failed, .lease_lost = on_lease_lost,
         .renewed = on_renewed, .expired = on_expired,
         .stream_ready = on_stream_ready, .resync = on_resync,
-        .change = on_change, .wanted = wanted,
+        .change = on_change, .wanted = wanted, .relies = relies,
     };
     lk_session_hooks h = hooks;
     h.ctx = e;

@@ -689,6 +689,13 @@ int lk_locks_any(const lk_locks *ls)
     return ls->all != NULL || ls->cleaning.count > 0;
 }
 
+int lk_locks_waiting(const lk_locks *ls)
+{
+    for (const lk_lock *l = ls->all; l; l = l->next)
+        if (l->state == LS_WAITING || l->state == LS_CHECK) return 1;
+    return 0;
+}
+
 /* ---- the session's news ---- */
 
 void lk_locks_session_ready(lk_locks *ls)

@@ -12,7 +12,8 @@
 #define BACKOFF_MAX_MS 5000
 #define KEEPALIVE_RETRY_MS 500
 #define REVOKE_TIMEOUT_MS 2000
-/* A stream that shows nothing for QUIET_MS while someone relies on it is
+/* A stream that shows nothing for QUIET_MS while a waiter or a watch
+ * relies on it (holders do not: their deadline does not depend on it) is
  * asked to prove it is live: a write to the probe key, whose event it must
  * show within ECHO_MS of etcd confirming the write. */
 #define QUIET_MS 5000
@@ -410,7 +411,10 @@ static int stream_silent(lk_session *s, int64_t now, int64_t *next)
         return 0;
     }
     int64_t due = s->next_probe_at ? s->next_probe_at : s->heard_at + QUIET_MS;
-    if (!s->probe && now >= due) probe(s);
+    if (!s->probe && now >= due) {
+        if (s->hooks.relies(s->hooks.ctx)) probe(s);  /* asked once a QUIET_MS */
+        else s->next_probe_at = now + QUIET_MS;
+    }
     *next = s->probe ? 0 : s->next_probe_at ? s->next_probe_at : s->heard_at + QUIET_MS;
     return 0;
 }
@@ -457,7 +461,7 @@ int64_t lk_session_tick(lk_session *s, int64_t now)
         else SOONER(s->grant_retry_at);
     }
     int64_t probe_at = 0;
-    if (s->stream && wanted && stream_silent(s, now, &probe_at)) {
+    if (s->stream && stream_silent(s, now, &probe_at)) {
         lk_req *r = s->stream;
         int endpoint = r->endpoint;
         lk_req_cancel(r);

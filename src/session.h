@@ -32,6 +32,8 @@ typedef struct lk_session_hooks {
     void (*resync)(void *ctx);        /* the stream lost events */
     void (*change)(void *ctx, const lk_change *c);
     int (*wanted)(void *ctx);         /* anything needs the session now */
+    int (*relies)(void *ctx);         /* a waiter or a watch depends on the
+                                         stream to hear of changes */
 } lk_session_hooks;
 
 typedef struct lk_session {
