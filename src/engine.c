@@ -271,6 +271,8 @@ static void *run(void *arg)
             if (t && t < next) next = t;
             t = lk_watches_tick(&e->watches, now);
             if (t && t < next) next = t;
+            t = lk_http_next_wakeup(e->io.http);
+            if (t && t < next) next = t;
         }
         int wait = next > now ? (int)(next - now) : 0;
         curl_multi_poll(lk_http_multi(e->io.http), NULL, 0, wait, NULL);

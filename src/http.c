@@ -27,6 +27,7 @@ struct lk_http {
     int n_inflight;
     int n_counted;             /* of those, ordinary requests */
     lk_req *queue, *queue_tail;  /* ordinary requests waiting for a slot */
+    lk_req *resting;           /* requests waiting to try again (retry_at) */
     CURL *pool[POOL_MAX];      /* idle easy handles, kept for reuse */
     int n_pool;
 };
@@ -77,7 +78,7 @@ static int counted(const lk_req *r)
 static void unlink_req(lk_req *r)
 {
     lk_http *h = r->http;
-    lk_req **head = r->queued ? &h->queue : &h->inflight;
+    lk_req **head = r->queued ? &h->queue : r->retry_at ? &h->resting : &h->inflight;
     if (r->queued && h->queue_tail == r) h->queue_tail = r->prev;
     if (r->prev) r->prev->next = r->next;
     else if (*head == r) *head = r->next;
@@ -85,6 +86,8 @@ static void unlink_req(lk_req *r)
     r->prev = r->next = NULL;
     if (r->queued) {
         r->queued = 0;
+    } else if (r->retry_at) {
+        r->retry_at = 0;
     } else {
         h->n_inflight--;
         if (counted(r)) h->n_counted--;
@@ -118,8 +121,8 @@ static void free_req(lk_req *r)
 void lk_http_free(lk_http *h)
 {
     if (!h) return;
-    while (h->inflight || h->queue) {
-        lk_req *r = h->inflight ? h->inflight : h->queue;
+    while (h->inflight || h->queue || h->resting) {
+        lk_req *r = h->inflight ? h->inflight : h->queue ? h->queue : h->resting;
         unlink_req(r);
         free_req(r);
     }
@@ -209,8 +212,8 @@ static long attempt_timeout(const lk_req *r)
     if (r->timeout_ms <= 0) return 0;
     int64_t left = r->deadline - lk_now_ms();
     if (left < 1) return 1;
-    int others = r->http->n_endpoints - r->tries - 1;  /* after this one */
-    int64_t share = others > 0 ? r->timeout_ms / r->http->n_endpoints : left;
+    int n = r->http->n_endpoints;
+    int64_t share = n > 1 ? r->timeout_ms / n : left;
     if (share < ATTEMPT_MIN_MS) share = ATTEMPT_MIN_MS;
     return (long)(share < left ? share : left);
 }
@@ -387,6 +390,63 @@ static void deliver_lines(lk_http *h)
     }
 }
 
+#define MAX_TRIES 12
+
+/* After a fault: the request goes to the next member at once, or, when
+ * every member rests (all are down, or all said "no leader" during an
+ * election), waits until the first is due again, as long as its own
+ * timeout allows. A stream is tried again only before it showed anything
+ * (then it is new to whoever reads it); its user reconnects otherwise.
+ * Whether the request is on its way again. */
+static int try_again(lk_req *r)
+{
+    lk_http *h = r->http;
+    int64_t now = lk_now_ms();
+    if (r->on_line) {
+        if (r->received || r->tries >= h->n_endpoints) return 0;
+    } else if (r->tries >= MAX_TRIES || r->deadline - now < ATTEMPT_MIN_MS / 3) {
+        return 0;
+    }
+    int next = pick_endpoint(h, r->endpoint);
+    int64_t due = h->down_until[next];
+    r->endpoint = next;
+    if (due <= now || r->on_line) return launch(r) == 0;
+    if (due >= r->deadline - ATTEMPT_MIN_MS / 3) return 0;  /* no time left */
+    unlink_req(r);  /* from the in-flight list to the resting one */
+    r->retry_at = due;
+    r->next = h->resting;
+    if (h->resting) h->resting->prev = r;
+    h->resting = r;
+    return 1;
+}
+
+/* Sends the resting requests whose time has come. */
+static void wake_resting(lk_http *h)
+{
+    int64_t now = lk_now_ms();
+    for (lk_req *r = h->resting, *next; r; r = next) {
+        next = r->next;
+        if (r->retry_at > now) continue;
+        unlink_req(r);
+        r->endpoint = pick_endpoint(h, -1);
+        if (launch(r) == 0) {
+            link_inflight(r);
+        } else {  /* cannot be handed to libcurl: it fails as it stands */
+            link_inflight(r);
+            r->result = CURLE_OUT_OF_MEMORY;
+            finish(r);
+        }
+    }
+}
+
+int64_t lk_http_next_wakeup(const lk_http *h)
+{
+    int64_t t = 0;
+    for (const lk_req *r = h->resting; r; r = r->next)
+        if (!t || r->retry_at < t) t = r->retry_at;
+    return t;
+}
+
 int lk_http_perform(lk_http *h)
 {
     int running = 0;
@@ -406,13 +466,7 @@ int lk_http_perform(lk_http *h)
         int fault = !r->too_big && endpoint_fault(rc, status);
         if (fault) endpoint_failed(h, r->endpoint);
         else if (rc == CURLE_OK && !r->on_line) endpoint_ok(h, r->endpoint);
-        /* a stream is retried only before it showed anything */
-        int budget = r->on_line ? !r->received
-                                : r->deadline - lk_now_ms() >= ATTEMPT_MIN_MS / 3;
-        if (fault && budget && r->tries < h->n_endpoints) {
-            r->endpoint = pick_endpoint(h, r->endpoint);  /* the next member */
-            if (launch(r) == 0) continue;
-        }
+        if (fault && try_again(r)) continue;
         r->result = rc;
         r->status = status;
         if (r->on_line) {  /* lines not yet handed over, and a last one */
@@ -423,6 +477,7 @@ int lk_http_perform(lk_http *h)
         }
         finish(r);
     }
+    wake_resting(h);
     start_queued(h);
     return running;
 }

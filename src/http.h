@@ -52,6 +52,7 @@ struct lk_req {
     int64_t deadline;        /* ms: when its whole timeout runs out */
     int too_big;             /* the answer passed LK_MAX_ANSWER */
     int received;            /* some of the answer came (this attempt) */
+    int64_t retry_at;        /* ms: resting until then before trying again */
     int tries;
     int endpoint;            /* index of the endpoint it went to */
     CURLcode result;
@@ -92,5 +93,8 @@ int lk_http_current_index(const lk_http *h);
  * number of requests still running. */
 int lk_http_perform(lk_http *h);
 int lk_http_inflight(const lk_http *h);
+/* When a resting request is due to be tried again (0: none); the loop
+ * must call lk_http_perform by then. */
+int64_t lk_http_next_wakeup(const lk_http *h);
 
 #endif
