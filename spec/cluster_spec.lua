@@ -177,13 +177,24 @@ end
 local test_n = 0
 local prefix_n = 0
 
--- One fault test. spec = { fault = "stop" | "kill", role = "leader" |
+-- Moves leadership from the leader to member `to` (etcdctl move-leader,
+-- which wants the member's hex ID: member list has it by name).
+local function move_leader(from, to)
+    local list = sh(("ETCDCTL_API=3 etcdctl --endpoints=%s member list"):format(from.url))
+    local id = list:match("(%x+), started, " .. to .. ",")
+    assert(id, "no member id for " .. to .. " in: " .. list)
+    local out, ok = sh(("ETCDCTL_API=3 etcdctl --endpoints=%s move-leader %s"):format(from.url, id))
+    assert(ok, "move-leader: " .. out)
+end
+
+-- One fault test. spec = { fault = "stop" | "kill" | "move", role = "leader" |
 -- "follower", busy = true (A makes calls and its watch is checked) }.
 local function fault_test(spec)
     test_n = test_n + 1
     prefix_n = prefix_n + 1
     local prefix = ("/cluster%d/"):format(prefix_n)
-    local label = ("%s %s"):format(spec.fault == "stop" and "SIGSTOP" or "SIGKILL", spec.role)
+    local label = ("%s %s"):format(({ stop = "SIGSTOP", kill = "SIGKILL", move = "leadership moved from" })[spec.fault],
+                                   spec.role)
     local st = { clients = {}, lost = {}, not_owned = {}, calls = {}, failed_calls = {},
                  samples = 0, max_gap = 0 }
 
@@ -246,6 +257,8 @@ local function fault_test(spec)
         if spec.fault == "stop" then
             helper.kill(vm.pid, "STOP")
             st.stopped = vm.pid
+        elseif spec.fault == "move" then
+            move_leader(vm, followers[1])
         else
             kill_wait(vm.pid)
         end
@@ -332,6 +345,8 @@ local function fault_test(spec)
                     helper.kill(vm.pid, "CONT")
                     st.stopped = nil
                     back_at = now()
+                elseif spec.fault == "move" then
+                    back_at = now()  -- nothing to bring back
                 else
                     back_poll = back_poll or restart_async(victim)
                     st.back_poll = back_poll
@@ -428,6 +443,9 @@ describe("a real 3-member cluster", function()
         end)
         it("the leader killed and restarted", function()
             fault_test({ fault = "kill", role = "leader", busy = true })
+        end)
+        it("leadership moved to a follower", function()
+            fault_test({ fault = "move", role = "leader", busy = true })
         end)
     end)
 
