@@ -229,7 +229,14 @@ static void transient(lk_locks *ls, lk_lock *l, const char *code,
         return;
     }
     if (!l->reported && !l->keep) {
-        report_fail(ls, l, code, msg);
+        const char *why;
+        if (lk_session_failure(ls->session, &why)) {  /* say what else is known */
+            char both[LK_MSG_SIZE];
+            snprintf(both, sizeof both, "%.300s (and %.180s)", msg, why);
+            report_fail(ls, l, code, both);
+        } else {
+            report_fail(ls, l, code, msg);
+        }
         start_delete(ls, l);  /* the put may have landed */
         return;
     }
