@@ -17,66 +17,15 @@ local SLACK = 1          -- a call returns within its timeout + SLACK
 local MIB = 1024         -- VmRSS is in KiB
 local GUARD = 512 * MIB  -- a call whose memory grows past this is cut short
 
-local Gw = {}
-Gw.__index = Gw
-
---- Starts badgw on a free loopback port with SCENARIO. It reads commands
--- from its stdin, so it ends with the spec's process at the latest.
+--- Starts badgw on a free loopback port with SCENARIO (spec/helper.lua's
+-- tool: gw:command(line) sends a line and returns its stats, gw:close()).
+-- gw:stats([line]) -> { conns = connections accepted so far, requests =
+-- requests read so far }.
 local function gateway(scenario)
-    local _, built = helper.sh("test -x " .. helper.quote(badgw))
-    if not built then error("no " .. badgw .. " (build tools/badgw.c)", 2) end
-    local out = os.tmpname()
-    -- its output file: the shell's pid (exec keeps it), then the port line,
-    -- stats lines and any complaint
-    local self = setmetatable({ out = out, scenario = scenario }, Gw)
-    self.stdin = assert(io.popen(("echo $$ >%s; exec env -u LD_PRELOAD %s 0 %s >>%s 2>&1")
-        :format(helper.quote(out), helper.quote(badgw), scenario, helper.quote(out)), "w"))
-    local ok, head = pcall(helper.wait_until, "badgw to listen", function()
-        return helper.read(out):match("^%d+\n%d+\n")
-    end, 5)
-    if not ok then error("cannot start badgw: " .. head .. ": " .. helper.read(out), 2) end
-    local pid, port = head:match("^(%d+)\n(%d+)\n")
-    self.pid, self.port = tonumber(pid), port
-    self.endpoint = "http://127.0.0.1:" .. port
-    return self
-end
-
-local function stats_lines(self)
-    local n, last = 0, nil
-    for line in helper.read(self.out):gmatch("[^\n]+") do
-        if line:match("^conns=") then n, last = n + 1, line end
-    end
-    return n, last
-end
-
---- Sends a command line (or none) and waits until badgw has read it;
--- returns its counters then: { conns = connections accepted so far,
--- requests = requests read so far }.
-function Gw:stats(line)
-    if not helper.alive(self.pid) then error("badgw is gone: " .. helper.read(self.out), 2) end
-    local before = stats_lines(self)
-    self.stdin:write(line and line .. "\n" or "", "stats\n")
-    self.stdin:flush()
-    local answer = helper.wait_until("badgw's stats", function()
-        local n, last = stats_lines(self)
-        return n > before and last
-    end, 5)
-    local conns, requests = answer:match("^conns=(%d+) requests=(%d+)")
-    return { conns = tonumber(conns), requests = tonumber(requests) }
-end
-
---- Ends badgw and waits until it is gone. Idempotent.
-function Gw:close()
-    if self.closed then return end
-    self.closed = true
-    local gone = function() return not helper.alive(self.pid) end
-    helper.kill(self.pid, "TERM")
-    if not pcall(helper.wait_until, "badgw to exit", gone, 5) then
-        helper.kill(self.pid, "KILL")
-        helper.wait_until("badgw to exit", gone, 5)
-    end
-    pcall(self.stdin.close, self.stdin)   -- reaps it: it has exited
-    os.remove(self.out)
+    local gw = helper.tool("badgw", badgw, scenario)
+    gw.scenario = scenario
+    gw.stats = gw.command
+    return gw
 end
 
 -- This process's resident memory, KiB.
@@ -93,17 +42,7 @@ local function client(gw)
     return c
 end
 
--- Runs fn(...) as a spawned coroutine; returns a box whose .done is
--- true when it returned, with its results in .r.
-local function go(fn, ...)
-    local box = {}
-    local args = { n = select("#", ...), ... }
-    locker.spawn(function()
-        box.r = { fn((table.unpack or unpack)(args, 1, args.n)) }
-        box.done = true
-    end)
-    return box
-end
+local go = helper.go
 
 --- Runs fn(...) in a coroutine and waits for it at most limit seconds
 -- while watching this process's memory. Past the limit (or past guard

@@ -148,7 +148,80 @@ function helper.connections(port)
     return n
 end
 
-local Proxy = {}
+local Tool = {}
+Tool.__index = Tool
+
+--- Starts one of the project's test tools (tools/faultproxy.c,
+-- tools/badgw.c): a program that listens on a free loopback port, prints
+-- it, reads command lines from its stdin (so it ends with the spec's
+-- process at the latest) and answers "stats" with one line. args follow
+-- the port argument (0: any free port). Returns an object with pid, port,
+-- endpoint; raises, saying why, when the tool cannot start.
+function helper.tool(name, path, args, class)
+    local _, built = sh("test -x " .. quote(path))
+    if not built then error("no " .. path .. " (make test builds it)", 3) end
+    local out = os.tmpname()
+    -- its output file: the shell's pid (exec keeps it), then the tool's
+    -- port line, stats lines and any complaint
+    local self = setmetatable({ name = name, out = out }, class or Tool)
+    self.stdin = assert(io.popen(("echo $$ >%s; exec env -u LD_PRELOAD %s 0 %s >>%s 2>&1")
+        :format(quote(out), quote(path), args, quote(out)), "w"))
+    local ok, head = pcall(helper.wait_until, name .. " to listen", function()
+        return helper.read(out):match("^%d+\n%d+\n")
+    end, 5)
+    if not ok then error(("cannot start %s: %s: %s"):format(name, head, helper.read(out)), 3) end
+    local pid, port = head:match("^(%d+)\n(%d+)\n")
+    self.pid, self.port = tonumber(pid), port
+    self.endpoint = "http://127.0.0.1:" .. port
+    return self
+end
+
+-- The tool's stats lines so far (lines of "word=N ..."): their number and
+-- the last one.
+function Tool:stats_lines()
+    local n, last = 0, nil
+    for line in helper.read(self.out):gmatch("[^\n]+") do
+        if line:match("^%a+=%d") then n, last = n + 1, line end
+    end
+    return n, last
+end
+
+--- Sends a command line (nil: none), then "stats", and waits until the
+-- tool answered (it applies lines in order, so the command took effect);
+-- returns the stats line's fields as a table of numbers.
+function Tool:command(line)
+    if self.closed or not helper.alive(self.pid) then
+        error(self.name .. " is gone: " .. helper.read(self.out), 3)
+    end
+    local before = self:stats_lines()
+    self.stdin:write(line and line ~= "stats" and line .. "\n" or "", "stats\n")
+    self.stdin:flush()
+    local answer = helper.wait_until(self.name .. " to apply " .. tostring(line), function()
+        if not helper.alive(self.pid) then error(self.name .. " exited: " .. helper.read(self.out)) end
+        local n, last = self:stats_lines()
+        return n > before and last
+    end, 5)
+    local fields = {}
+    for k, v in answer:gmatch("(%a+)=(%d+)") do fields[k] = tonumber(v) end
+    return fields
+end
+
+--- Ends the tool (its connections with it) and waits until it is gone.
+-- Idempotent.
+function Tool:close()
+    if self.closed then return end
+    self.closed = true
+    local gone = function() return not helper.alive(self.pid) end
+    helper.kill(self.pid, "TERM")
+    if not pcall(helper.wait_until, self.name .. " to exit", gone, 5) then
+        helper.kill(self.pid, "KILL")
+        helper.wait_until(self.name .. " to exit", gone, 5)
+    end
+    pcall(self.stdin.close, self.stdin)   -- reaps it: it has exited
+    os.remove(self.out)
+end
+
+local Proxy = setmetatable({}, { __index = Tool })
 Proxy.__index = Proxy
 
 -- tools/faultproxy.c, built by make (tools/run-specs names it)
@@ -156,64 +229,28 @@ local faultproxy = os.getenv("LOCKER_FAULTPROXY") or "build/5.4/faultproxy"
 
 --- A TCP proxy to etcd on a port of its own (tools/faultproxy.c), to break
 -- the client's connections while etcd itself stays up: cut them, refuse
--- new ones, black-hole them, delay answers or swallow some requests. It is
--- driven through its stdin, so it ends with the spec's process at the
--- latest; etcd:destroy() closes the proxies made for it.
+-- new ones, black-hole them, delay answers or swallow some requests.
+-- etcd:destroy() closes the proxies made for it.
 function helper.proxy(etcd)
-    local _, built = sh("test -x " .. quote(faultproxy))
-    if not built then error("no " .. faultproxy .. " (make test builds it)", 2) end
-    local out = os.tmpname()
-    -- its output file: the shell's pid (exec keeps it), then the proxy's
-    -- port line, stats lines and any complaint
-    local self = setmetatable({ out = out, listen_mode = "pass", target = etcd.port }, Proxy)
-    self.stdin = assert(io.popen(("echo $$ >%s; exec env -u LD_PRELOAD %s 0 127.0.0.1:%s >>%s 2>&1")
-        :format(quote(out), quote(faultproxy), etcd.port, quote(out)), "w"))
-    local ok, head = pcall(helper.wait_until, "the proxy to listen", function()
-        return helper.read(out):match("^%d+\n%d+\n")
-    end, 5)
-    if not ok then error("cannot start the proxy: " .. head .. ": " .. helper.read(out), 2) end
-    local pid, port = head:match("^(%d+)\n(%d+)\n")
-    self.pid, self.port = tonumber(pid), port
-    self.endpoint = "http://127.0.0.1:" .. port
+    local self = helper.tool("the proxy", faultproxy, "127.0.0.1:" .. etcd.port, Proxy)
+    self.listen_mode, self.target = "pass", etcd.port
     etcd.proxies = etcd.proxies or {}
     etcd.proxies[#etcd.proxies + 1] = self
     return self
-end
-
--- The proxy's stats lines so far: their number and the last one.
-function Proxy:stats_lines()
-    local n, last = 0, nil
-    for line in helper.read(self.out):gmatch("[^\n]+") do
-        if line:match("^conns=") then n, last = n + 1, line end
-    end
-    return n, last
 end
 
 --- Sends a control line ("pass", "blackhole", "cut", "refuse", "drop PATH",
 -- "undrop PATH", "delay MS") and waits until the proxy has applied it;
 -- returns its stats then (see Proxy:stats).
 function Proxy:mode(line)
-    if self.closed or not helper.alive(self.pid) then
-        error("the proxy is gone: " .. helper.read(self.out), 2)
-    end
     if line == "pass" or line == "blackhole" then self.listen_mode = line end
-    local before = self:stats_lines()
-    -- it applies lines in order, so the answer to "stats" comes after line's effect
-    self.stdin:write(line == "stats" and "stats\n" or line .. "\nstats\n")
-    self.stdin:flush()
-    local answer = helper.wait_until("the proxy to apply " .. line, function()
-        if not helper.alive(self.pid) then error("the proxy exited: " .. helper.read(self.out)) end
-        local n, last = self:stats_lines()
-        return n > before and last
-    end, 5)
-    local conns, accepted, dropped = answer:match("^conns=(%d+) accepted=(%d+) dropped=(%d+)")
-    return { conns = tonumber(conns), accepted = tonumber(accepted), dropped = tonumber(dropped) }
+    return self:command(line)
 end
 
 --- { conns = open connections, accepted = connections so far, dropped =
 -- requests swallowed so far }.
 function Proxy:stats()
-    return self:mode("stats")
+    return self:command(nil)
 end
 
 --- Cuts every connection through the proxy and stops listening.
@@ -228,19 +265,17 @@ function Proxy:restart()
     if not listening then error("the proxy cannot listen again: " .. helper.read(self.out), 2) end
 end
 
---- Ends the proxy process (its connections with it) and waits until it is
--- gone. Idempotent.
-function Proxy:close()
-    if self.closed then return end
-    self.closed = true
-    local gone = function() return not helper.alive(self.pid) end
-    helper.kill(self.pid, "TERM")
-    if not pcall(helper.wait_until, "the proxy to exit", gone, 5) then
-        helper.kill(self.pid, "KILL")
-        helper.wait_until("the proxy to exit", gone, 5)
-    end
-    pcall(self.stdin.close, self.stdin)   -- reaps it: it has exited
-    os.remove(self.out)
+--- Runs fn(...) as a spawned coroutine; returns a box whose .done is true
+-- when it returned, with its results in .r.
+function helper.go(fn, ...)
+    local locker = require "locker"
+    local box = {}
+    local args = { n = select("#", ...), ... }
+    locker.spawn(function()
+        box.r = { fn((table.unpack or unpack)(args, 1, args.n)) }
+        box.done = true
+    end)
+    return box
 end
 
 local Etcd = {}

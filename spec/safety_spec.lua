@@ -22,17 +22,7 @@ describe("safety", function()
         return etcd:client(opts)
     end
 
-    -- Runs fn(...) as a spawned coroutine; returns a box whose .done is
-    -- true when it returned, with its results in .r.
-    local function go(fn, ...)
-        local box = {}
-        local args = { n = select("#", ...), ... }
-        locker.spawn(function()
-            box.r = { fn((table.unpack or unpack)(args, 1, args.n)) }
-            box.done = true
-        end)
-        return box
-    end
+    local go = helper.go
 
     it("never tells a waiter it owns the lock while its renewals are late (finding 1)", function()
         local p = helper.proxy(etcd)
