@@ -190,7 +190,7 @@ static int pick_endpoint(lk_http *h, int avoid)
     return best >= 0 ? best : h->current;
 }
 
-static void endpoint_failed(lk_http *h, int i)
+void lk_http_endpoint_failed(lk_http *h, int i)
 {
     h->fails[i]++;
     h->down_until[i] = lk_now_ms() + lk_backoff_ms(h->fails[i], DOWN_MIN_MS, DOWN_MAX_MS);
@@ -347,16 +347,6 @@ static int endpoint_fault(CURLcode rc, long status)
     }
 }
 
-void lk_http_endpoint_failed(lk_http *h, int endpoint)
-{
-    endpoint_failed(h, endpoint);
-}
-
-void lk_http_endpoint_ok(lk_http *h, int endpoint)
-{
-    endpoint_ok(h, endpoint);
-}
-
 int lk_http_current_index(const lk_http *h)
 {
     return h->current;
@@ -464,7 +454,7 @@ int lk_http_perform(lk_http *h)
         curl_multi_remove_handle(h->multi, m->easy_handle);
         if (rc == CURLE_FILESIZE_EXCEEDED) r->too_big = 1;
         int fault = !r->too_big && endpoint_fault(rc, status);
-        if (fault) endpoint_failed(h, r->endpoint);
+        if (fault) lk_http_endpoint_failed(h, r->endpoint);
         else if (rc == CURLE_OK && !r->on_line) endpoint_ok(h, r->endpoint);
         if (fault && try_again(r)) continue;
         r->result = rc;

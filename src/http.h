@@ -81,11 +81,10 @@ const char *lk_req_error(const lk_req *r);
 /* The URL it went to (endpoint + path), for messages. */
 const char *lk_req_endpoint(const lk_req *r);
 
-/* Endpoint health beyond single requests (the watch stream's user knows
- * when a stream went silent or was refused): a failed endpoint rests,
- * with backoff, and requests go to others meanwhile. */
+/* An endpoint failed beyond a single request (the watch stream's user
+ * knows when a stream went silent or was refused): it rests, with
+ * backoff, and requests go to others meanwhile. */
 void lk_http_endpoint_failed(lk_http *h, int endpoint);
-void lk_http_endpoint_ok(lk_http *h, int endpoint);
 /* The endpoint requests go to first now (its index in the list). */
 int lk_http_current_index(const lk_http *h);
 

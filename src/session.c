@@ -4,6 +4,7 @@
  * It publishes through hooks (session.h) and calls nothing above it. */
 #include "session.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,10 +26,22 @@ static int64_t backoff(int failures)
     return lk_backoff_ms(failures, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
 }
 
+/* Keeps the cause of the last failure (for whoever waits, see
+ * lk_session_failure); telling the hook is the caller's decision. */
+static void note_failure(lk_session *s, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void note_failure(lk_session *s, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    snprintf(s->fail_code, sizeof s->fail_code, "%s", code);
+    va_start(ap, fmt);
+    vsnprintf(s->fail_msg, sizeof s->fail_msg, fmt, ap);
+    va_end(ap);
+}
+
 static void failure(lk_session *s, const char *code, const char *msg)
 {
-    snprintf(s->fail_code, sizeof s->fail_code, "%s", code);
-    snprintf(s->fail_msg, sizeof s->fail_msg, "%s", msg);
+    note_failure(s, code, "%s", msg);
     s->hooks.failed(s->hooks.ctx, code, msg);
 }
 
@@ -251,10 +264,8 @@ static int stream_error(lk_session *s, const char *line, size_t n, const lk_req 
     char text[LK_MSG_SIZE - 128];
     cJSON_Delete(lk_etcd_parse(line, n, r->status ? r->status : 500, text,
                                sizeof text, &grpc));
-    snprintf(s->fail_code, sizeof s->fail_code, "%s",
-             grpc == 14 ? "unavailable" : grpc >= 0 ? "etcd" : "protocol");
-    snprintf(s->fail_msg, sizeof s->fail_msg, "watch stream at %s: %s",
-             lk_req_endpoint(r), text);
+    note_failure(s, grpc == 14 ? "unavailable" : grpc >= 0 ? "etcd" : "protocol",
+                 "watch stream at %s: %s", lk_req_endpoint(r), text);
     s->stream_refused = 1;
     return -1;
 }
@@ -279,10 +290,9 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
     }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "canceled"))) {
         const cJSON *why = cJSON_GetObjectItemCaseSensitive(res, "cancel_reason");
-        snprintf(s->fail_code, sizeof s->fail_code, "etcd");
-        snprintf(s->fail_msg, sizeof s->fail_msg, "etcd at %s canceled the watch: %s",
-                 lk_req_endpoint(r), cJSON_IsString(why) ? why->valuestring
-                                                        : "no reason given");
+        note_failure(s, "etcd", "etcd at %s canceled the watch: %.300s",
+                     lk_req_endpoint(r), cJSON_IsString(why) ? why->valuestring
+                                                            : "no reason given");
         s->stream_refused = 1;
         cJSON_Delete(root);
         return -1;
@@ -359,8 +369,7 @@ static void on_stream_done(lk_req *r)
             snprintf(msg, sizeof msg, "etcd at %s ended the watch stream",
                      lk_req_endpoint(r));
         }
-        snprintf(s->fail_code, sizeof s->fail_code, "%s", code);
-        snprintf(s->fail_msg, sizeof s->fail_msg, "%s", msg);
+        note_failure(s, code, "%s", msg);
     }
     /* an error line or a cancel: try another member (the transport's own
      * faults were counted by http already) */
@@ -465,8 +474,7 @@ int64_t lk_session_tick(lk_session *s, int64_t now)
         lk_req *r = s->stream;
         int endpoint = r->endpoint;
         lk_req_cancel(r);
-        snprintf(s->fail_code, sizeof s->fail_code, "unavailable");
-        snprintf(s->fail_msg, sizeof s->fail_msg, "the watch stream went silent");
+        note_failure(s, "unavailable", "the watch stream went silent");
         stream_ended(s, 1, endpoint);
         s->stream_retry_at = now;  /* elsewhere, at once */
     }
