@@ -16,6 +16,14 @@ typedef struct lk_config {
     int64_t timeout_ms;        /* per request */
     int64_t margin_ms;         /* ownership ends this long before the lease
                                   could expire on the server */
+    /* TLS (NULL/0: libcurl's defaults, verification on) */
+    char *cacert;              /* CA bundle that signs etcd's certificates */
+    char *cert, *key;          /* client certificate and its key (PEM) */
+    int insecure;              /* no verification of etcd's certificate */
+    int proxy_env;             /* honour http(s)_proxy variables */
+    /* etcd authentication (user NULL: none) */
+    char *user;
+    char *password;            /* a secret: never in a message or a log */
 } lk_config;
 
 /* What the engine has done so far (for benchmarks and status pages). */
@@ -24,6 +32,7 @@ typedef struct lk_stats {
     int64_t keepalives;        /* lease renewals sent */
     int64_t stream_events;     /* watch events received */
     int64_t stream_connects;   /* watch streams opened */
+    int64_t authentications;   /* tokens asked of /v3/auth/authenticate */
 } lk_stats;
 
 /* The lease's times, all ms on lk_now_ms's clock, published for the Lua

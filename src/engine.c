@@ -123,6 +123,22 @@ static void free_config(lk_config *c)
     for (int i = 0; i < c->n_endpoints; i++) free(c->endpoints[i]);
     free(c->endpoints);
     free(c->prefix);
+    free(c->cacert);
+    free(c->cert);
+    free(c->key);
+    free(c->user);
+    if (c->password) {  /* a secret: overwritten before it is given back */
+        volatile char *p = c->password;
+        while (*p) *p++ = '\0';
+        free(c->password);
+    }
+}
+
+/* A copy of an optional string (NULL stays NULL); -1 when out of memory. */
+static int dup_opt(char **to, const char *from)
+{
+    *to = from ? strdup(from) : NULL;
+    return from && !*to ? -1 : 0;
 }
 
 lk_engine *lk_engine_new(const lk_config *cfg, char *err, size_t err_size)
@@ -135,6 +151,10 @@ lk_engine *lk_engine_new(const lk_config *cfg, char *err, size_t err_size)
     e->io.cfg.n_endpoints = 0;
     e->io.cfg.prefix = dup_bytes(cfg->prefix, cfg->prefix_len);
     if (!e->io.cfg.endpoints || !e->io.cfg.prefix) goto nomem;
+    if (dup_opt(&e->io.cfg.cacert, cfg->cacert) || dup_opt(&e->io.cfg.cert, cfg->cert) ||
+        dup_opt(&e->io.cfg.key, cfg->key) || dup_opt(&e->io.cfg.user, cfg->user) ||
+        dup_opt(&e->io.cfg.password, cfg->password))
+        goto nomem;
     for (int i = 0; i < cfg->n_endpoints; i++) {
         e->io.cfg.endpoints[i] = dup_bytes(cfg->endpoints[i],
                                         strlen(cfg->endpoints[i]));
@@ -192,6 +212,7 @@ void lk_engine_stats(const lk_engine *e, lk_stats *out)
     out->keepalives = __atomic_load_n(&e->io.stats.keepalives, __ATOMIC_RELAXED);
     out->stream_events = __atomic_load_n(&e->io.stats.stream_events, __ATOMIC_RELAXED);
     out->stream_connects = __atomic_load_n(&e->io.stats.stream_connects, __ATOMIC_RELAXED);
+    out->authentications = __atomic_load_n(&e->io.stats.authentications, __ATOMIC_RELAXED);
 }
 
 int64_t lk_engine_lease(const lk_engine *e)
@@ -298,8 +319,12 @@ static int ensure_started(lk_engine *e, char *err, size_t err_size)
         snprintf(err, err_size, "cannot create event fd: %s", strerror(errno));
         return -1;
     }
-    e->io.http = lk_http_new(e->io.cfg.endpoints, e->io.cfg.n_endpoints,
-                          (long)e->io.cfg.timeout_ms);
+    e->io.http = lk_http_new(&e->io.cfg, (long)e->io.cfg.timeout_ms);
+    if (e->io.http && e->io.cfg.user &&
+        !(e->io.auth = lk_auth_new(e->io.http, &e->io.cfg, &e->io.stats))) {
+        lk_http_free(e->io.http);
+        e->io.http = NULL;
+    }
     if (!e->io.http) {
         snprintf(err, err_size, "cannot initialise libcurl");
         return -1;
@@ -312,6 +337,8 @@ static int ensure_started(lk_engine *e, char *err, size_t err_size)
     if (rc) {
         lk_http_free(e->io.http);
         e->io.http = NULL;
+        lk_auth_free(e->io.auth);
+        e->io.auth = NULL;
         snprintf(err, err_size, "cannot start engine thread: %s", strerror(rc));
         return -1;
     }
@@ -365,6 +392,8 @@ void lk_engine_close(lk_engine *e)
     pthread_join(e->thread, NULL);
     lk_http_free(e->io.http);
     e->io.http = NULL;
+    lk_auth_free(e->io.auth);  /* after http: its request was http's */
+    e->io.auth = NULL;
 }
 
 void lk_engine_free(lk_engine *e)

@@ -45,6 +45,27 @@ int lk_etcd_grant_body(lk_buf *out, int64_t ttl)
     return lk_buf_printf(out, "{\"TTL\":\"%" PRId64 "\"}", ttl);
 }
 
+/* Appends s as a JSON string (the names and passwords of users are text
+ * that may need escaping; keys and values go as base64). */
+static int json_string(lk_buf *out, const char *s)
+{
+    if (lk_buf_puts(out, "\"")) return -1;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        int rc = *p == '"' || *p == '\\' ? lk_buf_printf(out, "\\%c", *p)
+               : *p < 0x20 ? lk_buf_printf(out, "\\u%04x", *p)
+               : lk_buf_append(out, (const char *)p, 1);
+        if (rc) return -1;
+    }
+    return lk_buf_puts(out, "\"");
+}
+
+int lk_etcd_auth_body(lk_buf *out, const char *user, const char *password)
+{
+    return lk_buf_puts(out, "{\"name\":") || json_string(out, user) ||
+           lk_buf_puts(out, ",\"password\":") || json_string(out, password) ||
+           lk_buf_puts(out, "}");
+}
+
 int lk_etcd_lease_body(lk_buf *out, int64_t lease)
 {
     return lk_buf_printf(out, "{\"ID\":\"%" PRId64 "\"}", lease);

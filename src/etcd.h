@@ -20,6 +20,7 @@
 #define LK_PATH_DELETE    "/v3/kv/deleterange"
 #define LK_PATH_WATCH     "/v3/watch"
 #define LK_PATH_PUT       "/v3/kv/put"
+#define LK_PATH_AUTH      "/v3/auth/authenticate"
 
 /* A byte string that is not NUL-safe to assume: pointer and length. */
 typedef struct lk_bytes {
@@ -33,6 +34,8 @@ int lk_etcd_prefix_end(lk_buf *out, lk_bytes prefix);
 
 /* Request bodies. Each appends to out and returns 0, or -1 (no memory). */
 int lk_etcd_grant_body(lk_buf *out, int64_t ttl);
+/* {"name":..,"password":..}; the caller wipes out once it is sent. */
+int lk_etcd_auth_body(lk_buf *out, const char *user, const char *password);
 int lk_etcd_lease_body(lk_buf *out, int64_t lease);   /* keepalive, revoke */
 int lk_etcd_delete_body(lk_buf *out, lk_bytes key);
 /* Range of every key under dir, with values (a watch's snapshot). */

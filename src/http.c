@@ -8,6 +8,7 @@
 
 #include "backoff.h"
 #include "clock.h"
+#include "tls.h"
 
 #define POOL_MAX 16
 #define DOWN_MIN_MS 250      /* a failed endpoint rests at least this long */
@@ -16,6 +17,7 @@
 
 struct lk_http {
     CURLM *multi;
+    const lk_config *cfg;      /* the engine's: TLS options */
     char **endpoints;          /* borrowed from the engine's config */
     int n_endpoints;
     int current;               /* the endpoint requests go to first */
@@ -28,15 +30,24 @@ struct lk_http {
     int n_counted;             /* of those, ordinary requests */
     lk_req *queue, *queue_tail;  /* ordinary requests waiting for a slot */
     lk_req *resting;           /* requests waiting to try again (retry_at) */
+    lk_req *held;              /* requests the guard holds */
+    lk_http_guard guard;
+    char *auth_line;           /* "Authorization: <token>", or NULL */
+    int auth_gen;
+    int release;               /* held requests are due to go on */
+    const char *release_code;  /* ...or to fail with this */
+    char *release_msg;
     CURL *pool[POOL_MAX];      /* idle easy handles, kept for reuse */
     int n_pool;
 };
 
-lk_http *lk_http_new(char **endpoints, int n, long connect_timeout_ms)
+lk_http *lk_http_new(const lk_config *cfg, long connect_timeout_ms)
 {
     lk_http *h = calloc(1, sizeof *h);
     if (!h) return NULL;
-    h->endpoints = endpoints;
+    int n = cfg->n_endpoints;
+    h->cfg = cfg;
+    h->endpoints = cfg->endpoints;
     h->n_endpoints = n;
     h->connect_timeout_ms = connect_timeout_ms;
     h->down_until = calloc((size_t)n, sizeof *h->down_until);
@@ -69,6 +80,47 @@ CURLM *lk_http_multi(lk_http *h)
     return h->multi;
 }
 
+void lk_http_set_guard(lk_http *h, const lk_http_guard *g)
+{
+    h->guard = *g;
+}
+
+/* Overwrites a secret before its memory is given back. */
+static void free_secret(char *s)
+{
+    if (!s) return;
+    volatile char *p = s;
+    while (*p) *p++ = '\0';
+    free(s);
+}
+
+int lk_http_set_token(lk_http *h, const char *token)
+{
+    char *line = NULL;
+    if (token) {
+        size_t n = strlen(token) + sizeof "Authorization: ";
+        if (!(line = malloc(n))) return -1;
+        snprintf(line, n, "Authorization: %s", token);
+    }
+    free_secret(h->auth_line);
+    h->auth_line = line;
+    h->auth_gen++;
+    return 0;
+}
+
+int lk_http_token_gen(const lk_http *h)
+{
+    return h->auth_gen;
+}
+
+void lk_http_release_held(lk_http *h, const char *fail_code, const char *fail_msg)
+{
+    h->release = 1;
+    h->release_code = fail_code;
+    free(h->release_msg);
+    h->release_msg = fail_code && fail_msg ? strdup(fail_msg) : NULL;
+}
+
 static int counted(const lk_req *r)
 {
     return !r->urgent && !r->on_line;
@@ -78,7 +130,8 @@ static int counted(const lk_req *r)
 static void unlink_req(lk_req *r)
 {
     lk_http *h = r->http;
-    lk_req **head = r->queued ? &h->queue : r->retry_at ? &h->resting : &h->inflight;
+    lk_req **head = r->queued ? &h->queue : r->held ? &h->held
+                  : r->retry_at ? &h->resting : &h->inflight;
     if (r->queued && h->queue_tail == r) h->queue_tail = r->prev;
     if (r->prev) r->prev->next = r->next;
     else if (*head == r) *head = r->next;
@@ -86,6 +139,8 @@ static void unlink_req(lk_req *r)
     r->prev = r->next = NULL;
     if (r->queued) {
         r->queued = 0;
+    } else if (r->held) {
+        r->held = 0;
     } else if (r->retry_at) {
         r->retry_at = 0;
     } else {
@@ -108,6 +163,8 @@ static void free_req(lk_req *r)
         }
     }
     int big = r->answer.cap > (1 << 20);
+    curl_slist_free_all(r->headers);
+    free(r->fail_msg);
     lk_buf_free(&r->body);
     lk_buf_free(&r->answer);
     free(r);
@@ -121,14 +178,17 @@ static void free_req(lk_req *r)
 void lk_http_free(lk_http *h)
 {
     if (!h) return;
-    while (h->inflight || h->queue || h->resting) {
-        lk_req *r = h->inflight ? h->inflight : h->queue ? h->queue : h->resting;
+    while (h->inflight || h->queue || h->resting || h->held) {
+        lk_req *r = h->inflight ? h->inflight : h->queue ? h->queue
+                  : h->resting ? h->resting : h->held;
         unlink_req(r);
         free_req(r);
     }
     for (int i = 0; i < h->n_pool; i++) curl_easy_cleanup(h->pool[i]);
     if (h->multi) curl_multi_cleanup(h->multi);
     curl_slist_free_all(h->headers);
+    free_secret(h->auth_line);
+    free(h->release_msg);
     free(h->down_until);
     free(h->fails);
     free(h);
@@ -228,10 +288,19 @@ static int launch(lk_req *r)
         r->easy = h->n_pool ? h->pool[--h->n_pool] : curl_easy_init();
         if (!r->easy) return -1;
     }
+    /* this attempt's headers: the shared ones, and the token of now */
+    curl_slist_free_all(r->headers);
+    r->headers = NULL;
+    for (struct curl_slist *l = h->headers; l; l = l->next)
+        if (!(r->headers = curl_slist_append(r->headers, l->data))) return -1;
+    if (h->auth_line && !(r->headers = curl_slist_append(r->headers, h->auth_line)))
+        return -1;
+    r->auth_gen = h->auth_gen;
     CURL *c = r->easy;
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->headers);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, r->headers);
+    lk_tls_setopt(c, h->cfg, r->tls12);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, r->body.data ? r->body.data : "");
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)r->body.len);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_write);
@@ -270,12 +339,33 @@ static void link_inflight(lk_req *r)
     if (counted(r)) h->n_counted++;
 }
 
+/* r, in no list, waits for the guard. */
+static void link_held(lk_req *r)
+{
+    lk_http *h = r->http;
+    r->held = 1;
+    r->next = h->held;
+    if (h->held) h->held->prev = r;
+    h->held = r;
+}
+
+static int guard_holds(lk_req *r)
+{
+    lk_http *h = r->http;
+    return h->guard.before_send && h->guard.before_send(h->guard.ctx, r);
+}
+
 /* Sends queued requests while there are free slots. A request that cannot
  * be handed to libcurl now stays first in line for the next round. */
 static void start_queued(lk_http *h)
 {
     while (h->queue && h->n_counted < LK_MAX_REQUESTS) {
         lk_req *r = h->queue;
+        if (guard_holds(r)) {
+            unlink_req(r);
+            link_held(r);
+            continue;
+        }
         r->endpoint = pick_endpoint(h, -1);
         if (launch(r)) return;
         unlink_req(r);
@@ -283,17 +373,28 @@ static void start_queued(lk_http *h)
     }
 }
 
+/* r, in no list, waits at the end of the queue. */
+static void enqueue(lk_req *r)
+{
+    lk_http *h = r->http;
+    r->queued = 1;
+    r->queued_at = lk_now_ms();
+    r->prev = h->queue_tail;
+    if (h->queue_tail) h->queue_tail->next = r;
+    else h->queue = r;
+    h->queue_tail = r;
+}
+
 int lk_req_start(lk_req *r)
 {
     lk_http *h = r->http;
     if (r->timeout_ms > 0) r->deadline = lk_now_ms() + r->timeout_ms;  /* queue time counts */
     if (counted(r) && (h->n_counted >= LK_MAX_REQUESTS || h->queue)) {
-        r->queued = 1;
-        r->queued_at = lk_now_ms();
-        r->prev = h->queue_tail;
-        if (h->queue_tail) h->queue_tail->next = r;
-        else h->queue = r;
-        h->queue_tail = r;
+        enqueue(r);
+        return 0;
+    }
+    if (guard_holds(r)) {
+        link_held(r);
         return 0;
     }
     r->endpoint = pick_endpoint(h, -1);
@@ -418,6 +519,10 @@ static void wake_resting(lk_http *h)
         next = r->next;
         if (r->retry_at > now) continue;
         unlink_req(r);
+        if (guard_holds(r)) {
+            link_held(r);
+            continue;
+        }
         r->endpoint = pick_endpoint(h, -1);
         if (launch(r) == 0) {
             link_inflight(r);
@@ -431,10 +536,82 @@ static void wake_resting(lk_http *h)
 
 int64_t lk_http_next_wakeup(const lk_http *h)
 {
+    if (h->release) return lk_now_ms();
     int64_t t = 0;
     for (const lk_req *r = h->resting; r; r = r->next)
         if (!t || r->retry_at < t) t = r->retry_at;
     return t;
+}
+
+/* r, in flight, ends now for a reason of ours (code, msg) instead of an
+ * answer. */
+static void fail_req(lk_req *r, CURLcode rc, const char *code, const char *msg)
+{
+    r->result = rc;
+    r->status = 0;
+    r->fail_code = code;
+    free(r->fail_msg);
+    r->fail_msg = strdup(msg);
+    snprintf(r->error, sizeof r->error, "%s", msg);
+    finish(r);
+}
+
+/* The held requests go on, or fail, as lk_http_release_held said. Those
+ * that start while this runs (from on_done) wait for the next release. */
+static void release_held(lk_http *h)
+{
+    if (!h->release) return;
+    h->release = 0;
+    const char *code = h->release_code;
+    char *msg = h->release_msg;
+    h->release_msg = NULL;
+    lk_req *list = h->held;
+    h->held = NULL;
+    for (lk_req *r = list, *next; r; r = next) {
+        next = r->next;
+        r->held = 0;
+        r->prev = r->next = NULL;
+        if (code) {
+            link_inflight(r);
+            fail_req(r, CURLE_LOGIN_DENIED, code, msg ? msg : code);
+        } else if (counted(r)) {
+            enqueue(r);  /* the cap on requests in flight still holds */
+        } else if (guard_holds(r)) {
+            link_held(r);
+        } else {
+            r->endpoint = pick_endpoint(h, -1);
+            int bad = launch(r);
+            link_inflight(r);
+            if (bad) fail_req(r, CURLE_OUT_OF_MEMORY, "nomem", "out of memory");
+        }
+    }
+    free(msg);
+}
+
+/* A failed transfer that TLS explains ends now with a "tls" reason; one
+ * that TLS 1.3 leaves unexplained goes again capped at TLS 1.2, which
+ * hears etcd's reason. Whether r was taken care of. */
+static int tls_handled(lk_req *r, CURLcode rc)
+{
+    lk_http *h = r->http;
+    const char *ep = h->endpoints[r->endpoint];
+    if (rc == CURLE_OK || r->too_big || strncmp(ep, "https://", 8) != 0) return 0;
+    curl_off_t handshake = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_APPCONNECT_TIME_T, &handshake);
+    char msg[512];
+    switch (lk_tls_failure(rc, lk_req_error(r), handshake > 0 && !r->received,
+                           r->tls12, h->cfg, ep, msg, sizeof msg)) {
+    case LK_TLS_FAILED:
+        fail_req(r, rc, "tls", msg);
+        return 1;
+    case LK_TLS_UNSURE:
+        r->tls12 = 1;
+        if (launch(r) == 0) return 1;
+        fail_req(r, CURLE_OUT_OF_MEMORY, "nomem", "out of memory");
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 int lk_http_perform(lk_http *h)
@@ -453,6 +630,17 @@ int lk_http_perform(lk_http *h)
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
         curl_multi_remove_handle(h->multi, m->easy_handle);
         if (rc == CURLE_FILESIZE_EXCEEDED) r->too_big = 1;
+        if (rc != CURLE_OK) {
+            r->result = rc;  /* for lk_req_error */
+            if (tls_handled(r, rc)) continue;
+        }
+        r->status = status;
+        if (rc == CURLE_OK && !r->on_line && h->guard.after_answer &&
+            h->guard.after_answer(h->guard.ctx, r)) {
+            unlink_req(r);
+            link_held(r);
+            continue;
+        }
         int fault = !r->too_big && endpoint_fault(rc, status);
         if (fault) lk_http_endpoint_failed(h, r->endpoint);
         else if (rc == CURLE_OK && !r->on_line) endpoint_ok(h, r->endpoint);
@@ -468,6 +656,7 @@ int lk_http_perform(lk_http *h)
         finish(r);
     }
     wake_resting(h);
+    release_held(h);
     start_queued(h);
     return running;
 }

@@ -13,6 +13,7 @@
 #include <curl/curl.h>
 
 #include "buf.h"
+#include "config.h"
 
 /* Ordinary requests in flight at once; more wait in a queue of our own.
  * Streams and urgent requests (lease renewals) never wait: they are not
@@ -55,13 +56,40 @@ struct lk_req {
     int64_t retry_at;        /* ms: resting until then before trying again */
     int tries;
     int endpoint;            /* index of the endpoint it went to */
+    int held;                /* waiting for the guard (a token) */
+    int auth_gen;            /* the token it was last sent with */
+    int auth_retries;        /* sent again after "invalid auth token" */
+    int tls12;               /* this attempt is capped at TLS 1.2 */
+    struct curl_slist *headers;  /* this attempt's (the token changes) */
+    const char *fail_code;   /* set: failed before etcd answered, for a */
+    char *fail_msg;          /* reason of ours ("tls", "auth") */
     CURLcode result;
     long status;
     char error[CURL_ERROR_SIZE];
     lk_req *prev, *next;     /* in-flight list */
 };
 
-lk_http *lk_http_new(char **endpoints, int n, long connect_timeout_ms);
+/* A guard sees every request before it is sent and every answer before
+ * its owner does (authentication: requests wait for a token, and go again
+ * when etcd says the token expired). Each returns 1 to hold the request:
+ * it waits until lk_http_release_held. */
+typedef struct lk_http_guard {
+    void *ctx;
+    int (*before_send)(void *ctx, lk_req *r);
+    int (*after_answer)(void *ctx, lk_req *r);
+} lk_http_guard;
+
+/* Endpoints, TLS and the connect timeout come from cfg, which must outlive
+ * the lk_http. */
+lk_http *lk_http_new(const lk_config *cfg, long connect_timeout_ms);
+void lk_http_set_guard(lk_http *h, const lk_http_guard *g);
+/* The token sent with every request from now on (NULL: none); copied. */
+int lk_http_set_token(lk_http *h, const char *token);
+/* Which token requests go out with now: it changes with each new one. */
+int lk_http_token_gen(const lk_http *h);
+/* The held requests go again (fail_code NULL), or all fail with that code
+ * and message, in the next lk_http_perform (never inside this call). */
+void lk_http_release_held(lk_http *h, const char *fail_code, const char *fail_msg);
 void lk_http_free(lk_http *h);       /* cancels whatever is in flight */
 CURLM *lk_http_multi(lk_http *h);
 

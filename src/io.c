@@ -48,6 +48,11 @@ void lk_emit_fail(lk_io *io, uint64_t id, const char *code,
 
 cJSON *lk_answer(lk_req *r, const char **code, char *msg, size_t msg_size)
 {
+    if (r->fail_code) {  /* tls, auth: http said why */
+        *code = r->fail_code;
+        snprintf(msg, msg_size, "%s", r->fail_msg ? r->fail_msg : r->fail_code);
+        return NULL;
+    }
     if (r->too_big) {
         *code = "protocol";
         snprintf(msg, msg_size, "etcd at %s sent an answer over %d MiB",
@@ -68,8 +73,10 @@ cJSON *lk_answer(lk_req *r, const char **code, char *msg, size_t msg_size)
     /* NotFound on a lease-carrying call is etcd saying the lease is gone. */
     *code = grpc == 5 && strstr(text, "lease") ? "lease_lost"
           : grpc == 14 || r->status == 503 ? "unavailable"
+          : lk_auth_refusal(grpc, text) ? "auth"
           : grpc >= 0 ? "etcd" : "protocol";
-    snprintf(msg, msg_size, "%s", text);
+    snprintf(msg, msg_size, "%s%s", text, grpc == 3 && !strcmp(*code, "auth")
+             ? " (etcd has authentication on: set user and password)" : "");
     return NULL;
 }
 

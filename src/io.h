@@ -8,6 +8,7 @@
 
 #include <cJSON.h>
 
+#include "auth.h"
 #include "backoff.h"
 #include "buf.h"
 #include "clock.h"
@@ -20,6 +21,7 @@
 typedef struct lk_io {
     lk_config cfg;
     lk_http *http;
+    lk_auth *auth;             /* NULL: no user, no token */
     lk_queue *events;          /* to the Lua thread (own mutex) */
     int event_fd;              /* written when events goes non-empty */
     lk_stats stats;            /* atomics: read by the Lua thread */

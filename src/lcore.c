@@ -62,8 +62,18 @@ static lk_engine *check_client(lua_State *L)
     return b->engine;
 }
 
-/* core.new(endpoints, prefix, ttl_s, timeout_ms, margin_ms)
- * -> client | nil, msg, code */
+/* The optional string field k of the table at index t (NULL: absent). */
+static char *opt_string(lua_State *L, int t, const char *k)
+{
+    lua_getfield(L, t, k);
+    const char *v = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
+    lua_pop(L, 1);  /* still referenced by the table */
+    return (char *)v;
+}
+
+/* core.new(endpoints, prefix, ttl_s, timeout_ms, margin_ms [, secure])
+ * -> client | nil, msg, code. secure: { cacert, cert, key, insecure,
+ * proxy_env, user, password } (checked by the facade). */
 static int l_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -86,6 +96,18 @@ static int l_new(lua_State *L)
         lua_pop(L, 1);  /* still referenced by the table */
     }
     cfg.n_endpoints = n;
+    if (lua_istable(L, 6)) {
+        cfg.cacert = opt_string(L, 6, "cacert");
+        cfg.cert = opt_string(L, 6, "cert");
+        cfg.key = opt_string(L, 6, "key");
+        cfg.user = opt_string(L, 6, "user");
+        cfg.password = opt_string(L, 6, "password");
+        lua_getfield(L, 6, "insecure");
+        cfg.insecure = lua_toboolean(L, -1);
+        lua_getfield(L, 6, "proxy_env");
+        cfg.proxy_env = lua_toboolean(L, -1);
+        lua_pop(L, 2);
+    }
     client_box *b = lua_newuserdata(L, sizeof *b);
     b->engine = NULL;  /* closed until made: __gc sees a consistent box */
     luaL_setmetatable(L, CLIENT_MT);
@@ -404,6 +426,8 @@ static int l_stats(lua_State *L)
     lua_setfield(L, -2, "stream_events");
     push_int64(L, s.stream_connects);
     lua_setfield(L, -2, "stream_connects");
+    push_int64(L, s.authentications);
+    lua_setfield(L, -2, "authentications");
     return 1;
 }
 

@@ -264,7 +264,9 @@ static int stream_error(lk_session *s, const char *line, size_t n, const lk_req 
     char text[LK_MSG_SIZE - 128];
     cJSON_Delete(lk_etcd_parse(line, n, r->status ? r->status : 500, text,
                                sizeof text, &grpc));
-    note_failure(s, grpc == 14 ? "unavailable" : grpc >= 0 ? "etcd" : "protocol",
+    if (lk_auth_token_refused(text)) lk_auth_rejected(s->io->auth, r->auth_gen);
+    note_failure(s, grpc == 14 ? "unavailable" : lk_auth_refusal(grpc, text) ? "auth"
+                    : grpc >= 0 ? "etcd" : "protocol",
                  "watch stream at %s: %s", lk_req_endpoint(r), text);
     s->stream_refused = 1;
     return -1;
@@ -290,9 +292,11 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
     }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "canceled"))) {
         const cJSON *why = cJSON_GetObjectItemCaseSensitive(res, "cancel_reason");
-        note_failure(s, "etcd", "etcd at %s canceled the watch: %.300s",
-                     lk_req_endpoint(r), cJSON_IsString(why) ? why->valuestring
-                                                            : "no reason given");
+        const char *reason = cJSON_IsString(why) ? why->valuestring : "no reason given";
+        /* an expired token: the next stream waits for a new one */
+        if (lk_auth_token_refused(reason)) lk_auth_rejected(s->io->auth, r->auth_gen);
+        note_failure(s, lk_auth_refusal(-1, reason) ? "auth" : "etcd",
+                     "etcd at %s canceled the watch: %.300s", lk_req_endpoint(r), reason);
         s->stream_refused = 1;
         cJSON_Delete(root);
         return -1;

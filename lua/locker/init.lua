@@ -496,12 +496,70 @@ Lock.__close = Lock.release
 -- ----------------------------------------------------------------- new --
 
 local new_opts = { endpoints = true, prefix = true, ttl = true, timeout = true,
-                   margin = true }
+                   margin = true, cacert = true, cert = true, key = true,
+                   insecure = true, proxy_env = true, user = true, password = true }
+
+-- TLS and authentication options, checked now: a file that cannot be read
+-- is named at once, not at the first request. Never echoes a password.
+local function secure_opts(opts, eps)
+    local s = {}
+    for _, k in ipairs { "cacert", "cert", "key" } do
+        local path = opts[k]
+        if path ~= nil then
+            if type(path) ~= "string" or path == "" or path:find("\0", 1, true) then
+                fail_opt("locker.new", k, "a file path", path)
+            end
+            local f, err = io.open(path, "rb")
+            if not f then error(("locker.new: option '%s': cannot read %s"):format(k, err), 3) end
+            f:close()
+            s[k] = path
+        end
+    end
+    if s.key and not s.cert then
+        error("locker.new: option 'key' needs 'cert' (the client certificate it goes with)", 3)
+    end
+    for _, k in ipairs { "insecure", "proxy_env" } do
+        if opts[k] ~= nil and type(opts[k]) ~= "boolean" then
+            fail_opt("locker.new", k, "true or false", opts[k])
+        end
+        s[k] = opts[k] or nil
+    end
+    local user, password = opts.user, opts.password
+    if user ~= nil and (type(user) ~= "string" or user == "" or user:find("\0", 1, true)) then
+        fail_opt("locker.new", "user", "a non-empty string", user)
+    end
+    if password ~= nil and (type(password) ~= "string" or password:find("\0", 1, true)) then
+        error("locker.new: option 'password' must be a string without NUL (got a "
+              .. type(password) .. ")", 3)
+    end
+    if password ~= nil and user == nil then
+        error("locker.new: option 'password' needs 'user'", 3)
+    end
+    if user ~= nil and password == nil then
+        error("locker.new: option 'user' needs 'password'", 3)
+    end
+    s.user, s.password = user, password
+    if s.insecure then
+        for _, url in ipairs(eps) do
+            if url:match("^https://") then
+                sched.on_error("locker.new: insecure = true: the certificates of etcd at "
+                               .. table.concat(eps, ", ") .. " are not verified; anyone "
+                               .. "between here and etcd can read and change what is sent")
+                break
+            end
+        end
+    end
+    return s
+end
 
 --- Makes a client. opts: endpoints (list of http(s) URLs), prefix
 -- ("/locker/"), ttl (seconds, 10), timeout (seconds per request, 5),
 -- margin (seconds: ownership ends this long before the lease could expire
 -- on the server; min(2, ttl/5) by default, at most ttl/2).
+-- A secured etcd: cacert (CA file that signed etcd's certificate), cert and
+-- key (client certificate, PEM), insecure (true: no verification, warns),
+-- proxy_env (true: honour http(s)_proxy), user and password (etcd's
+-- authentication).
 -- Misuse raises; no I/O happens until the first call.
 function _M.new(opts)
     if type(opts) ~= "table" then error("locker.new: expected an options table", 2) end
@@ -513,6 +571,12 @@ function _M.new(opts)
     local eps = {}
     for i = 1, #endpoints do
         local url = endpoints[i]
+        if type(url) == "string" and url:match("^https?://[^/%s]*@") then
+            -- the secret would show in every message naming the endpoint
+            error(("locker.new: endpoint %s carries a user name or password: "
+                   .. "give them as the options user and password instead")
+                  :format(url:gsub("//[^/]*@", "//<hidden>@")), 2)
+        end
         if type(url) ~= "string" or not url:match("^https?://[^/%s]+/?$") then
             fail_opt("locker.new", "endpoints", "URLs like http://host:port", url)
         end
@@ -540,14 +604,15 @@ function _M.new(opts)
     if type(margin) ~= "number" or not (margin >= 0 and margin <= ttl / 2) then
         fail_opt("locker.new", "margin", "a number of seconds from 0 to ttl/2", margin)
     end
+    local secure = secure_opts(opts, eps)
     -- whole milliseconds, at least one (0 would mean no limit to libcurl)
     local c, msg, code = core.new(eps, prefix, ttl, ceil(timeout * 1000),
-                                  floor(margin * 1000))
+                                  floor(margin * 1000), secure)
     if not c then return nil, msg, code end
     local self = setmetatable({
         _core = c, _pending = {}, _locks = {}, _watching = {}, _subs = {},
         prefix = prefix, ttl = ttl, timeout = timeout, endpoints = eps,
-        margin = margin,
+        margin = margin, user = secure.user,
     }, Client)
     sched.add_source(self)
     return self
