@@ -53,7 +53,7 @@ $(CORE): $(OBJS)
 
 # Debian packages the build and the tests need (idempotent; sudo when not root).
 DEPS_DEB = gcc make pkg-config curl procps iproute2 libcurl4-openssl-dev libcjson-dev \
-           lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client
+           lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client openssl
 ifeq ($(LUA_VERSION),jit)
 DEPS_DEB += luajit libluajit-5.1-dev
 else ifneq ($(LUA_VERSION),5.4)

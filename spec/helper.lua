@@ -287,16 +287,21 @@ local function tmp_base()
 end
 
 --- Starts an etcd; fails the calling test (raises) when it cannot.
-function helper.etcd()
+-- opts: tls (a directory of tools/tls-certs: https with client
+-- certificates), args (more etcd flags).
+function helper.etcd(opts)
+    opts = opts or {}
     local dir = sh("mktemp -d " .. tmp_base() .. "/locker-etcd.XXXXXX"):gsub("%s+$", "")
-    local self = setmetatable({ dir = dir }, Etcd)
+    local self = setmetatable({ dir = dir, tls = opts.tls, args = opts.args }, Etcd)
     self:start()
     return self
 end
 
 function Etcd:start(port)
-    local out, ok = sh(("tools/etcd-up %s %s"):format(quote(self.dir), port or ""))
-    local pid, url = out:match("(%d+) (http://%S+)")
+    local env = (self.tls and "ETCD_UP_TLS=" .. quote(self.tls) .. " " or "")
+             .. (self.args and "ETCD_UP_ARGS=" .. quote(self.args) .. " " or "")
+    local out, ok = sh(("%stools/etcd-up %s %s"):format(env, quote(self.dir), port or ""))
+    local pid, url = out:match("(%d+) (https?://%S+)")
     if not ok or not pid then error("cannot start etcd: " .. out, 2) end
     self.pid, self.endpoint = tonumber(pid), url
     self.port = url:match(":(%d+)$")
@@ -334,9 +339,14 @@ function Etcd:destroy()
     sh("rm -rf " .. quote(self.dir))
 end
 
---- Runs etcdctl against this etcd; returns its output and success.
+--- Runs etcdctl against this etcd (as self.ctl_user "NAME:PASSWORD" when
+-- set); returns its output and success.
 function Etcd:ctl(args)
-    return sh(("ETCDCTL_API=3 etcdctl --endpoints=%s %s"):format(self.endpoint, args))
+    local t = self.tls
+    local flags = t and ("--cacert %s/ca.crt --cert %s/client.crt --key %s/client.key ")
+        :format(t, t, t) or ""
+    if self.ctl_user then flags = flags .. "--user " .. quote(self.ctl_user) .. " " end
+    return sh(("ETCDCTL_API=3 etcdctl --endpoints=%s %s%s"):format(self.endpoint, flags, args))
 end
 
 --- The keys under prefix (a list of strings).

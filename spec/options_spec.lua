@@ -26,6 +26,25 @@ describe("locker.new()", function()
         assert.error_matches(function() locker.new{ endpoints = EP, prefix = "a\0b" } end, "option 'prefix'")
     end)
 
+    it("raises on bad TLS and authentication options, never echoing a password", function()
+        assert.error_matches(function() locker.new{ endpoints = EP, insecure = "yes" } end,
+            "option 'insecure' must be true or false")
+        assert.error_matches(function() locker.new{ endpoints = EP, cacert = 42 } end,
+            "option 'cacert' must be a file path")
+        assert.error_matches(function() locker.new{ endpoints = EP, user = "u" } end,
+            "option 'user' needs 'password'")
+        assert.error_matches(function() locker.new{ endpoints = EP, password = "s3cret" } end,
+            "option 'password' needs 'user'")
+        local ok, err = pcall(locker.new, { endpoints = EP, user = "", password = "s3cret" })
+        assert.is_false(ok)
+        assert.truthy(err:find("option 'user'", 1, true), err)
+        assert.is_nil(err:find("s3cret", 1, true))
+        ok, err = pcall(locker.new, { endpoints = { "https://u:s3cret@127.0.0.1:2379" } })
+        assert.is_false(ok)
+        assert.truthy(err:find("carries a user name or password", 1, true), err)
+        assert.is_nil(err:find("s3cret", 1, true))
+    end)
+
     it("raises when opts is not a table", function()
         assert.error_matches(function() locker.new("http://x") end, "expected an options table")
     end)

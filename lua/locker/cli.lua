@@ -25,6 +25,15 @@ options (also from the environment):
   --ttl SECONDS             LOCKER_TTL        (default 10)
   --timeout SECONDS         LOCKER_TIMEOUT    (default 5, per etcd request)
 
+a secured etcd (see README, "Connecting to a secured etcd"):
+  --cacert FILE             LOCKER_CACERT     CA that signed etcd's certificate
+  --cert FILE               LOCKER_CERT       client certificate (PEM)
+  --key FILE                LOCKER_KEY        its private key (PEM)
+  --insecure-skip-tls-verify                  do not verify etcd's certificate
+  --user NAME[:PASSWORD]    LOCKER_USER       etcd user; without :PASSWORD the
+                            LOCKER_PASSWORD   password comes from LOCKER_PASSWORD
+                                              or is asked on the terminal
+
 `locker COMMAND --help` tells more about each command.]],
     lock = [[
 usage: locker lock [--wait-timeout S] [--grace S] NAME [VALUE] -- CMD [ARGS...]
@@ -87,9 +96,11 @@ end
 
 -- Splits arguments into options (--name value, --flag) and words; "--"
 -- ends option parsing and the rest is kept as is.
-local FLAGS = { json = true, help = true }
+local FLAGS = { json = true, help = true, ["insecure-skip-tls-verify"] = true }
 local KNOWN_OPTIONS = { endpoints = true, prefix = true, ttl = true, timeout = true,
-                        json = true, grace = true, ["wait-timeout"] = true, help = true }
+                        json = true, grace = true, ["wait-timeout"] = true, help = true,
+                        cacert = true, cert = true, key = true, user = true,
+                        ["insecure-skip-tls-verify"] = true }
 local function parse(args)
     local opts, words, rest = {}, {}, nil
     local i = 1
@@ -130,15 +141,79 @@ local function number_opt(opts, key, env)
     return n
 end
 
-local function new_client(opts)
+-- Reads a password from the terminal without echoing it (nil: no
+-- terminal to ask on).
+local function ask_password(user)
+    local tty = io.open("/dev/tty", "r+")
+    if not tty then return nil end
+    tty:write("password for etcd user ", user, ": ")
+    tty:flush()
+    local quiet = os.execute("stty -echo < /dev/tty 2>/dev/null")
+    local line = tty:read("*l")
+    if quiet == true or quiet == 0 then os.execute("stty echo < /dev/tty 2>/dev/null") end
+    tty:write("\n")
+    tty:close()
+    return line
+end
+
+-- etcd's user and password: --user NAME[:PASSWORD], else the file's
+-- connect{}, else LOCKER_USER (same form); a password not given with the
+-- name comes from LOCKER_PASSWORD, else from the terminal.
+local function credentials(opts, file)
+    local spec = opts.user
+    if spec == true or spec == "" then error("--user needs NAME[:PASSWORD]", 0) end
+    local user, password
+    if spec then
+        user, password = spec:match("^([^:]*):(.*)$")
+        user = user or spec
+    elseif file.user then
+        user, password = file.user, file.password
+    else
+        spec = os.getenv("LOCKER_USER")
+        if not spec or spec == "" then return nil end
+        user, password = spec:match("^([^:]*):(.*)$")
+        user = user or spec
+    end
+    if user == "" then error("--user needs a NAME before the ':'", 0) end
+    password = password or os.getenv("LOCKER_PASSWORD") or ask_password(user)
+    if not password then
+        error(("no password for etcd user '%s': give --user NAME:PASSWORD, set "
+               .. "LOCKER_PASSWORD, or run from a terminal to be asked"):format(user), 0)
+    end
+    return user, password
+end
+
+-- The client: flags first, then the health file's connect{} (when there
+-- is one), then the environment, then the defaults.
+local function new_client(opts, file)
+    file = file or {}
     local eps = {}
-    local list = opts.endpoints or os.getenv("LOCKER_ENDPOINTS") or "http://127.0.0.1:2379"
-    for url in list:gmatch("[^,%s]+") do eps[#eps + 1] = url end
+    if file.endpoints and not opts.endpoints then
+        for i, url in ipairs(file.endpoints) do eps[i] = url end
+    else
+        local list = opts.endpoints or os.getenv("LOCKER_ENDPOINTS") or "http://127.0.0.1:2379"
+        for url in list:gmatch("[^,%s]+") do eps[#eps + 1] = url end
+    end
+    local function pick(flag, env)
+        local v = opts[flag]
+        if v == true then error("--" .. flag .. " needs a value", 0) end
+        if v == nil then v = file[flag] end
+        if v == nil then v = os.getenv(env) end
+        if v == "" then v = nil end
+        return v
+    end
+    local user, password = credentials(opts, file)
     local ok, client = pcall(locker.new, {
         endpoints = eps,
-        prefix = opts.prefix or os.getenv("LOCKER_PREFIX"),
-        ttl = number_opt(opts, "ttl", "LOCKER_TTL"),
-        timeout = number_opt(opts, "timeout", "LOCKER_TIMEOUT"),
+        prefix = opts.prefix or file.prefix or os.getenv("LOCKER_PREFIX"),
+        ttl = number_opt(opts, "ttl", "LOCKER_TTL") or file.ttl,
+        timeout = number_opt(opts, "timeout", "LOCKER_TIMEOUT") or file.timeout,
+        margin = file.margin,
+        cacert = pick("cacert", "LOCKER_CACERT"),
+        cert = pick("cert", "LOCKER_CERT"),
+        key = pick("key", "LOCKER_KEY"),
+        insecure = opts["insecure-skip-tls-verify"] or file.insecure or nil,
+        user = user, password = password,
     })
     if not ok then error((tostring(client):gsub("^locker%.new: ", "")), 0) end
     return client
@@ -168,6 +243,10 @@ end
 local function explain(msg, code)
     if code == "unavailable" then
         return msg .. " (is etcd running? see --endpoints / LOCKER_ENDPOINTS)"
+    elseif code == "tls" then
+        return msg .. " (see --cacert, --cert, --key)"
+    elseif code == "auth" then
+        return msg .. " (see --user)"
     end
     return msg
 end
@@ -404,14 +483,8 @@ function commands.lock(client, opts, words, rest)
     return status
 end
 
-function commands.health(client, opts, words)
-    if #words ~= 1 then return usage_error("health", "health takes one FILE") end
+function commands.health(client, opts, words, _, spec)
     local health = require "locker.health"
-    local spec, err = health.load(words[1])
-    if not spec then
-        say(err)
-        return 2
-    end
     local done = false
     on_signals(function() done = true end)
     local h = health.start(client, spec, {
@@ -443,12 +516,22 @@ function cli.main(args)
     for k in pairs(opts) do
         if not KNOWN_OPTIONS[k] then return usage_error(cmd, "unknown option --" .. k) end
     end
-    local ok, client = pcall(new_client, opts)
+    local spec  -- health: the file is read first, its connect{} makes the client
+    if cmd == "health" then
+        if #words ~= 1 then return usage_error("health", "health takes one FILE") end
+        local err
+        spec, err = require("locker.health").load(words[1])
+        if not spec then
+            say(err)
+            return 2
+        end
+    end
+    local ok, client = pcall(new_client, opts, spec and spec.connect)
     if not ok then
         say(tostring(client))
         return 2
     end
-    local ran, status = pcall(commands[cmd], client, opts, words, rest)
+    local ran, status = pcall(commands[cmd], client, opts, words, rest, spec)
     client:close()
     if not ran then
         local msg = tostring(status):gsub("^[^:]*%.lua:%d+: ", "")

@@ -13,6 +13,10 @@
 --         up = function(value) end, down = function() end,
 --         change = function(value) end,
 --     }
+--     connect {                          -- optional: how to reach etcd
+--         endpoints = { "https://10.0.0.9:2379" }, cacert = "/etc/etcd/ca.pem",
+--         user = "svc", password = os.getenv("SVC_ETCD_PASSWORD"),
+--     }
 --
 -- health.load(path) parses (errors name the file, line and field),
 -- health.start(client, spec, opts) runs it: a record is held (a background
@@ -34,6 +38,13 @@ local RECORD_FIELDS = {
     hold_down = { "number" }, hold_up = { "number" },
 }
 local WATCH_FIELDS = { up = { "function" }, down = { "function" }, change = { "function" } }
+-- connect { ... }: the options of locker.new (a secured etcd included)
+local CONNECT_FIELDS = {
+    endpoints = { "table", "string" }, prefix = { "string" }, ttl = { "number" },
+    timeout = { "number" }, margin = { "number" }, cacert = { "string" },
+    cert = { "string" }, key = { "string" }, insecure = { "boolean" },
+    user = { "string" }, password = { "string" },
+}
 
 -- A config mistake: "file:line: what" (raised with level 0: no position
 -- of ours, no traceback).
@@ -42,15 +53,16 @@ local function mistake(pos, fmt, ...)
 end
 
 local function check_fields(pos, what, name, t, fields)
+    local label = name and ("%s '%s'"):format(what, name) or what
     for k, v in pairs(t) do
         local allowed = fields[k]
         if type(k) ~= "string" or not allowed then
-            mistake(pos, "%s '%s': unknown field '%s'", what, name, tostring(k))
+            mistake(pos, "%s: unknown field '%s'", label, tostring(k))
         end
         local ok = false
         for _, ty in ipairs(allowed) do ok = ok or type(v) == ty end
         if not ok then
-            mistake(pos, "%s '%s': field '%s' must be %s (got %s)", what, name, k,
+            mistake(pos, "%s: field '%s' must be %s (got %s)", label, k,
                     concat(allowed, " or "), type(v))
         end
     end
@@ -164,6 +176,20 @@ function health.parse(source, chunkname)
         spec.records[name] = record_spec(pos, name, t)
         spec.order[#spec.order + 1] = name
     end)
+    env.connect = function(t)
+        local pos = where()
+        if type(t) ~= "table" then mistake(pos, "connect: expected a table of options { ... }") end
+        if spec.connect then mistake(pos, "connect is declared twice (first at %s)", spec.connect_pos) end
+        check_fields(pos, "connect", nil, t, CONNECT_FIELDS)
+        local c = {}
+        for k, v in pairs(t) do c[k] = v end
+        if type(c.endpoints) == "string" then
+            local list = {}
+            for url in c.endpoints:gmatch("[^,%s]+") do list[#list + 1] = url end
+            c.endpoints = list
+        end
+        spec.connect, spec.connect_pos = c, pos
+    end
     env.watch = declare("watch", WATCH_FIELDS, function(pos, name, t, fields)
         check_fields(pos, "watch", name, t, fields)
         local w = spec.watches[name] or { name = name, handlers = {} }
