@@ -44,6 +44,15 @@ describe("locks", function()
         local keys = etcd:keys(prefix .. "layout/")
         assert.equal(1, #keys)
         assert.matches("^" .. prefix:gsub("%p", "%%%0") .. "layout/%x+$", keys[1])
+        -- lock:key() is the key the engine wrote, named by the session lease
+        assert.equal(keys[1], lock:key())
+        assert.equal(prefix .. "layout/" .. c:lease(), lock:key())
+        -- a background lock learns its key when it is granted
+        local bg = c:lock("bg", "v", { keep = true, background = true })
+        helper.wait_until("the background lock is owned", function() return bg:owned() end)
+        helper.wait_until("its key is known", function() return bg:key() end)
+        assert.same(etcd:keys(prefix .. "bg/"), { bg:key() })
+        bg:release()
         lock:release()
         c:close()
     end)
@@ -177,7 +186,7 @@ describe("locks", function()
         local changes = {}
         local lock = assert(a:lock("keep", "a", {
             keep = true,
-            on_change = function(owned, l, msg, code)
+            on_change = function(owned, l, _, code)
                 changes[#changes + 1] = { owned, code }
                 assert.equal("keep", l.name)
             end,

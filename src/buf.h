@@ -4,6 +4,12 @@
 
 #include <stddef.h>
 
+/* A byte string that is not NUL-safe to assume: pointer and length. */
+typedef struct lk_bytes {
+    const char *p;
+    size_t n;
+} lk_bytes;
+
 typedef struct lk_buf {
     char *data;     /* always NUL-terminated when len > 0 or after any append */
     size_t len;

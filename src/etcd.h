@@ -22,12 +22,6 @@
 #define LK_PATH_PUT       "/v3/kv/put"
 #define LK_PATH_AUTH      "/v3/auth/authenticate"
 
-/* A byte string that is not NUL-safe to assume: pointer and length. */
-typedef struct lk_bytes {
-    const char *p;
-    size_t n;
-} lk_bytes;
-
 /* Smallest key greater than every key that starts with prefix (etcd's
  * "prefix end"); written to out. 0 or -1 (no memory, or all bytes 0xff). */
 int lk_etcd_prefix_end(lk_buf *out, lk_bytes prefix);

@@ -495,6 +495,8 @@ static void push_kvs(lua_State *L, const lk_event *ev)
         lua_createtable(L, 0, 4);
         lua_pushlstring(L, kv->key, kv->key_len);
         lua_setfield(L, -2, "key");
+        lua_pushlstring(L, kv->key + kv->name_off, kv->name_len);
+        lua_setfield(L, -2, "name");
         lua_pushlstring(L, kv->value, kv->value_len);
         lua_setfield(L, -2, "value");
         push_int64(L, kv->create_rev);
@@ -533,6 +535,10 @@ static void push_event(lua_State *L, const lk_event *ev)
     if (ev->has_value) {
         lua_pushlstring(L, ev->value ? ev->value : "", ev->value_len);
         lua_setfield(L, -2, "value");
+    }
+    if (ev->key) {
+        lua_pushlstring(L, ev->key, ev->key_len);
+        lua_setfield(L, -2, "key");
     }
     if (ev->kvs || ev->list) {
         push_kvs(L, ev);

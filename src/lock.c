@@ -12,11 +12,12 @@
  * flight is never abandoned, so a delete can never overtake it). */
 #include "lock.h"
 
-#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "keys.h"
 
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 2000
@@ -84,6 +85,17 @@ static int same(const lk_buf *b, const char *p, size_t n)
     return b->len == n && memcmp(b->data, p, n) == 0;
 }
 
+/* The lock's key goes with the news that it is owned (lock:key()); NULL
+ * when out of memory (the news goes without it). */
+static void attach_key(lk_event *ev, const lk_lock *l)
+{
+    if ((ev->key = malloc(l->key.len + 1))) {
+        memcpy(ev->key, l->key.data ? l->key.data : "", l->key.len);
+        ev->key[l->key.len] = '\0';
+        ev->key_len = l->key.len;
+    }
+}
+
 static void report_ok(lk_locks *ls, lk_lock *l)
 {
     if (l->reported) return;
@@ -93,6 +105,7 @@ static void report_ok(lk_locks *ls, lk_lock *l)
     if (!ev) return;
     ev->ok = 1;
     ev->token = l->my_rev;
+    attach_key(ev, l);
     lk_emit(ls->io, ev);
 }
 
@@ -125,6 +138,7 @@ static void publish(lk_locks *ls, lk_lock *l, const char *code, const char *why)
     if (ev) {
         ev->owned = until != 0;
         ev->token = l->my_rev;
+        if (until) attach_key(ev, l);
         if (!until && code) {
             char msg[LK_MSG_SIZE];
             snprintf(msg, sizeof msg, "lock '%.*s': %s", show_len(l),
@@ -412,8 +426,7 @@ static void start_acquire(lk_locks *ls, lk_lock *l)
     l->lease = ls->session->lease;
     lk_buf_reset(&l->key);
     lk_buf body = {0};
-    int failed = lk_buf_append(&l->key, l->dir.data, l->dir.len) ||
-                 lk_buf_printf(&l->key, "%" PRIx64, (uint64_t)l->lease) ||
+    int failed = lk_key_contender(&l->key, bytes(&l->dir), l->lease) ||
                  lk_etcd_try_body(&body, bytes(&l->key), bytes(&l->value),
                                   l->lease, bytes(&l->dir));
     send_txn(ls, l, failed, &body, LS_ACQUIRE, on_try);
@@ -583,9 +596,8 @@ static void lock_command(lk_locks *ls, lk_cmd *c)
     const lk_config *cfg = &ls->io->cfg;
     lk_lock *l = calloc(1, sizeof *l);
     if (!l || copy(&l->name, c->name, c->name_len) ||
-        copy(&l->dir, cfg->prefix, cfg->prefix_len) ||
-        lk_buf_append(&l->dir, c->name, c->name_len) ||
-        lk_buf_append(&l->dir, "/", 1) ||
+        lk_key_dir(&l->dir, (lk_bytes){cfg->prefix, cfg->prefix_len},
+                   (lk_bytes){c->name, c->name_len}) ||
         copy(&l->value, c->value, c->value_len)) {
         if (l) free_lock(l);
         lk_emit_fail(ls->io, c->id, "nomem", "out of memory");

@@ -36,6 +36,7 @@ void lk_event_free(lk_event *e)
 {
     if (!e) return;
     free(e->value);
+    free(e->key);
     free(e->msg);
     for (size_t i = 0; i < e->n_kvs; i++) {
         free(e->kvs[i].key);

@@ -47,6 +47,7 @@ typedef enum {
 typedef struct lk_event_kv {
     char *key;
     size_t key_len;
+    size_t name_off, name_len;   /* the lock name within key */
     char *value;
     size_t value_len;
     int64_t create_rev;
@@ -65,6 +66,9 @@ typedef struct lk_event {
     int64_t token;
     int64_t revision;
     int resync;          /* WATCH: state re-read after a gap (compaction) */
+    char *key;           /* a lock's etcd key: when granted (RESULT of a
+                            LOCK, OWNED with owned set) */
+    size_t key_len;
     char code[16];       /* stable lowercase word, "" when ok */
     char *msg;           /* for people; NULL when ok */
     int list;            /* a LIST result (kvs may be empty) */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "etcd.h"
+#include "keys.h"
 
 static void on_get(lk_req *r)
 {
@@ -45,9 +46,8 @@ static void get_command(lk_io *io, lk_cmd *c)
 {
     lk_buf dir = {0}, body = {0};
     lk_req *r = NULL;
-    if (lk_buf_append(&dir, io->cfg.prefix, io->cfg.prefix_len) ||
-        lk_buf_append(&dir, c->name, c->name_len) ||
-        lk_buf_append(&dir, "/", 1) ||
+    if (lk_key_dir(&dir, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len},
+                   (lk_bytes){c->name, c->name_len}) ||
         lk_etcd_owner_body(&body, (lk_bytes){dir.data, dir.len}) ||
         !(r = lk_send(io, LK_PATH_RANGE, on_get, io, &body, 0))) {
         lk_buf_free(&body);
@@ -101,7 +101,12 @@ static void on_list(lk_req *r)
             lk_emit_fail(io, r->id, "protocol", "status: malformed key-value in etcd's answer");
             return;
         }
+        lk_bytes name;  /* not a contender's key (the probe): not listed */
+        if (!lk_key_name((lk_bytes){kv.key.data, kv.key.len}, io->cfg.prefix_len, &name))
+            continue;
         lk_event_kv *o = &ev->kvs[ev->n_kvs++];
+        o->name_off = (size_t)(name.p - kv.key.data);
+        o->name_len = name.n;
         o->key = take_buf(&kv.key, &o->key_len);
         o->value = take_buf(&kv.value, &o->value_len);
         o->create_rev = kv.create_rev;

@@ -4,6 +4,8 @@
  * It publishes through hooks (session.h) and calls nothing above it. */
 #include "session.h"
 
+#include "keys.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +21,6 @@
  * show within ECHO_MS of etcd confirming the write. */
 #define QUIET_MS 5000
 #define ECHO_MS 2000
-#define PROBE_KEY "/probe"   /* after the prefix: no lock name is empty */
 
 static int64_t backoff(int failures)
 {
@@ -237,19 +238,17 @@ static void heard(lk_session *s)
     publish_stream(s);
 }
 
-/* Hands one stream event on, with the lock name its key belongs to
- * (keys are prefix NAME "/" ...; the probe key has no name). */
+/* Hands one stream event on, with the lock name its key belongs to (the
+ * probe key has none). */
 static void publish_change(lk_session *s, const cJSON *ev, const lk_kv *kv)
 {
-    size_t plen = s->io->cfg.prefix_len;
-    const char *name = kv->key.data + plen;
-    const char *slash = kv->key.len > plen
-                      ? memchr(name, '/', kv->key.len - plen) : NULL;
-    if (!slash || slash == name) return;
+    lk_bytes name;
+    if (!lk_key_name((lk_bytes){kv->key.data, kv->key.len}, s->io->cfg.prefix_len, &name))
+        return;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
     lk_change c = {
-        .name = name,
-        .name_len = (size_t)(slash - name),
+        .name = name.p,
+        .name_len = name.n,
         .deleted = cJSON_IsString(type) && strcmp(type->valuestring, "DELETE") == 0,
         .kv = kv,
     };
@@ -405,8 +404,7 @@ static void probe(lk_session *s)
     lk_io *io = s->io;
     lk_buf key = {0}, body = {0};
     s->next_probe_at = lk_now_ms() + QUIET_MS;  /* if this comes to nothing */
-    if (lk_buf_append(&key, io->cfg.prefix, io->cfg.prefix_len) ||
-        lk_buf_puts(&key, PROBE_KEY) ||
+    if (lk_key_probe(&key, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len}) ||
         lk_etcd_put_body(&body, (lk_bytes){key.data, key.len}, (lk_bytes){"", 0}) ||
         !(s->probe = lk_send_urgent(io, LK_PATH_PUT, on_probe, s, &body, 0)))
         lk_buf_free(&body);

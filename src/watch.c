@@ -5,6 +5,8 @@
  * the owner, the owner's key going. Waiter churn changes nothing visible. */
 #include "watch.h"
 
+#include "keys.h"
+
 #include <stdio.h>
 
 #include <stdlib.h>
@@ -291,10 +293,11 @@ static void on_batch(lk_req *r)
     lk_kv kv = {0};
     size_t plen = ws->io->cfg.prefix_len;
     cJSON_ArrayForEach(item, kvs) {
-        if (lk_etcd_kv(item, &kv) || kv.key.len <= plen) continue;
-        const char *name = kv.key.data + plen;
-        const char *slash = memchr(name, '/', kv.key.len - plen);
-        lk_watch *w = slash ? lk_map_get(&ws->by_name, name, (size_t)(slash - name)) : NULL;
+        lk_bytes name;
+        if (lk_etcd_kv(item, &kv) ||
+            !lk_key_name((lk_bytes){kv.key.data, kv.key.len}, plen, &name))
+            continue;
+        lk_watch *w = lk_map_get(&ws->by_name, name.p, name.n);
         if (w && w->batched) apply(w, 0, &kv);
     }
     lk_etcd_kv_free(&kv);
@@ -386,9 +389,8 @@ static void watch_command(lk_watches *ws, lk_cmd *c)
     w = calloc(1, sizeof *w);
     if (w) w->ws = ws;
     if (!w || lk_buf_append(&w->name, c->name, c->name_len) ||
-        lk_buf_append(&w->dir, ws->io->cfg.prefix, ws->io->cfg.prefix_len) ||
-        lk_buf_append(&w->dir, c->name, c->name_len) ||
-        lk_buf_append(&w->dir, "/", 1) ||
+        lk_key_dir(&w->dir, (lk_bytes){ws->io->cfg.prefix, ws->io->cfg.prefix_len},
+                   (lk_bytes){c->name, c->name_len}) ||
         lk_map_put(&ws->by_name, c->name, c->name_len, w)) {
         if (w) free_watch(w);
         lk_emit_fail(ws->io, c->id, "nomem", "watch: out of memory");

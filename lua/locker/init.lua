@@ -85,7 +85,7 @@ local CLOSED = { ok = false, code = "closed", msg = "client is closed" }
 -- it is referenced from here. Otherwise a client used only inside a
 -- suspended coroutine would be garbage (the coroutine is referenced only
 -- by the client's pending calls) and collected, closing it mid-wait.
-local busy = {}
+local busy = {}  -- luacheck: ignore 241 (held only to be referenced)
 
 local function retain(self)
     busy[self] = true
@@ -263,6 +263,7 @@ function Client:dispatch()
             if sub then deliver(sub, ev) end
         else
             local lock = self._locks[ev.id]
+            if lock and ev.key then lock._key = ev.key end
             if lock and lock._on_change then
                 sched.call_in_order(lock, lock._on_change, ev.owned, lock, ev.msg, ev.code)
             end
@@ -318,7 +319,10 @@ function Client:lock(name, value, opts)
     retain(self)
     if opts.background then return lock end
     local ev = await(self, id)
-    if ev.ok then return lock end
+    if ev.ok then
+        lock._key = ev.key
+        return lock
+    end
     self._locks[id] = nil
     lock._released = true
     settle(self)
@@ -355,20 +359,16 @@ function Client:status()
     local ev = await(self, self._core:list())
     if not ev.ok then return nil, ev.msg, ev.code end
     local by_name, list = {}, {}
-    local plen = #self.prefix
-    for _, kv in ipairs(ev.kvs) do
-        local name = kv.key:sub(plen + 1):match("^([^/]+)/")
-        if name then
-            local e = by_name[name]
-            if not e then
-                e = { name = name, contenders = 0 }
-                by_name[name] = e
-                list[#list + 1] = e
-            end
-            e.contenders = e.contenders + 1
-            if not e.token or kv.create_revision < e.token then
-                e.token, e.value, e.lease = kv.create_revision, kv.value, kv.lease
-            end
+    for _, kv in ipairs(ev.kvs) do  -- contender keys only; kv.name from the engine
+        local e = by_name[kv.name]
+        if not e then
+            e = { name = kv.name, contenders = 0 }
+            by_name[kv.name] = e
+            list[#list + 1] = e
+        end
+        e.contenders = e.contenders + 1
+        if not e.token or kv.create_revision < e.token then
+            e.token, e.value, e.lease = kv.create_revision, kv.value, kv.lease
         end
     end
     for _, e in ipairs(list) do
@@ -484,11 +484,10 @@ function Lock:release()
     return answer(ev)
 end
 
---- The lock's etcd key (prefix NAME "/" hex(lease)), or nil when the
--- client has no session lease.
+--- The etcd key the engine wrote for this lock when it was last granted
+-- (prefix NAME "/" hex(lease)), or nil before it was first owned.
 function Lock:key()
-    local lease = self.client:lease()
-    return lease and (self.client.prefix .. self.name .. "/" .. lease)
+    return self._key
 end
 
 Lock.__close = Lock.release
