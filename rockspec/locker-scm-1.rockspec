@@ -1,7 +1,11 @@
--- Build from a checkout: luarocks make rockspec/locker-scm-1.rockspec
+-- Build and install from a checkout:
+--     luarocks make --lua-version 5.4 rockspec/locker-scm-1.rockspec
+-- (Debian's luarocks builds for Lua 5.1 unless told; --lua-version 5.1 for
+-- LuaJIT and OpenResty.) `luarocks make` builds the checkout it runs in; the
+-- source URL is where `luarocks install` would fetch the project.
 package = "locker"
 version = "scm-1"
-source = { url = "git+file:///dev/null" }  -- build from a local checkout
+source = { url = "git+https://github.com/locker-lua/locker.git" }
 description = {
     summary = "Distributed locks and health records on etcd, with a C engine thread",
     detailed = [[
@@ -11,7 +15,7 @@ lock / get / set with fencing tokens, interoperable with etcdctl lock.
 ]],
     license = "MIT",
 }
-dependencies = { "lua >= 5.1" }
+dependencies = { "lua >= 5.1", "lua-cjson" }  -- lua-cjson: `locker status --json`
 external_dependencies = {
     CURL = { library = "curl" },
     CJSON = { header = "cjson/cJSON.h" },
@@ -21,10 +25,10 @@ build = {
     modules = {
         ["locker.core"] = {
             sources = {
-                "src/b64.c", "src/buf.c", "src/engine.c", "src/etcd.c",
-                "src/http.c", "src/lcore.c", "src/lock.c", "src/map.c",
-                "src/msg.c", "src/session.c", "src/cache.c", "src/watch.c",
-                "src/proc.c",
+                "src/auth.c", "src/b64.c", "src/backoff.c", "src/buf.c", "src/cache.c",
+                "src/engine.c", "src/etcd.c", "src/http.c", "src/io.c", "src/keys.c",
+                "src/lcore.c", "src/lock.c", "src/map.c", "src/msg.c", "src/proc.c",
+                "src/query.c", "src/session.c", "src/tls.c", "src/watch.c",
             },
             defines = { "_GNU_SOURCE" },
             incdirs = { "$(CJSON_INCDIR)/cjson", "$(CURL_INCDIR)" },

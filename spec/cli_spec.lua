@@ -29,13 +29,14 @@ describe("the locker command", function()
 
     it("refuses unknown commands and options with exit 2", function()
         local out, ok, code = cli("frobnicate")
+        local _
         assert.is_false(ok)
         assert.equal(2, code)
         assert.matches("unknown command 'frobnicate'", out)
-        out, ok, code = cli("get --colour x")
+        out, _, code = cli("get --colour x")
         assert.equal(2, code)
         assert.matches("unknown option %-%-colour", out)
-        out, ok, code = cli("get a/b")
+        out, _, code = cli("get a/b")
         assert.equal(2, code)
         assert.matches("contains '/'", out)
         assert.not_matches("traceback", out)
@@ -75,7 +76,8 @@ describe("the locker command", function()
     end)
 
     it("kills a command that ignores SIGTERM after the grace period", function()
-        local pid, out = helper.spawn(("LOCKER_ENDPOINTS=%s LOCKER_PREFIX=%s exec %s bin/locker lock --grace 0.3 job3 -- "
+        local pid, out = helper.spawn(
+            ("LOCKER_ENDPOINTS=%s LOCKER_PREFIX=%s exec %s bin/locker lock --grace 0.3 job3 -- "
             .. "sh -c 'trap \"\" TERM; echo running; while :; do sleep 0.05; done'")
             :format(etcd.endpoint, prefix, helper.lua), true)
         helper.wait_until("the command to run", function() return helper.read(out):match("running") end)
@@ -137,6 +139,7 @@ describe("the locker command", function()
 
     it("refuses a grace period longer than ttl/3 with exit 2", function()
         local out, ok, code = cli("--ttl 3 lock --grace 1.5 job -- true")
+        local _
         assert.is_false(ok)
         assert.equal(2, code)
         assert.matches("%-%-grace 1%.5 is over the limit of ttl/3 = 1 s %(ttl 3 s%)", out)
@@ -199,10 +202,11 @@ describe("the locker command", function()
 
     it("gets a value, exits 1 when nobody holds the name", function()
         local c = etcd:client({ prefix = prefix })
-        local out, ok, code = cli("get www")
+        local out, _, code = cli("get www")
         assert.equal(1, code)
         assert.equal("", out)
         local l = assert(c:lock("www", "10.1.1.1"))
+        local ok
         out, ok = cli("get www")
         assert(ok)
         assert.equal("10.1.1.1\n", out)
@@ -286,7 +290,8 @@ end)
 describe("make demo", function()
     it("shows the cascade and the recovery in order", function()
         local preload = os.getenv("LD_PRELOAD")  -- only for the demo's Lua processes
-        local out, ok = helper.sh(("LUA_PATH=%q LUA_CPATH=%q sh tools/with-etcd env %s %s examples/mesh_health/demo.lua")
+        local out, ok = helper.sh(
+            ("LUA_PATH=%q LUA_CPATH=%q sh tools/with-etcd env %s %s examples/mesh_health/demo.lua")
             :format(os.getenv("LUA_PATH"), os.getenv("LUA_CPATH"),
                     preload and ("LD_PRELOAD=%q"):format(preload) or "", helper.lua))
         assert(ok, out)

@@ -390,7 +390,8 @@ local function fault_test(spec)
     print(("  B's change made at %s (%s tries%s); A's watch saw it at %s")
         :format(fmt_s(st.set_at), tostring(st.set_tries),
                 st.set_error and (", last error " .. st.set_error) or "", fmt_s(st.watch_at)))
-    print(("  owned() samples %d (max gap %.2f s): not owned plain %s, keep %s, first at %s; min valid_for %s; session %s")
+    print(("  owned() samples %d (max gap %.2f s): not owned plain %s, keep %s, first at %s; "
+           .. "min valid_for %s; session %s")
         :format(st.samples, st.max_gap, tostring(st.not_owned.plain), tostring(st.not_owned.keep),
                 fmt_s(st.first_not_owned), fmt_s(st.min_valid), tostring(st.state)))
     print(("  engine: %s requests, %s keepalives, %s stream connects during the test")

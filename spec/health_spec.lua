@@ -26,7 +26,7 @@ describe("health records", function()
         local spec = assert(health.parse(src, "=test"))
         local c = client()
         local log = {}
-        local h = health.start(c, spec, { log = function(line, ev) log[#log + 1] = ev end })
+        local h = health.start(c, spec, { log = function(_, ev) log[#log + 1] = ev end })
         running[#running + 1] = { h = h, client = c }
         return h, log
     end

@@ -137,13 +137,14 @@ describe("TLS with client certificates", function()
     end)
 
     it("the CLI connects with --cacert --cert --key, or the environment", function()
-        local out, ok, code = helper.locker(etcd, ("--prefix /tls/ --cacert %s --cert %s --key %s get nobody")
+        local out, _, code = helper.locker(etcd, ("--prefix /tls/ --cacert %s --cert %s --key %s get nobody")
             :format(cert "ca.crt", cert "client.crt", cert "client.key"))
         assert.equal(1, code, out)  -- nobody holds it: asked, and answered
-        out, ok, code = helper.locker(etcd, "--prefix /tls/ get nobody",
+        out, _, code = helper.locker(etcd, "--prefix /tls/ get nobody",
             ("LOCKER_CACERT=%s LOCKER_CERT=%s LOCKER_KEY=%s")
                 :format(cert "ca.crt", cert "client.crt", cert "client.key"))
         assert.equal(1, code, out)
+        local ok
         out, ok, code = helper.locker(etcd, ("--prefix /tls/ --cacert %s get nobody"):format(cert "ca.crt"))
         keep(out)
         assert.is_false(ok)
@@ -227,10 +228,11 @@ describe("etcd authentication", function()
 
     it("a prefix outside the role's permission gives 'auth', never a hang", function()
         local c = client { prefix = "/elsewhere/", timeout = 3 }
-        local took, v, msg, code = timed(function() return c:get("x") end)
+        local _, v, msg, code = timed(function() return c:get("x") end)
         assert.is_nil(v)
         assert.equal("auth", code)
         assert.truthy(msg:find("permission denied", 1, true), msg)
+        local took
         took, v, msg, code = timed(function() return c:lock("x", "v", { timeout = 4 }) end)
         assert.is_nil(v)
         assert.equal("auth", code, msg)

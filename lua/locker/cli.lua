@@ -255,7 +255,7 @@ end
 
 local commands = {}
 
-function commands.get(client, opts, words)
+function commands.get(client, _opts, words)
     if #words ~= 1 then return usage_error("get", "get takes exactly one NAME") end
     local value, msg, code = client:get(words[1])
     if value then
@@ -273,7 +273,7 @@ local function stamp()
     return require("locker.health").stamp()
 end
 
-function commands.watch(client, opts, words)
+function commands.watch(client, _opts, words)
     if #words ~= 1 then return usage_error("watch", "watch takes exactly one NAME") end
     local name = words[1]
     local done = false
@@ -330,7 +330,7 @@ function commands.status(client, opts, words)
     return 0
 end
 
-function commands.hold(client, opts, words)
+function commands.hold(client, _opts, words)
     if #words ~= 2 then return usage_error("hold", "hold takes NAME and VALUE") end
     local name, value = words[1], words[2]
     local done = false
@@ -483,7 +483,7 @@ function commands.lock(client, opts, words, rest)
     return status
 end
 
-function commands.health(client, opts, words, _, spec)
+function commands.health(client, _opts, _words, _, spec)
     local health = require "locker.health"
     local done = false
     on_signals(function() done = true end)

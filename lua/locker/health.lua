@@ -26,7 +26,7 @@ local locker = require "locker"
 local sched = require "locker.sched"
 
 local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
-local concat, sort = table.concat, table.sort
+local concat = table.concat
 
 local health = {}
 
