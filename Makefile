@@ -15,12 +15,14 @@ else
 LUA_PC     ?= lua$(LUA_VERSION)
 LUA_ABI    := $(LUA_VERSION)
 endif
-LUA_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
-DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags libcurl libcjson 2>/dev/null)
-DEP_LIBS   := $(shell $(PKG_CONFIG) --libs libcurl libcjson 2>/dev/null || echo -lcurl -lcjson)
+# Read once, when first used: after `make deps` installed what pkg-config
+# reads (so `make deps all` works on a fresh machine).
+LUA_CFLAGS ?= $(eval LUA_CFLAGS := $$(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null))$(LUA_CFLAGS)
+DEP_CFLAGS  = $(eval DEP_CFLAGS := $$(shell $(PKG_CONFIG) --cflags libcurl libcjson 2>/dev/null))$(DEP_CFLAGS)
+DEP_LIBS    = $(eval DEP_LIBS := $$(shell $(PKG_CONFIG) --libs libcurl libcjson 2>/dev/null || echo -lcurl -lcjson))$(DEP_LIBS)
 
 WARN       = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
-             -Wno-unused-function
+             -Wno-unused-function $(if $(WERROR),-Werror)
 OPT       ?= -O2 -g
 CFLAGS    ?= $(OPT)
 ALL_CFLAGS = -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(LUA_CFLAGS) \
@@ -36,7 +38,7 @@ CORE     = $(BUILD)/locker/core.so
 LMOD_DIR ?= $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)
 CMOD_DIR ?= $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)
 
-.PHONY: all help deps test sanitize bench chaos fuzz tsan demo install lint clean
+.PHONY: all help deps test sanitize bench chaos fuzz tsan demo install uninstall lint clean
 
 all: $(CORE) ## build locker/core.so for LUA_VERSION (5.4 by default)
 
@@ -56,16 +58,21 @@ DEPS_DEB = gcc make pkg-config curl procps iproute2 libcurl4-openssl-dev libcjso
            lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client openssl
 ifeq ($(LUA_VERSION),jit)
 DEPS_DEB += luajit libluajit-5.1-dev
+else ifeq ($(LUA_VERSION),5.1)
+DEPS_DEB += lua5.1 liblua5.1-0-dev
 else ifneq ($(LUA_VERSION),5.4)
 DEPS_DEB += lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev
 endif
 deps: ## install the Debian packages needed to build and test
 	@sh tools/install-deps $(DEPS_DEB)
 
-lint: ## the thread boundary (only the binding includes lua.h) and the engine's layers
+lint: ## the thread boundary, the engine's layers, the rockspec's file list, luacheck
 	@n=$$(grep -l -E '#include *[<"](lua|lauxlib|lualib|compat)\.h' src/*.c | wc -l); \
 	 test "$$n" -eq 1 || { echo "lint: $$n C files include lua.h"; exit 1; }
 	@sh tools/lint-layers
+	@for f in src/*.c lua/locker/*.lua; do grep -q "\"$$f\"" rockspec/*.rockspec || \
+	   { echo "lint: $$f is not in the rockspec"; exit 1; }; done
+	@sh tools/install-deps lua-check && luacheck -qq --no-color . >/dev/null || luacheck --no-color -q .
 
 # libFuzzer needs clang and its runtime; make test fuzzes briefly, make fuzz long
 FUZZ_DEB          = clang libclang-rt-14-dev
@@ -73,14 +80,15 @@ FUZZ_SECONDS      ?= 300
 FUZZ_TEST_SECONDS ?= 10
 
 test: deps ## build, fuzz briefly, and run the specs against a throwaway etcd
-	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw
+	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw $(BUILD)/codec_probe.so
 	@sh tools/install-deps $(FUZZ_DEB) && sh fuzz/run $(FUZZ_TEST_SECONDS)
 	@LOCKER_BUILD=$(BUILD) LUA="$(LUA)" sh tools/run-specs
 
 sanitize: deps ## the specs with the core built under ASan + UBSan
 	@$(MAKE) --no-print-directory BUILD=build/sanitize \
 	   OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	   LDFLAGS="-fsanitize=address,undefined" all build/sanitize/faultproxy build/sanitize/badgw
+	   LDFLAGS="-fsanitize=address,undefined" all build/sanitize/faultproxy build/sanitize/badgw \
+	   build/sanitize/codec_probe.so
 	@LOCKER_BUILD=build/sanitize LUA="$(LUA)" LOCKER_SANITIZE=1 sh tools/run-specs
 
 LUA_ENV = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;"
@@ -97,6 +105,11 @@ $(BUILD)/floor: bench/floor.c
 $(BUILD)/faultproxy: tools/faultproxy.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c99 -O2 -Wall -Wextra -o $@ tools/faultproxy.c
+
+# The codec specs' test-only binding of the pure codecs (never installed).
+CODEC_OBJS = $(addprefix $(BUILD)/,b64.o buf.o etcd.o keys.o tls.o)
+$(BUILD)/codec_probe.so: spec/codec_probe.c $(CODEC_OBJS) $(wildcard src/*.h)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ spec/codec_probe.c $(CODEC_OBJS) $(DEP_LIBS)
 
 # The gateway specs' misbehaving etcd gateway (a test tool, not sanitized).
 $(BUILD)/badgw: tools/badgw.c
@@ -125,6 +138,11 @@ install: all ## install the modules (PREFIX, DESTDIR)
 	install -d $(DESTDIR)$(PREFIX)/bin
 	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/locker > $(DESTDIR)$(PREFIX)/bin/locker
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/locker
+
+uninstall: ## remove what install put there (PREFIX, DESTDIR)
+	rm -f $(addprefix $(LMOD_DIR)/locker/,$(notdir $(wildcard lua/locker/*.lua)))
+	rm -f $(CMOD_DIR)/locker/core.so $(DESTDIR)$(PREFIX)/bin/locker
+	-rmdir $(LMOD_DIR)/locker $(CMOD_DIR)/locker 2>/dev/null
 
 clean: ## remove build output
 	rm -rf build
