@@ -242,6 +242,32 @@ describe("client:watch()", function()
         c:close(); a:close()
     end)
 
+    it("lets a callback make waiting calls, on every Lua (plain 5.1's pcall cannot yield)", function()
+        local c, a = client(), client()
+        local errors, done = {}, {}
+        locker.on_error(function(msg) errors[#errors + 1] = msg end)
+        local mine = assert(c:lock("mine", "up"))
+        c:watch("dep", function(v)
+            if v == nil and done.seen then
+                -- a dependency went away: drop our own record (waits for etcd)
+                done.released = mine:release()
+                done.value = c:get("mine")  -- another wait, after the first
+                done.finished = true
+            end
+            done.seen = done.seen or v ~= nil
+        end)
+        local l = assert(a:lock("dep", "x"))
+        helper.wait_until("the watch saw dep", function() return done.seen end)
+        l:release()
+        helper.wait_until("the callback finished its waits", function() return done.finished end)
+        locker.on_error(function(msg) io.stderr:write(msg, "\n") end)
+        assert.same({}, errors)
+        assert.is_true(done.released)
+        assert.is_nil(done.value)
+        assert.same({}, etcd:keys(prefix .. "mine/"))
+        c:close(); a:close()
+    end)
+
     it("ends next() with 'canceled' and 'closed'", function()
         local c = client()
         local w = c:watch("end")

@@ -36,11 +36,15 @@ typedef struct lk_cache {
 int lk_cache_init(lk_cache *c);
 void lk_cache_destroy(lk_cache *c);
 
-/* Engine thread. set takes its own reference to value (NULL: gone). */
-void lk_cache_watch(lk_cache *c, const char *name, size_t len);  /* PENDING */
+/* Lua thread, when a watch starts (the name is PENDING at once, so
+ * cached() never says "not watched" for a name being watched) and ends. */
+void lk_cache_watch(lk_cache *c, const char *name, size_t len);
+void lk_cache_forget(lk_cache *c, const char *name, size_t len);
+
+/* Engine thread: the owner's value changed. Takes its own reference to
+ * value (NULL: nobody holds it). */
 void lk_cache_set(lk_cache *c, const char *name, size_t len, lk_blob *value,
                   int64_t token, int64_t revision);
-void lk_cache_forget(lk_cache *c, const char *name, size_t len);
 
 /* Lua thread. On HELD, *value holds a reference the caller drops. */
 lk_cache_state lk_cache_get(lk_cache *c, const char *name, size_t len,

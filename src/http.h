@@ -45,7 +45,8 @@ struct lk_req {
     lk_req_done_fn on_done;
     lk_req_line_fn on_line;  /* non-NULL: a stream */
     void *owner;             /* whoever waits for it */
-    uint64_t id;             /* the Lua request it answers, if any */
+    uint64_t id;             /* the command whose answer this request
+                                brings (lk_cmd id), 0 for the engine's own */
     int urgent;              /* never queued (lease renewals) */
     int queued;              /* waiting for a free slot, not yet sent */
     int64_t queued_at;       /* ms: when it started waiting */

@@ -242,7 +242,7 @@ local stamp = health.stamp
 function Health:_log(ev, fmt, ...)
     ev.time = os.time()
     local line = stamp() .. " " .. fmt:format(...)
-    local ok, err = pcall(self.log, line, ev)
+    local ok, err = sched.pcall(self.log, line, ev)
     if not ok then sched.on_error("health log hook: " .. tostring(err)) end
 end
 
@@ -258,7 +258,7 @@ end
 local function current_value(self, st)
     local v = st.value
     if type(v) == "function" then
-        local ok, got = pcall(v)
+        local ok, got = sched.pcall(v)
         if not ok or type(got) ~= "string" then
             self:_log({ kind = "record", name = st.name, state = "error" },
                 "record %s: value function failed: %s", st.name, tostring(got))
@@ -374,7 +374,7 @@ end
 local function run_checks(self, st)
     local r = st.spec
     while not self.stopped do
-        local ok, result, value = pcall(r.check)
+        local ok, result, value = sched.pcall(r.check)
         local passed = ok and result and true or false
         local why = not ok and tostring(result) or (not result and tostring(value or "check returned false"))
         if passed ~= st.check_ok then

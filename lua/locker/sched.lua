@@ -17,6 +17,7 @@ local timers = {}                                   -- { at = t, co = co }
 local mine = setmetatable({}, { __mode = "k" })     -- coroutines we run
 local sources = setmetatable({}, { __mode = "k" })  -- clients with an fd
 local live = 0                                      -- spawned, not finished
+local runs_for = setmetatable({}, { __mode = "k" }) -- sched.pcall's coroutine -> ours
 
 --- Where errors of callbacks and spawned coroutines go. Replace it to log
 -- elsewhere; it receives one string (message and traceback).
@@ -27,9 +28,40 @@ end
 --- The running coroutine if this scheduler runs it, else nil.
 function sched.current()
     local co = coroutine.running()
+    while co and runs_for[co] do co = runs_for[co] end  -- inside sched.pcall
     if co and mine[co] then return co end
     return nil
 end
+
+-- Lua 5.2+ and LuaJIT yield across pcall; plain Lua 5.1 does not.
+local pcall_yields = rawget(_G, "jit") ~= nil or _VERSION ~= "Lua 5.1"
+
+-- sched.pcall on plain Lua 5.1: fn's coroutine ended (an answer, or an
+-- error), or waits: its yield goes up to the scheduler, and the values the
+-- scheduler resumes with go back down.
+local function settle_call(tb, co, ok, ...)
+    if not ok then return false, tb and traceback(co, (...)) or (...) end
+    if coroutine.status(co) == "dead" then return true, ... end
+    return settle_call(tb, co, coroutine.resume(co, coroutine.yield(...)))
+end
+
+local function protected(tb, fn, ...)
+    if pcall_yields then
+        if not tb then return pcall(fn, ...) end
+        local args, n = { ... }, select("#", ...)
+        return xpcall(function() return fn(unpack(args, 1, n)) end, traceback)
+    end
+    local co = coroutine.create(fn)
+    runs_for[co] = coroutine.running()
+    return settle_call(tb, co, coroutine.resume(co, ...))
+end
+
+--- pcall(fn, ...) through which a waiting call inside fn may yield, on
+-- every Lua (plain 5.1 runs fn in a coroutine of its own and passes its
+-- yields up).
+function sched.pcall(fn, ...) return protected(false, fn, ...) end
+--- The same, an error's message with a traceback.
+function sched.tpcall(fn, ...) return protected(true, fn, ...) end
 
 --- Starts fn(...) as a coroutine run by the scheduler; returns it.
 function sched.spawn(fn, ...)
@@ -51,7 +83,6 @@ end
 --- Calls fn(...) as part of one coroutine per box, in the order of the
 -- calls: a box's callbacks never overlap or overtake each other, even when
 -- one of them waits. An error in fn is reported and the next call goes on.
--- (On plain Lua 5.1 a callback cannot wait: its pcall cannot yield.)
 function sched.call_in_order(box, fn, ...)
     local q = box._calls
     if not q then
@@ -67,7 +98,7 @@ function sched.call_in_order(box, fn, ...)
             local c = q[q.first]
             q[q.first] = nil
             q.first = q.first + 1
-            local ok, err = xpcall(function() return c[1](unpack(c, 3, 2 + c[2])) end, traceback)
+            local ok, err = sched.tpcall(c[1], unpack(c, 3, 2 + c[2]))
             if not ok then sched.on_error(err) end
         end
         q.running = false
