@@ -6,6 +6,7 @@ record "b" {
 }
 
 watch "c" {
-    down = function() print("b: c went away, b stops advertising itself") end,
+    -- down also comes first when c was not up to begin with
+    down = function() print("b: c is down, b does not advertise itself") end,
     up = function(addr) print("b: c is at " .. addr) end,
 }

@@ -9,8 +9,16 @@ local core = require "locker.core"
 local lua = arg[-1] or "lua5.4"
 local here = (arg[0]:match("^(.*)/[^/]*$") or ".")
 local ttl = os.getenv("LOCKER_TTL") or "2"
-local logdir = os.getenv("DEMO_LOGS") or os.tmpname() .. ".d"
-os.execute("mkdir -p " .. logdir)
+-- the services' logs: DEMO_LOGS keeps them, else a directory removed at the end
+local keep_logs = os.getenv("DEMO_LOGS")
+local logdir = keep_logs
+if keep_logs then
+    os.execute("mkdir -p '" .. keep_logs .. "'")
+else
+    local p = io.popen("mktemp -d \"${TMPDIR:-/tmp}/locker-demo.XXXXXX\"")
+    logdir = p:read("*l")
+    p:close()
+end
 
 local t0 = core.now()
 local function line(fmt, ...)
@@ -94,7 +102,6 @@ client:close()
 print(("\ncascade: c killed -> a's record gone in %.2f s (TTL %s s + %.0f ms)")
     :format(cascade, ttl, (cascade - tonumber(ttl)) * 1000))
 print(("recovery: c started -> a's record back in %.2f s"):format(recovery))
-print("service logs: " .. logdir)
 for _, name in ipairs({ "c", "b", "a" }) do
     local f = io.open(logdir .. "/" .. name .. ".log")
     if f then
@@ -102,6 +109,11 @@ for _, name in ipairs({ "c", "b", "a" }) do
         for l in f:lines() do print("    " .. l) end
         f:close()
     end
+end
+if keep_logs then
+    print("service logs: " .. logdir)
+else
+    os.execute("rm -rf '" .. logdir .. "'")
 end
 local ok = table.concat(order, ",") == "c,b,a" and table.concat(back, ",") == "c,b,a"
 print(ok and "demo OK: cascade c, b, a and recovery c, b, a" or "demo FAILED: unexpected order")
