@@ -266,6 +266,14 @@ function Client:follow(name)
     return true
 end
 
+--- The names this client watches or follows, sorted.
+function Client:names()
+    local list = {}
+    for name in pairs(self._watching) do list[#list + 1] = name end
+    table.sort(list)
+    return list
+end
+
 --- What the Lua side knows of a watched or followed NAME: { value, token,
 -- revision, changed = <wall-clock time of the last change delivered>,
 -- skipped = <changes folded into it> }, or nil before the first event.
@@ -319,6 +327,21 @@ end
 --- The fd that is readable when the client has events (for other loops).
 function Client:fd()
     return self._core:fd()
+end
+
+--- For loops that can connect but cannot poll a descriptor (nginx's
+-- cosockets): the path of a unix socket to connect to, in a private
+-- directory. Once connected, client:wake_accept() hands the connection to
+-- the engine and removes the path; the engine then writes a byte on it
+-- whenever events start waiting (client:dispatch() takes them), and one at
+-- least every second while it runs. One per client.
+function Client:wake_socket()
+    return self._core:wake_listen()
+end
+
+--- See client:wake_socket(): true, or nil, message.
+function Client:wake_accept()
+    return self._core:wake_accept()
 end
 
 local lock_opts = { timeout = true, wait = true, keep = true, on_change = true,
