@@ -38,7 +38,7 @@ CORE     = $(BUILD)/locker/core.so
 LMOD_DIR ?= $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)
 CMOD_DIR ?= $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)
 
-.PHONY: all help deps test sanitize bench chaos fuzz tsan demo install uninstall lint clean
+.PHONY: all help deps test sanitize bench chaos fuzz tsan demo nginx-demo nginx-test ngx-build install uninstall lint clean
 
 all: $(CORE) ## build locker/core.so for LUA_VERSION (5.4 by default)
 
@@ -56,8 +56,11 @@ $(CORE): $(OBJS)
 # Debian packages the build and the tests need (idempotent; sudo when not root).
 DEPS_DEB = gcc make pkg-config curl procps iproute2 libcurl4-openssl-dev libcjson-dev \
            lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client openssl
+# nginx's Lua module links OpenResty's LuaJIT (luajit2): Debian's luajit and
+# libluajit-5.1-dev conflict with it, so they are never asked for
+NGINX_DEB = luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua wrk
 ifeq ($(LUA_VERSION),jit)
-DEPS_DEB += luajit libluajit-5.1-dev
+DEPS_DEB += luajit2 libluajit2-5.1-dev
 else ifeq ($(LUA_VERSION),5.1)
 DEPS_DEB += lua5.1 liblua5.1-0-dev
 else ifneq ($(LUA_VERSION),5.4)
@@ -79,10 +82,29 @@ FUZZ_DEB          = clang libclang-rt-14-dev
 FUZZ_SECONDS      ?= 300
 FUZZ_TEST_SECONDS ?= 10
 
-test: deps ## build, fuzz briefly, and run the specs against a throwaway etcd
-	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw $(BUILD)/codec_probe.so
+# nginx's specs and demo use a LuaJIT build of the module (nginx's ABI)
+ifeq ($(LUA_VERSION),jit)
+NGX_BUILD ?= $(BUILD)
+else
+NGX_BUILD ?= $(BUILD)-jit
+endif
+ngx-build:
+	@sh tools/install-deps $(NGINX_DEB)
+	@$(MAKE) --no-print-directory LUA_VERSION=jit BUILD=$(NGX_BUILD) all
+
+test: deps ## build, fuzz briefly, and run the specs (nginx's too) against a throwaway etcd
+	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw \
+	   $(BUILD)/codec_probe.so ngx-build
 	@sh tools/install-deps $(FUZZ_DEB) && sh fuzz/run $(FUZZ_TEST_SECONDS)
-	@LOCKER_BUILD=$(BUILD) LUA="$(LUA)" sh tools/run-specs
+	@LOCKER_BUILD=$(BUILD) LOCKER_NGX_BUILD=$(NGX_BUILD) LUA="$(LUA)" sh tools/run-specs
+
+nginx-test: deps ## only the nginx specs (a real nginx with the Lua module, 2 workers)
+	@$(MAKE) --no-print-directory all ngx-build
+	@LOCKER_BUILD=$(BUILD) LOCKER_NGX_BUILD=$(NGX_BUILD) LUA="$(LUA)" SPECS=spec/nginx_spec.lua sh tools/run-specs
+
+nginx-demo: ## nginx gating on a record and holding its own, against a throwaway etcd
+	@$(MAKE) --no-print-directory ngx-build
+	@LOCKER_CPATH=$(CURDIR)/$(NGX_BUILD) LUA=luajit sh tools/with-etcd sh examples/nginx/run
 
 sanitize: deps ## the specs with the core built under ASan + UBSan
 	@$(MAKE) --no-print-directory BUILD=build/sanitize \

@@ -28,7 +28,7 @@ build = {
                 "src/auth.c", "src/b64.c", "src/backoff.c", "src/buf.c", "src/cache.c",
                 "src/engine.c", "src/etcd.c", "src/http.c", "src/io.c", "src/keys.c",
                 "src/lcore.c", "src/lock.c", "src/map.c", "src/msg.c", "src/proc.c",
-                "src/query.c", "src/session.c", "src/tls.c", "src/watch.c",
+                "src/query.c", "src/session.c", "src/tls.c", "src/wake.c", "src/watch.c",
             },
             defines = { "_GNU_SOURCE" },
             incdirs = { "$(CJSON_INCDIR)/cjson", "$(CURL_INCDIR)" },
@@ -39,6 +39,7 @@ build = {
         ["locker.sched"] = "lua/locker/sched.lua",
         ["locker.health"] = "lua/locker/health.lua",
         ["locker.cli"] = "lua/locker/cli.lua",
+        ["locker.ngx"] = "lua/locker/ngx.lua",
     },
     install = { bin = { locker = "bin/locker" } },
 }

@@ -19,6 +19,7 @@
 #include "lock.h"
 #include "query.h"
 #include "session.h"
+#include "wake.h"
 #include "watch.h"
 
 #define IDLE_POLL_MS 1000
@@ -27,7 +28,10 @@ struct lk_engine {
     lk_io io;                  /* settings, http, events, counters */
     /* shared with the Lua thread */
     lk_queue *commands;
+    pid_t owner_pid;           /* process that made the client */
     pid_t fd_pid;              /* process that made io.event_fd */
+    int wake_listen_fd;        /* the wake-up socket before its accept */
+    char wake_path[128];
     pthread_t thread;
     int started;
     pid_t thread_pid;          /* process that started the thread */
@@ -146,6 +150,9 @@ lk_engine *lk_engine_new(const lk_config *cfg, char *err, size_t err_size)
     lk_engine *e = calloc(1, sizeof *e);
     if (!e) goto nomem;
     e->io.event_fd = -1;
+    e->io.wake_fd = -1;
+    e->wake_listen_fd = -1;
+    e->owner_pid = getpid();
     e->io.cfg = *cfg;
     e->io.cfg.endpoints = calloc((size_t)cfg->n_endpoints, sizeof(char *));
     e->io.cfg.n_endpoints = 0;
@@ -193,6 +200,39 @@ static int ensure_event_fd(lk_engine *e)
     e->io.event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     e->fd_pid = getpid();
     return e->io.event_fd >= 0 ? 0 : -1;
+}
+
+int lk_engine_foreign(const lk_engine *e)
+{
+    return e->owner_pid != getpid();
+}
+
+/* Lua thread. */
+const char *lk_engine_wake_listen(lk_engine *e, char *err, size_t err_size)
+{
+    if (e->io.wake_fd >= 0 || e->wake_listen_fd >= 0) {
+        snprintf(err, err_size, "the client has a wake-up socket already");
+        return NULL;
+    }
+    e->wake_listen_fd = lk_wake_listen(e->wake_path, sizeof e->wake_path,
+                                       err, err_size);
+    return e->wake_listen_fd >= 0 ? e->wake_path : NULL;
+}
+
+/* Lua thread. Publishes the connection's fd to the engine thread, and
+ * signals it at once if events are already waiting. */
+int lk_engine_wake_accept(lk_engine *e, char *err, size_t err_size)
+{
+    if (e->wake_listen_fd < 0) {
+        snprintf(err, err_size, "no wake-up socket is listening");
+        return -1;
+    }
+    int fd = lk_wake_accept(e->wake_listen_fd, e->wake_path, err, err_size);
+    e->wake_listen_fd = -1;
+    if (fd < 0) return -1;
+    __atomic_store_n(&e->io.wake_fd, fd, __ATOMIC_RELEASE);
+    lk_wake_signal(fd);  /* whatever is queued now gets read */
+    return 0;
 }
 
 int lk_engine_fd(const lk_engine *e)
@@ -275,6 +315,7 @@ static void serve(lk_engine *e, lk_cmd *c)
 static void *run(void *arg)
 {
     lk_engine *e = arg;
+    int64_t tick_at = 0;
     for (;;) {
         lk_cmd *c = lk_queue_take_all(e->commands);
         while (c) {
@@ -285,6 +326,13 @@ static void *run(void *arg)
         if (e->stopping && !lk_session_busy(&e->session)) break;
         int64_t now = lk_now_ms();
         int64_t next = now + IDLE_POLL_MS;
+        /* the wake-up socket's slow tick: the engine is alive */
+        int wake = __atomic_load_n(&e->io.wake_fd, __ATOMIC_ACQUIRE);
+        if (wake >= 0 && now >= tick_at) {
+            lk_wake_signal(wake);
+            tick_at = now + LK_WAKE_TICK_MS;
+        }
+        if (wake >= 0 && tick_at < next) next = tick_at;
         if (!e->stopping) {
             int64_t t = lk_session_tick(&e->session, now);
             if (t && t < next) next = t;
@@ -307,6 +355,12 @@ static void *run(void *arg)
 /* Lua thread. Starts the engine thread with every signal blocked in it. */
 static int ensure_started(lk_engine *e, char *err, size_t err_size)
 {
+    if (e->owner_pid != getpid()) {
+        snprintf(err, err_size, "client made in process %d used in process %d "
+                 "(after fork): make a new client in each process (nginx: in "
+                 "init_worker_by_lua, not init_by_lua)", (int)e->owner_pid, (int)getpid());
+        return -1;
+    }
     if (e->started) {
         if (e->thread_pid != getpid()) {
             snprintf(err, err_size, "client used after fork(): make a new "
@@ -390,6 +444,10 @@ void lk_engine_close(lk_engine *e)
     e->close_cmd = NULL;
     curl_multi_wakeup(lk_http_multi(e->io.http));
     pthread_join(e->thread, NULL);
+    if (e->io.wake_fd >= 0) {  /* the reader sees the end of the stream */
+        close(e->io.wake_fd);
+        e->io.wake_fd = -1;
+    }
     lk_http_free(e->io.http);
     e->io.http = NULL;
     lk_auth_free(e->io.auth);  /* after http: its request was http's */
@@ -404,6 +462,10 @@ void lk_engine_free(lk_engine *e)
     lk_queue_free(e->commands, (void (*)(void *))lk_cmd_free);
     lk_queue_free(e->io.events, (void (*)(void *))lk_event_free);
     if (e->io.event_fd >= 0 && e->fd_pid == getpid()) close(e->io.event_fd);
+    if (e->owner_pid == getpid()) {  /* a forked child leaves them alone */
+        if (e->wake_listen_fd >= 0) lk_wake_abandon(e->wake_listen_fd, e->wake_path);
+        if (e->io.wake_fd >= 0) close(e->io.wake_fd);
+    }
     if (e->cache_ready) lk_cache_destroy(&e->cache);
     free_config(&e->io.cfg);
     free(e);

@@ -12,9 +12,21 @@
 
 typedef struct lk_engine lk_engine;
 
-/* Copies cfg. Starts no thread (that happens on the first command, so a
- * client made before fork() works in the child). NULL with err filled. */
+/* Copies cfg. Starts no thread (that happens on the first command). The
+ * client belongs to the process that made it: used in another (after a
+ * fork) it refuses. NULL with err filled. */
 lk_engine *lk_engine_new(const lk_config *cfg, char *err, size_t err_size);
+
+/* Whether the client was made in another process (before a fork): every
+ * use but close raises then (any thread). */
+int lk_engine_foreign(const lk_engine *e);
+
+/* The wake-up socket (wake.h), for loops that can only connect (nginx's
+ * cosockets). listen returns the path to connect to (NULL, err filled);
+ * once connected, accept hands the connection to the engine (0, or -1 with
+ * err filled). Lua thread. */
+const char *lk_engine_wake_listen(lk_engine *e, char *err, size_t err_size);
+int lk_engine_wake_accept(lk_engine *e, char *err, size_t err_size);
 
 /* Pollable fd: readable when events are waiting. */
 int lk_engine_fd(const lk_engine *e);

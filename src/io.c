@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "etcd.h"
+#include "wake.h"
 
 void lk_count(int64_t *counter)
 {
@@ -17,10 +18,14 @@ void lk_count(int64_t *counter)
 void lk_emit(lk_io *io, lk_event *ev)
 {
     if (!ev) return;
-    if (lk_queue_push(io->events, ev)) {
+    int was_empty = ev->kind == LK_EV_RESULT ? lk_queue_push(io->events, ev)
+                                             : lk_queue_push_latest(io->events, ev);
+    if (was_empty) {
         uint64_t one = 1;
         ssize_t n = write(io->event_fd, &one, sizeof one);
         (void)n;  /* EAGAIN: the counter is already non-zero, fd readable */
+        int wake = __atomic_load_n(&io->wake_fd, __ATOMIC_ACQUIRE);
+        if (wake >= 0) lk_wake_signal(wake);
     }
 }
 

@@ -24,13 +24,18 @@ typedef struct lk_io {
     lk_auth *auth;             /* NULL: no user, no token */
     lk_queue *events;          /* to the Lua thread (own mutex) */
     int event_fd;              /* written when events goes non-empty */
+    int wake_fd;               /* the wake-up socket (wake.h), -1: none;
+                                  set by the Lua thread (atomic) */
     lk_stats stats;            /* atomics: read by the Lua thread */
 } lk_io;
 
 /* One more of a counter (atomic). */
 void lk_count(int64_t *counter);
 
-/* Hands an event to the Lua thread (NULL: out of memory, nothing sent). */
+/* Hands an event to the Lua thread (NULL: out of memory, nothing sent).
+ * A WATCH or OWNED event replaces an untaken one of the same id (only the
+ * latest state matters), so events nobody takes stay bounded. When the
+ * queue was empty, the event fd and the wake-up socket are signalled. */
 void lk_emit(lk_io *io, lk_event *ev);
 /* A result event for request id: ok, or failed with code and message. */
 void lk_emit_ok(lk_io *io, uint64_t id);

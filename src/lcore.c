@@ -54,9 +54,21 @@ static uint64_t check_id(lua_State *L, int i)
     return (uint64_t)n;
 }
 
-static lk_engine *check_client(lua_State *L)
+/* A client made in another process (before a fork) raises at every use
+ * but close: its cache and its engine belong to its maker. */
+static client_box *check_box(lua_State *L)
 {
     client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    if (b->engine && lk_engine_foreign(b->engine))
+        luaL_error(L, "locker: client made in another process (before a fork) "
+                   "is used here: make one client per process (nginx: in "
+                   "init_worker_by_lua, not init_by_lua)");
+    return b;
+}
+
+static lk_engine *check_client(lua_State *L)
+{
+    client_box *b = check_box(L);
     if (!b->engine || lk_engine_closed(b->engine))
         luaL_error(L, "locker: client is closed");
     return b->engine;
@@ -245,7 +257,7 @@ static int l_unwatch(lua_State *L)
  * nil, msg, "pending" / "not_watched". No I/O. */
 static int l_cached(lua_State *L)
 {
-    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    client_box *b = check_box(L);
     size_t len;
     const char *name = luaL_checklstring(L, 2, &len);
     if (!b->engine || lk_engine_closed(b->engine)) {
@@ -288,6 +300,31 @@ static int l_cached(lua_State *L)
         lua_pushliteral(L, "not_watched");
         return 3;
     }
+}
+
+/* client:wake_listen() -> path of the wake-up socket to connect to */
+static int l_wake_listen(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    char err[256];
+    const char *path = lk_engine_wake_listen(e, err, sizeof err);
+    if (!path) return luaL_error(L, "locker: %s", err);
+    lua_pushstring(L, path);
+    return 1;
+}
+
+/* client:wake_accept() -> true | nil, msg: after connecting to the path */
+static int l_wake_accept(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    char err[256];
+    if (lk_engine_wake_accept(e, err, sizeof err)) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* client:list() -> id; the answer's kvs: every key under the prefix */
@@ -414,7 +451,7 @@ static int l_getpid(lua_State *L)
 /* client:stats() -> { requests =, keepalives =, stream_events =, stream_connects = } */
 static int l_stats(lua_State *L)
 {
-    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    client_box *b = check_box(L);
     lk_stats s = {0};
     if (b->engine) lk_engine_stats(b->engine, &s);
     lua_createtable(L, 0, 4);
@@ -433,7 +470,7 @@ static int l_stats(lua_State *L)
 
 static int l_fd(lua_State *L)
 {
-    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    client_box *b = check_box(L);
     lua_pushinteger(L, b->engine ? lk_engine_fd(b->engine) : -1);
     return 1;
 }
@@ -441,7 +478,7 @@ static int l_fd(lua_State *L)
 /* client:lease() -> the session lease ID in hex (as etcdctl shows it), or nil */
 static int l_lease(lua_State *L)
 {
-    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    client_box *b = check_box(L);
     int64_t id = b->engine ? lk_engine_lease(b->engine) : 0;
     if (!id) {
         lua_pushnil(L);
@@ -458,7 +495,7 @@ static int l_lease(lua_State *L)
  * computed from the published times and the clock now. */
 static int l_session(lua_State *L)
 {
-    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    client_box *b = check_box(L);
     lk_session_view v = {0};
     if (b->engine) lk_engine_session(b->engine, &v);
     int64_t now = lk_now_ms();
@@ -548,6 +585,10 @@ static void push_event(lua_State *L, const lk_event *ev)
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "resync");
     }
+    if (ev->skipped) {
+        lua_pushinteger(L, ev->skipped);
+        lua_setfield(L, -2, "skipped");
+    }
     if (ev->code[0]) {
         lua_pushstring(L, ev->code);
         lua_setfield(L, -2, "code");
@@ -562,7 +603,7 @@ static void push_event(lua_State *L, const lk_event *ev)
  * close too, so that the last answers are not lost. */
 static int l_events(lua_State *L)
 {
-    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
+    client_box *b = check_box(L);
     lua_newtable(L);
     if (!b->engine) return 1;
     lk_event *ev = lk_engine_take_events(b->engine);
@@ -699,6 +740,8 @@ static const luaL_Reg client_methods[] = {
     {"unwatch", l_unwatch},
     {"cached", l_cached},
     {"list", l_list},
+    {"wake_listen", l_wake_listen},
+    {"wake_accept", l_wake_accept},
     {"stats", l_stats},
     {"fd", l_fd},
     {"lease", l_lease},

@@ -2,6 +2,9 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "map.h"
 
 lk_cmd *lk_cmd_new(lk_cmd_kind kind)
 {
@@ -51,6 +54,7 @@ struct link { struct link *next; };
 struct lk_queue {
     pthread_mutex_t mu;
     struct link *head, *tail;
+    lk_map latest;             /* (kind, id) -> queued event (push_latest) */
 };
 
 lk_queue *lk_queue_new(void)
@@ -77,12 +81,58 @@ int lk_queue_push(lk_queue *q, void *msg)
     return was_empty;
 }
 
+/* Moves new's content into old (which keeps its place in the queue) and
+ * frees new with old's former content. */
+static void fold(lk_event *old, lk_event *new)
+{
+    lk_event tmp = *old;
+    int skipped = old->skipped + 1 + new->skipped;
+    int resync = old->resync || new->resync;
+    *old = *new;
+    old->next = tmp.next;
+    old->skipped = skipped;
+    old->resync = resync;
+    tmp.next = NULL;
+    *new = tmp;
+    lk_event_free(new);
+}
+
+/* Takes the queue's mutex (the map is used under it alone). */
+int lk_queue_push_latest(lk_queue *q, lk_event *ev)
+{
+    struct { int kind; uint64_t id; } key;
+    memset(&key, 0, sizeof key);
+    key.kind = (int)ev->kind;
+    key.id = ev->id;
+    pthread_mutex_lock(&q->mu);
+    lk_event *old = lk_map_get(&q->latest, &key, sizeof key);
+    if (old) {
+        fold(old, ev);
+        pthread_mutex_unlock(&q->mu);
+        return 0;
+    }
+    struct link *m = (struct link *)ev;
+    m->next = NULL;
+    int was_empty = q->head == NULL;
+    if (q->tail) q->tail->next = m;
+    else q->head = m;
+    q->tail = m;
+    /* no memory for the map entry: the event is queued, just not foldable */
+    (void)lk_map_put(&q->latest, &key, sizeof key, ev);
+    pthread_mutex_unlock(&q->mu);
+    return was_empty;
+}
+
 /* Takes the queue's mutex; the caller owns the returned list. */
 void *lk_queue_take_all(lk_queue *q)
 {
     pthread_mutex_lock(&q->mu);
     struct link *all = q->head;
     q->head = q->tail = NULL;
+    if (q->latest.count) {
+        lk_map_free(&q->latest);
+        memset(&q->latest, 0, sizeof q->latest);
+    }
     pthread_mutex_unlock(&q->mu);
     return all;
 }
@@ -96,6 +146,7 @@ void lk_queue_free(lk_queue *q, void (*free_msg)(void *))
         free_msg(m);
         m = next;
     }
+    lk_map_free(&q->latest);
     pthread_mutex_destroy(&q->mu);
     free(q);
 }

@@ -69,6 +69,8 @@ typedef struct lk_event {
     char *key;           /* a lock's etcd key: when granted (RESULT of a
                             LOCK, OWNED with owned set) */
     size_t key_len;
+    int skipped;         /* WATCH, OWNED: older states of the same id folded
+                            into this one while nobody took them */
     char code[16];       /* stable lowercase word, "" when ok */
     char *msg;           /* for people; NULL when ok */
     int list;            /* a LIST result (kvs may be empty) */
@@ -88,6 +90,12 @@ void lk_event_free(lk_event *e);
 typedef struct lk_queue lk_queue;
 lk_queue *lk_queue_new(void);
 int lk_queue_push(lk_queue *q, void *msg);
+/* Pushes an event that only its latest state matters for (WATCH, OWNED):
+ * when an untaken event of the same kind and id is queued, its content is
+ * replaced by ev's (in place, ev is freed) and skipped counts the states
+ * folded in. So what nobody takes stays bounded by the number of watches
+ * and locks. Returns 1 when the queue was empty before. */
+int lk_queue_push_latest(lk_queue *q, lk_event *ev);
 /* Takes the whole content in order (a list linked by next), or NULL. */
 void *lk_queue_take_all(lk_queue *q);
 void lk_queue_free(lk_queue *q, void (*free_msg)(void *));

@@ -446,11 +446,14 @@ function Health:state()
     return out
 end
 
---- Stops: releases every record, cancels the watches.
-function Health:stop()
+--- Stops: releases every record, cancels the watches. With opts.release
+-- == false the records are left to the client (its close revokes them):
+-- nothing waits, for a host that is shutting down.
+function Health:stop(opts)
     if self.stopped then return end
     self.stopped = true
     for _, w in ipairs(self.watches) do w:cancel() end
+    if opts and opts.release == false then return end
     for _, st in pairs(self.records) do
         local lock = st.lock
         st.lock = nil

@@ -9,7 +9,6 @@ local sched = require "locker.sched"
 local type, pairs, next, tostring, error, setmetatable = type, pairs, next, tostring, error, setmetatable
 local floor, ceil, huge, min = math.floor, math.ceil, math.huge, math.min
 local ipairs = ipairs
-local coroutine = coroutine
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -103,10 +102,10 @@ local function await(self, id)
     local slot = {}
     self._pending[id] = slot
     retain(self)
-    local co = sched.current()
-    if co then
-        slot.co = co
-        return coroutine.yield()
+    local w = sched.current()
+    if w then
+        slot.co = w
+        return sched.suspend(w)
     end
     sched.loop(function() return slot.ev ~= nil end)
     return slot.ev
@@ -131,21 +130,38 @@ local function wake_waiter(w)
     end
 end
 
+--- How many events a watch without a callback keeps for w:next(); past
+-- that, the newest replaces the last one kept (ev.skipped counts the
+-- changes folded in), so a watch nobody reads costs one event, not one per
+-- change.
+_M.WATCH_QUEUE = 64
+
 local function push(w, ev)
     if w._fn then
         sched.call_in_order(w, w._fn, ev.value, ev)
         return
     end
     local q = w._queue
-    q[#q + 1] = ev
+    local n = #q
+    if n >= _M.WATCH_QUEUE then
+        local folded = {}
+        for k, v in pairs(ev) do folded[k] = v end
+        folded.skipped = (q[n].skipped or 0) + 1 + (ev.skipped or 0)
+        folded.resync = ev.resync or q[n].resync
+        q[n] = folded
+    else
+        q[n + 1] = ev
+    end
     wake_waiter(w)
 end
 
 -- One engine subscription per watched name, fanned out to its watchers.
 deliver = function(sub, raw)
     local ev = { name = sub.name, value = raw.value, token = raw.token,
-                 revision = raw.revision, resync = raw.resync == true }
+                 revision = raw.revision, resync = raw.resync == true,
+                 skipped = raw.skipped }
     sub.last = ev
+    sub.changed = core.time()
     for w in pairs(sub.watchers) do push(w, ev) end
 end
 
@@ -162,14 +178,11 @@ function Watch:next(timeout)
         if deadline and sched.now() >= deadline then
             return nil, nil, "no change within " .. timeout .. " s", "timeout"
         end
-        local co = sched.current()
-        if co then
+        local w = sched.current()
+        if w then
             local mark = {}
-            self._waiter, self._wait_mark = co, mark
-            if deadline then
-                sched.wake_at(co, deadline, function() return self._wait_mark == mark end)
-            end
-            coroutine.yield()
+            self._waiter, self._wait_mark = w, mark
+            sched.suspend(w, deadline, function() return self._wait_mark == mark end)
             self._waiter, self._wait_mark = nil, nil
         else
             sched.loop(function() return #q > 0 or self._ended end, deadline)
@@ -199,7 +212,7 @@ function Watch:cancel()
     end_watch(self, "watch canceled", "canceled")
     local client, sub = self.client, self._sub
     sub.watchers[self] = nil
-    if next(sub.watchers) == nil and not client._closed then
+    if next(sub.watchers) == nil and not sub.followed and not client._closed then
         client._watching[sub.name] = nil
         client._subs[sub.id] = nil
         client._core:unwatch(sub.name)
@@ -210,6 +223,17 @@ end
 
 Watch.__close = Watch.cancel
 
+local function subscribe(self, name)
+    local sub = self._watching[name]
+    if not sub then
+        sub = { name = name, watchers = {} }
+        sub.id = self._core:watch(name)
+        self._watching[name] = sub
+        self._subs[sub.id] = sub
+    end
+    return sub
+end
+
 --- Follows NAME's owner: fn(value, ev) on the current state, then on every
 -- change (value nil: nobody holds it). Without fn, changes queue up for
 -- watch:next(). One etcd stream serves every watch of the client.
@@ -219,19 +243,46 @@ function Client:watch(name, fn)
     if fn ~= nil and type(fn) ~= "function" then
         error("client:watch: fn must be a function (got " .. type(fn) .. ")", 2)
     end
-    local sub = self._watching[name]
-    if not sub then
-        sub = { name = name, watchers = {} }
-        sub.id = self._core:watch(name)
-        self._watching[name] = sub
-        self._subs[sub.id] = sub
-    end
+    local sub = subscribe(self, name)
     local w = setmetatable({ client = self, name = name, _sub = sub, _fn = fn,
                              _queue = not fn and {} or nil }, Watch)
     sub.watchers[w] = true
     retain(self)
     if sub.last then push(w, sub.last) end  -- the current state, as others saw it
     return w
+end
+
+--- Keeps NAME's owner in the engine's cache, for client:cached(), with no
+-- callback and no queue (nothing piles up when nobody reads). Idempotent;
+-- it lasts as long as the client.
+function Client:follow(name)
+    if self._closed then error("client:follow: client is closed", 2) end
+    check_name("client:follow", name)
+    local sub = subscribe(self, name)
+    if not sub.followed then
+        sub.followed = true
+        retain(self)
+    end
+    return true
+end
+
+--- The names this client watches or follows, sorted.
+function Client:names()
+    local list = {}
+    for name in pairs(self._watching) do list[#list + 1] = name end
+    table.sort(list)
+    return list
+end
+
+--- What the Lua side knows of a watched or followed NAME: { value, token,
+-- revision, changed = <wall-clock time of the last change delivered>,
+-- skipped = <changes folded into it> }, or nil before the first event.
+function Client:last(name)
+    local sub = self._watching[name]
+    if not sub or not sub.last then return nil end
+    local ev = sub.last
+    return { value = ev.value, token = ev.token, revision = ev.revision,
+             changed = sub.changed, resync = ev.resync, skipped = ev.skipped }
 end
 
 --- The latest known value of a watched NAME, without I/O: value, token,
@@ -246,7 +297,8 @@ end
 --- Delivers the engine's events: answers to waiting calls, ownership
 -- changes to locks (on_change runs as a spawned coroutine). A loop that
 -- drives the client through client:fd() calls this when the fd is readable.
-function Client:dispatch()
+-- quiet: answers only (no watch or on_change callback starts).
+function Client:dispatch(quiet)
     local evs = self._core:events()
     for i = 1, #evs do
         local ev = evs[i]
@@ -258,6 +310,8 @@ function Client:dispatch()
                 if slot.co then sched.wake(slot.co, ev) end
                 settle(self)
             end
+        elseif quiet then  -- closing: answers only, no callback starts
+            evs[i] = nil
         elseif ev.kind == "watch" then
             local sub = self._subs[ev.id]
             if sub then deliver(sub, ev) end
@@ -274,6 +328,21 @@ end
 --- The fd that is readable when the client has events (for other loops).
 function Client:fd()
     return self._core:fd()
+end
+
+--- For loops that can connect but cannot poll a descriptor (nginx's
+-- cosockets): the path of a unix socket to connect to, in a private
+-- directory. Once connected, client:wake_accept() hands the connection to
+-- the engine and removes the path; the engine then writes a byte on it
+-- whenever events start waiting (client:dispatch() takes them), and one at
+-- least every second while it runs. One per client.
+function Client:wake_socket()
+    return self._core:wake_listen()
+end
+
+--- See client:wake_socket(): true, or nil, message.
+function Client:wake_accept()
+    return self._core:wake_accept()
 end
 
 local lock_opts = { timeout = true, wait = true, keep = true, on_change = true,
@@ -385,7 +454,9 @@ function Client:close()
     if self._closed then return true end
     self._closed = true
     self._core:close()
-    self:dispatch()
+    -- answers only: a callback would need a scheduler, and a host may allow
+    -- none here (nginx's exit_worker_by_lua)
+    self:dispatch(true)
     for id, slot in pairs(self._pending) do
         self._pending[id] = nil
         slot.ev = CLOSED

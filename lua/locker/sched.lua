@@ -3,6 +3,12 @@
 -- anywhere else, they drive it (and so every spawned coroutine) until their
 -- own answer arrives. Everything it waits on is a source: an object with
 -- :fd() and :dispatch() (a client). Callbacks run as spawned coroutines.
+--
+-- Another host can replace how coroutines start, wait and wake (sched.use):
+-- inside nginx, locker.ngx makes every spawn an ngx timer and every wait an
+-- ngx.semaphore, so no coroutine of this file ever runs there (ngx_lua
+-- replaces the coroutine API in its contexts; a coroutine made in one ngx
+-- timer and resumed in another crashes the worker).
 local core = require "locker.core"
 
 local coroutine, select, pairs, type = coroutine, select, pairs, type
@@ -18,6 +24,20 @@ local mine = setmetatable({}, { __mode = "k" })     -- coroutines we run
 local sources = setmetatable({}, { __mode = "k" })  -- clients with an fd
 local live = 0                                      -- spawned, not finished
 local runs_for = setmetatable({}, { __mode = "k" }) -- sched.pcall's coroutine -> ours
+local B = nil                                       -- another host's backend
+
+--- Hands spawning, waiting and waking to a backend (nil: this file's own
+-- scheduler). A backend has current() -> a waiter or nil (nil: this
+-- context cannot wait), suspend(w, deadline, still_waiting) -> the values
+-- given to wake, wake(w, ...), spawn(fn, ...), sleep(seconds), and
+-- blocked(what), which raises: a wait where nothing may wait.
+function sched.use(backend)
+    B = backend
+end
+
+function sched.backend()
+    return B
+end
 
 --- Where errors of callbacks and spawned coroutines go. Replace it to log
 -- elsewhere; it receives one string (message and traceback).
@@ -27,6 +47,7 @@ end
 
 --- The running coroutine if this scheduler runs it, else nil.
 function sched.current()
+    if B then return B.current() end
     local co = coroutine.running()
     while co and runs_for[co] do co = runs_for[co] end  -- inside sched.pcall
     if co and mine[co] then return co end
@@ -68,6 +89,7 @@ function sched.spawn(fn, ...)
     if type(fn) ~= "function" then
         error("locker.spawn: expected a function, got " .. type(fn), 2)
     end
+    if B then return B.spawn(fn, ...) end
     local co = coroutine.create(fn)
     mine[co] = true
     live = live + 1
@@ -77,6 +99,7 @@ end
 
 --- Makes a waiting coroutine runnable; it resumes with the given values.
 function sched.wake(co, ...)
+    if B then return B.wake(co, ...) end
     ready[#ready + 1] = { co, select("#", ...), ... }
 end
 
@@ -148,13 +171,31 @@ local function run_ready()
 end
 
 --- One round without blocking: deliver events, run what is ready.
+-- Returns the seconds until the next timer is due (0: something is ready
+-- now; nil: no timer), so that a foreign loop (cqueues, luv) can wait on
+-- client:fd() for exactly that long.
 function sched.step()
     dispatch_all()
-    run_ready()
+    if B then return nil end
+    local next_at = run_ready()
+    if #ready > 0 then return 0 end
+    if not next_at then return nil end
+    local left = next_at - now()
+    return left > 0 and left or 0
+end
+
+--- Suspends waiter w (from sched.current()) until sched.wake(w, ...);
+-- returns the values given to wake. With a deadline, it returns (nothing)
+-- at that time if still_waiting() is then true.
+function sched.suspend(w, deadline, still_waiting)
+    if B then return B.suspend(w, deadline, still_waiting) end
+    if deadline then sched.wake_at(w, deadline, still_waiting) end
+    return coroutine.yield()
 end
 
 -- Drives everything until done() is true or the deadline passes.
 local function loop(done, deadline)
+    if B then return B.blocked("a waiting call") end
     while true do
         dispatch_all()
         local next_at = run_ready()
@@ -177,6 +218,7 @@ sched.loop = loop
 
 --- Runs every spawned coroutine until none is left.
 function sched.run()
+    if B then return B.blocked("locker.run") end
     if sched.current() then error("locker.run: called from a spawned coroutine", 2) end
     loop(function() return live == 0 end)
 end
@@ -195,6 +237,7 @@ function sched.sleep(seconds)
     if type(seconds) ~= "number" or seconds < 0 then
         error("locker.sleep: seconds must be a number >= 0", 2)
     end
+    if B then return B.sleep(seconds) end
     local co = sched.current()
     if co then
         timers[#timers + 1] = { at = now() + seconds, co = co }

@@ -1,0 +1,482 @@
+--- locker.ngx: locker inside nginx (ngx_lua / OpenResty).
+--
+--     init_worker_by_lua_block {
+--         local lngx = require "locker.ngx"
+--         lngx.init{ endpoints = { "http://127.0.0.1:2379" }, ttl = 5 }
+--         lngx.hold("edge-1", "10.0.0.1:80")          -- from worker 0 only
+--     }
+--     exit_worker_by_lua_block { require("locker.ngx").close() }
+--     location / { access_by_lua_block { require("locker.ngx").gate("db") } ... }
+--
+-- One client per worker, made in init_worker_by_lua (never before nginx
+-- forks). The engine thread tells the worker that events wait through a
+-- unix socket that a cosocket reads (client:wake_socket): a dispatcher,
+-- one ngx timer per worker, reads it and delivers events as they arrive,
+-- with no polling timer and no thread pool. Waiting calls (lock, get,
+-- release, w:next) wait on an ngx.semaphore posted by the dispatcher, so
+-- they never block the worker; callbacks, health checks and spawned
+-- functions run in ngx timers of their own. No coroutine of locker's own
+-- scheduler runs inside nginx.
+local locker = require "locker"
+local sched = require "locker.sched"
+local health = require "locker.health"
+local semaphore = require "ngx.semaphore"
+
+local ngx = ngx
+local type, pairs, ipairs, tostring, error, select, xpcall = type, pairs, ipairs, tostring, error, select, xpcall
+local pcall, setmetatable, getmetatable = pcall, setmetatable, getmetatable
+local concat, sort = table.concat, table.sort
+local unpack = table.unpack or unpack
+local traceback = debug.traceback
+local floor, ceil, min = math.floor, math.ceil, math.min
+
+local _M = { _VERSION = locker._VERSION }
+
+local client            -- this worker's client
+local settings = {}     -- stale_after, retry_after, pending
+local followed = {}     -- name -> true
+local holds = {}        -- name -> { lock =, value = }
+local healths = {}      -- { path =, h = }
+local disp = { started = false, running = false, alive_at = nil, wakeups = 0, ticks_missed = 0 }
+
+-- --------------------------------------------------------------- backend --
+-- How locker's waits, wake-ups and spawns are done inside nginx.
+
+-- Phases in which a semaphore may wait (ngx_lua's yieldable contexts).
+local YIELDABLE = { rewrite = true, access = true, content = true, timer = true,
+                    ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true }
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+local backend = {}
+
+function backend.current()
+    if not YIELDABLE[ngx.get_phase()] then return nil end
+    return { sema = semaphore.new(0) }
+end
+
+-- Waits on w's semaphore until woken (or the deadline); in chunks, so a
+-- wait without a deadline never trips a semaphore's own limits.
+function backend.suspend(w, deadline)
+    while not w.args do
+        local wait = 30
+        if deadline then
+            wait = deadline - sched.now()
+            if wait <= 0 then return end
+            wait = min(wait, 30)
+        end
+        local ok, err = w.sema:wait(wait)
+        if not ok and err ~= "timeout" then error("locker: semaphore: " .. tostring(err), 0) end
+    end
+    return unpack(w.args, 1, w.args.n)
+end
+
+function backend.wake(w, ...)
+    if w.args then return end
+    w.args = pack(...)
+    w.sema:post(1)
+end
+
+local function report(err)
+    sched.on_error(err)
+end
+
+function backend.spawn(fn, ...)
+    local args = pack(...)
+    local ok, err = pcall(ngx.timer.at, 0, function(premature)
+        if premature then return end
+        local fine, e = xpcall(function() return fn(unpack(args, 1, args.n)) end, traceback)
+        if not fine then report(e) end
+    end)
+    if not ok or not err then
+        report("locker: cannot start an ngx timer: " .. tostring(err))
+    end
+    return true
+end
+
+-- Sleeps in steps, and returns early when the worker is exiting (so that
+-- loops that sleep let the worker go).
+function backend.sleep(seconds)
+    if not YIELDABLE[ngx.get_phase()] then
+        backend.blocked("locker.sleep")
+    end
+    local deadline = sched.now() + seconds
+    repeat
+        if ngx.worker.exiting() then return end
+        local left = deadline - sched.now()
+        if left <= 0 then return end
+        ngx.sleep(min(left, 0.5))
+    until false
+end
+
+function backend.blocked(what)
+    error(("locker: %s here would block the nginx worker (phase %s): make it in a "
+           .. "request handler (rewrite, access, content) or a timer"):format(what, ngx.get_phase()), 0)
+end
+
+-- ------------------------------------------------------------ dispatcher --
+
+local function log(level, ...)
+    ngx.log(level, "locker: ", ...)
+end
+
+local STALL_S = 3   -- no tick for this long: the engine thread is stuck
+
+-- The dispatcher: one ngx timer per worker reading the wake-up socket.
+-- Each byte means "events are waiting" or is the engine's tick (at least
+-- one a second); either way it delivers what waits. It notices that the
+-- worker is exiting within a second (the tick, or its own read timeout),
+-- and then returns, so reloads never leave a worker "shutting down".
+local function dispatcher(premature)
+    if premature or not client or client:closed() then return end
+    local ok, path = pcall(client.wake_socket, client)
+    if not ok then
+        log(ngx.ERR, "cannot make the wake-up socket: ", path)
+        return
+    end
+    local sock = ngx.socket.stream()
+    local connected, err = sock:connect("unix:" .. path)
+    if not connected then
+        log(ngx.ERR, "cannot connect to the wake-up socket: ", err)
+        return
+    end
+    local accepted, why = client:wake_accept()
+    if not accepted then
+        log(ngx.ERR, why)
+        sock:close()
+        return
+    end
+    disp.running = true
+    disp.alive_at = ngx.now()
+    sock:settimeout(1000)
+    local warned = false
+    while true do
+        local fine, e = xpcall(client.dispatch, traceback, client)
+        if not fine then report(e) end
+        if ngx.worker.exiting() or client:closed() then break end
+        local data, rerr = sock:receiveany(256)
+        if data then
+            disp.wakeups = disp.wakeups + 1
+            disp.alive_at = ngx.now()
+            if warned then
+                log(ngx.NOTICE, "engine thread ticks again")
+                warned = false
+            end
+        elseif rerr == "timeout" then
+            if not warned and ngx.now() - disp.alive_at > STALL_S then
+                log(ngx.WARN, "engine thread has not ticked for ", STALL_S, " s")
+                warned = true
+            end
+        else
+            if not client:closed() then log(ngx.ERR, "wake-up socket: ", rerr) end
+            break
+        end
+    end
+    disp.running = false
+    sock:close()
+    if ngx.worker.exiting() then
+        -- let loops that sleep end; the records go with the lease at close
+        for _, e in ipairs(healths) do e.h:stop({ release = false }) end
+    end
+end
+
+-- ------------------------------------------------------------------- api --
+
+local function need_client(where)
+    if not client then
+        error("locker.ngx." .. where .. ": call locker.ngx.init{...} in init_worker_by_lua first", 3)
+    end
+    return client
+end
+
+local own_opts = { stale_after = true, retry_after = true, pending = true, names = true }
+
+--- Makes this worker's client (in init_worker_by_lua*). opts: what
+-- locker.new takes (endpoints, prefix, ttl, timeout, margin, cacert, cert,
+-- key, insecure, user, password, proxy_env), plus defaults for gate and
+-- state: stale_after (seconds, default max(10, 2 * ttl)), retry_after
+-- (seconds for 503's Retry-After, default ttl), pending ("closed" or
+-- "open", default "closed"), and names (a list to follow from the start,
+-- so the first request finds them known).
+function _M.init(opts)
+    local phase = ngx.get_phase()
+    if phase ~= "init_worker" then
+        error("locker.ngx.init: call it in init_worker_by_lua* (here: " .. phase
+              .. "); a client made before nginx forks cannot work in the workers", 2)
+    end
+    if client then error("locker.ngx.init: called twice in this worker", 2) end
+    if type(opts) ~= "table" then error("locker.ngx.init: expected an options table", 2) end
+    local copts = {}
+    for k, v in pairs(opts) do
+        if not own_opts[k] then copts[k] = v end
+    end
+    sched.use(backend)
+    locker.on_error(function(msg) log(ngx.ERR, msg) end)
+    local c, msg = locker.new(copts)
+    if not c then error("locker.ngx.init: " .. tostring(msg), 2) end
+    client = c
+    local ttl = c.ttl
+    settings.stale_after = opts.stale_after or math.max(10, 2 * ttl)
+    settings.retry_after = opts.retry_after or ttl
+    settings.pending = opts.pending or "closed"
+    if settings.pending ~= "closed" and settings.pending ~= "open" then
+        error("locker.ngx.init: pending must be \"closed\" or \"open\"", 2)
+    end
+    for _, name in ipairs(opts.names or {}) do
+        client:follow(name)
+        followed[name] = true
+    end
+    local ok, err = ngx.timer.at(0, dispatcher)
+    if not ok then error("locker.ngx.init: cannot start the dispatcher: " .. tostring(err), 2) end
+    disp.started = true
+    return client
+end
+
+--- This worker's client (for lock, get, owner, watch, status...). Its
+-- waiting calls yield in request handlers and timers.
+function _M.client()
+    return need_client("client")
+end
+
+local function follow(name)
+    if not followed[name] then
+        client:follow(name)
+        followed[name] = true
+    end
+end
+
+--- The state of record NAME, from the cache (no I/O; any phase):
+-- value, token, state. state: "up" (someone holds it: value and token are
+-- the owner's), "gone" (nobody holds it), "pending" (not known yet), or
+-- "stale" (the watch stream has not shown it is live for longer than
+-- stale_after seconds; value and token are the last known, maybe nil).
+function _M.state(name, opts)
+    need_client("state")
+    follow(name)
+    local stale_after = opts and opts.stale_after or settings.stale_after
+    local value, token, rev, age = client:cached(name)
+    if value == nil and rev == "pending" then return nil, nil, "pending" end
+    if age == nil or age > stale_after then return value, value and token, "stale" end
+    if value == nil then return nil, nil, "gone" end
+    return value, token, "up"
+end
+
+--- In access_by_lua*: returns value, token when record NAME is up;
+-- otherwise ends the request with 503 and a Retry-After header. opts:
+-- pending = "closed" (default: 503 while the state is unknown, pending or
+-- stale) or "open" (let requests through then; the third result says
+-- which), stale_after (seconds), retry_after (seconds).
+function _M.gate(name, opts)
+    local value, token, state = _M.state(name, opts)
+    if state == "up" then return value, token end
+    local mode = opts and opts.pending or settings.pending
+    if state ~= "gone" and mode == "open" then return value, token, state end
+    ngx.header["Retry-After"] = tostring(ceil(opts and opts.retry_after or settings.retry_after))
+    return ngx.exit(ngx.HTTP_SERVICE_UNAVAILABLE)
+end
+
+--- Holds record NAME with VALUE from one worker (opts.worker, default 0;
+-- "all": every worker contends, one holds). A background lock that comes
+-- back by itself; after a reload the new worker of that number takes it
+-- over (the old one's lease goes at its close()). Returns the Lock in the
+-- holding worker, nil in the others.
+function _M.hold(name, value, opts)
+    need_client("hold")
+    local want = opts and opts.worker
+    if want == nil then want = 0 end
+    if want ~= "all" and ngx.worker.id() ~= want then return nil end
+    if holds[name] then error("locker.ngx.hold: '" .. tostring(name) .. "' is held already", 2) end
+    local lock = client:lock(name, value, {
+        background = true, keep = true,
+        on_change = function(owned, _, msg)
+            log(owned and ngx.NOTICE or ngx.WARN, "record ", name, owned and " held" or
+                (" lost: " .. tostring(msg)))
+        end,
+    })
+    holds[name] = { lock = lock, value = value }
+    return lock
+end
+
+--- Follows NAME: fn(value, ev) in an ngx timer on its current state and
+-- on every change (value nil: gone). fn may use ngx.sleep, cosockets,
+-- shared dicts, and locker's waiting calls. Returns the Watch.
+function _M.watch(name, fn)
+    need_client("watch")
+    if type(fn) ~= "function" then error("locker.ngx.watch: fn must be a function", 2) end
+    return client:watch(name, fn)
+end
+
+--- Runs the health config at path (see locker.health) in this worker
+-- (opts.worker, default 0; "all": every worker). Checks run in ngx timers
+-- and may use cosockets. Returns the Health object, nil in other workers.
+function _M.health(path, opts)
+    need_client("health")
+    local want = opts and opts.worker
+    if want == nil then want = 0 end
+    if want ~= "all" and ngx.worker.id() ~= want then return nil end
+    local spec, err = health.load(path)
+    if not spec then error("locker.ngx.health: " .. tostring(err), 2) end
+    local h = health.start(client, spec, {
+        log = function(line) log(ngx.NOTICE, "health: ", line) end,
+    })
+    healths[#healths + 1] = { path = path, h = h }
+    return h
+end
+
+--- Waiting calls on this worker's client (they yield; see client()).
+function _M.lock(name, value, opts) return need_client("lock"):lock(name, value, opts) end
+function _M.get(name) return need_client("get"):get(name) end
+
+--- Closes the client in exit_worker_by_lua*: the lease is revoked (every
+-- record this worker holds vanishes at once), no callback runs. Idempotent.
+function _M.close()
+    if not client then return true end
+    for _, e in ipairs(healths) do e.h:stop({ release = false }) end
+    return client:close()
+end
+
+-- ---------------------------------------------------------------- status --
+
+local ARRAY = {}  -- metatable of lists that are arrays even when empty
+
+--- What this worker knows, as a table: session, records (every name it
+-- follows or watches, with state, owner value, token, revision, age of
+-- the stream, last change), holds, health, dispatcher, counters. No I/O.
+function _M.report()
+    local c = need_client("report")
+    local out = { worker = ngx.worker.id(), pid = ngx.worker.pid(),
+                  records = setmetatable({}, ARRAY), holds = setmetatable({}, ARRAY),
+                  health = setmetatable({}, ARRAY) }
+    if c:closed() then
+        out.session = { state = "closed" }
+        return out
+    end
+    out.session = c:session()
+    out.stats = c:stats()
+    out.dispatcher = { running = disp.running, wakeups = disp.wakeups,
+                       last_wakeup_age = disp.alive_at and ngx.now() - disp.alive_at or nil }
+    for _, name in ipairs(c:names()) do
+        local value, token, state = _M.state(name)
+        local _, _, rev, age = c:cached(name)
+        local last = c:last(name)
+        out.records[#out.records + 1] = {
+            name = name, state = state, value = value, token = token,
+            revision = type(rev) ~= "string" and rev or nil, age = age,
+            changed = last and last.changed or nil,
+        }
+    end
+    for name, h in pairs(holds) do
+        out.holds[#out.holds + 1] = { name = name, value = h.value, owned = h.lock:owned(),
+                                      token = h.lock:token() }
+    end
+    for _, e in ipairs(healths) do
+        out.health[#out.health + 1] = { path = e.path, state = e.h:state() }
+    end
+    return out
+end
+
+
+-- A small JSON encoder (no dependency): strings, numbers, booleans,
+-- tables (arrays when they have a [1] or are empty lists of records).
+local function json(v, buf)
+    local t = type(v)
+    if t == "string" then
+        buf[#buf + 1] = '"' .. v:gsub('[%c"\\]', function(ch)
+            return ("\\u%04x"):format(ch:byte())
+        end) .. '"'
+    elseif t == "number" then
+        if v ~= v or v == math.huge or v == -math.huge then buf[#buf + 1] = "null"
+        elseif v == floor(v) and v < 2^53 and v > -2^53 then buf[#buf + 1] = ("%d"):format(v)
+        else buf[#buf + 1] = ("%.17g"):format(v) end
+    elseif t == "boolean" then
+        buf[#buf + 1] = tostring(v)
+    elseif t == "table" then
+        if v[1] ~= nil or getmetatable(v) == ARRAY then
+            buf[#buf + 1] = "["
+            for i = 1, #v do
+                if i > 1 then buf[#buf + 1] = "," end
+                json(v[i], buf)
+            end
+            buf[#buf + 1] = "]"
+        else
+            local keys = {}
+            for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+            sort(keys)
+            buf[#buf + 1] = "{"
+            for i, k in ipairs(keys) do
+                if i > 1 then buf[#buf + 1] = "," end
+                json(k, buf)
+                buf[#buf + 1] = ":"
+                json(v[k], buf)
+            end
+            buf[#buf + 1] = "}"
+        end
+    else
+        buf[#buf + 1] = "null"
+    end
+    return buf
+end
+_M.json = function(v) return concat(json(v, {})) end
+
+local function esc(s)
+    return (tostring(s):gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;",
+                                           ['"'] = "&quot;" }))
+end
+
+local function ago(wall)
+    if not wall then return "" end
+    return ("%.1f s ago"):format(ngx.now() - wall)
+end
+
+--- A content handler: this worker's report() as JSON for "Accept:
+-- application/json", otherwise a small HTML page.
+function _M.status()
+    local r = _M.report()
+    local accept = ngx.var.http_accept or ""
+    if accept:find("application/json", 1, true) then
+        ngx.header.content_type = "application/json"
+        ngx.say(_M.json(r))
+        return
+    end
+    ngx.header.content_type = "text/html; charset=utf-8"
+    local b = { "<!DOCTYPE html><html><head><title>locker</title><style>",
+                "body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}",
+                ".up{color:#070}.gone{color:#a00}.stale,.pending{color:#a60}</style></head><body>",
+                ("<h1>locker, worker %s (pid %s)</h1>"):format(esc(r.worker), esc(r.pid)) }
+    local s = r.session
+    b[#b + 1] = ("<p>session: <b>%s</b>, lease %s, valid for %s s, endpoint %s, stream %s</p>")
+        :format(esc(s.state), esc(s.lease or "none"), esc(s.valid_for and ("%.1f"):format(s.valid_for) or "-"),
+                esc(s.endpoint or "-"), s.stream and "live" or "down")
+    b[#b + 1] = "<h2>records</h2><table><tr><th>name</th><th>state</th><th>owner</th>"
+                .. "<th>token</th><th>last change</th><th>stream age</th></tr>"
+    for _, e in ipairs(r.records) do
+        b[#b + 1] = ("<tr><td>%s</td><td class=%s>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>")
+            :format(esc(e.name), esc(e.state), esc(e.state), esc(e.value or "-"), esc(e.token or "-"),
+                    esc(ago(e.changed)), esc(e.age and ("%.1f s"):format(e.age) or "-"))
+    end
+    b[#b + 1] = "</table>"
+    if #r.holds > 0 then
+        b[#b + 1] = "<h2>held by this worker</h2><table>"
+            .. "<tr><th>name</th><th>value</th><th>owned</th><th>token</th></tr>"
+        for _, h in ipairs(r.holds) do
+            b[#b + 1] = ("<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>")
+                :format(esc(h.name), esc(h.value), h.owned and "yes" or "no", esc(h.token or "-"))
+        end
+        b[#b + 1] = "</table>"
+    end
+    for _, e in ipairs(r.health) do
+        b[#b + 1] = ("<h2>health %s</h2><table><tr><th>record</th><th>held</th><th>check</th><th>reason</th></tr>")
+            :format(esc(e.path))
+        for name, st in pairs(e.state.records) do
+            b[#b + 1] = ("<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>")
+                :format(esc(name), st.held and "yes" or "no", esc(st.check), esc(st.reason or ""))
+        end
+        b[#b + 1] = "</table>"
+    end
+    b[#b + 1] = "</body></html>"
+    ngx.say(concat(b))
+end
+
+return _M
