@@ -26,7 +26,7 @@ build = {
         ["locker.core"] = {
             sources = {
                 "src/auth.c", "src/b64.c", "src/backoff.c", "src/buf.c", "src/cache.c",
-                "src/engine.c", "src/etcd.c", "src/http.c", "src/io.c", "src/keys.c",
+                "src/engine.c", "src/errors.c", "src/etcd.c", "src/http.c", "src/io.c", "src/keys.c",
                 "src/lcore.c", "src/lock.c", "src/map.c", "src/msg.c", "src/proc.c",
                 "src/query.c", "src/session.c", "src/tls.c", "src/wake.c", "src/watch.c",
             },

@@ -208,3 +208,36 @@ describe("what a TLS failure means", function()
             "OpenSSL SSL_connect: Connection reset by peer", false, false, false)))
     end)
 end)
+
+describe("the error vocabulary", function()
+    local locker = require "locker"
+    local known = {}
+    for _, name in ipairs(locker.errors) do known[name] = true end
+
+    it("comes from the engine's one table", function()
+        for _, name in ipairs { "timeout", "locked", "unavailable", "lease_lost", "lost",
+                                "not_owner", "canceled", "closed", "etcd", "protocol",
+                                "tls", "auth", "nomem", "pending", "not_watched", "internal" } do
+            assert.is_true(known[name], name)
+        end
+        assert.equal(16, #locker.errors)
+    end)
+
+    it("is the only one the Lua modules return, and the README lists it all", function()
+        for _, file in ipairs { "lua/locker/init.lua", "lua/locker/ngx.lua", "lua/locker/health.lua" } do
+            local f = assert(io.open(file))
+            local text = f:read("*a")
+            f:close()
+            -- `return nil, <msg>, "code"` and `return nil, nil, <msg>, "code"`
+            for code in text:gmatch('return nil,[^\n]-,%s*"([%w_]+)"%s*\n') do
+                assert.is_true(known[code], file .. " returns the unknown code " .. code)
+            end
+        end
+        local f = assert(io.open("README.md"))
+        local readme = f:read("*a")
+        f:close()
+        for _, name in ipairs(locker.errors) do
+            assert.truthy(readme:find("`" .. name .. "`", 1, true), "README does not list " .. name)
+        end
+    end)
+end)

@@ -97,7 +97,24 @@ describe("a closed client", function()
         assert.is_nil(l)
         assert.equal("closed", code)
         assert.matches("closed", msg)
-        local _, _, code2 = c:get("n")
-        assert.equal("closed", code2)
+        -- one rule for every call: nil, msg, "closed" (misuse still raises)
+        local calls = {
+            get = function() return c:get("n") end,
+            owner = function() return c:owner("n") end,
+            status = function() return c:status() end,
+            watch = function() return c:watch("n", function() end) end,
+            follow = function() return c:follow("n") end,
+            cached = function() return c:cached("n") end,
+            lease = function() return c:lease() end,
+            session = function() return c:session() end,
+        }
+        for what, call in pairs(calls) do
+            local v, m, code2 = call()
+            assert.is_nil(v, what)
+            assert.equal("closed", code2, what)
+            assert.equal("client is closed", m, what)
+        end
+        assert.error_matches(function() c:lock(42) end, "name must be a string")
+        assert.is_table(c:stats())  -- what it did stays readable
     end)
 end)

@@ -47,7 +47,7 @@ static int before_send(void *ctx, lk_req *r)
     lk_auth *a = ctx;
     if (r->owner == a || a->have_token) return 0;
     if (lk_now_ms() < a->refused_until)
-        lk_http_release_held(a->http, "auth", a->refused);  /* fails it soon */
+        lk_http_release_held(a->http, LK_ERR_AUTH, a->refused);  /* fails it soon */
     else
         authenticate(a);
     return 1;
@@ -69,7 +69,7 @@ static int after_answer(void *ctx, lk_req *r)
         return 0;
     if (r->auth_retries++ >= 2) return 0;  /* its own answer, then */
     if (r->auth_gen == lk_http_token_gen(a->http)) token_expired(a);
-    else if (a->have_token) lk_http_release_held(a->http, NULL, NULL);  /* newer token */
+    else if (a->have_token) lk_http_release_held(a->http, LK_OK, NULL);  /* newer token */
     return 1;
 }
 
@@ -85,12 +85,12 @@ static void on_authenticated(lk_req *r)
     lk_auth *a = r->owner;
     a->req = NULL;
     if (r->body.data) memset(r->body.data, 0, r->body.len);  /* the password */
-    const char *code;
+    lk_err code;
     char msg[512];
     int grpc = -1;
     cJSON *root = NULL;
     if (r->fail_code || lk_req_transport_failed(r) || r->too_big) {
-        code = r->fail_code ? r->fail_code : r->too_big ? "protocol" : "unavailable";
+        code = r->fail_code ? r->fail_code : r->too_big ? LK_ERR_PROTOCOL : LK_ERR_UNAVAILABLE;
         snprintf(msg, sizeof msg, "authenticating with etcd at %s: %s",
                  lk_req_endpoint(r), r->too_big ? "answer too big" : lk_req_error(r));
         lk_http_release_held(a->http, code, msg);
@@ -102,27 +102,27 @@ static void on_authenticated(lk_req *r)
         if (lk_http_set_token(a->http, token->valuestring) == 0) {
             a->have_token = 1;
             a->refusals = 0;
-            lk_http_release_held(a->http, NULL, NULL);
+            lk_http_release_held(a->http, LK_OK, NULL);
         } else {
-            lk_http_release_held(a->http, "nomem", "out of memory");
+            lk_http_release_held(a->http, LK_ERR_NOMEM, "out of memory");
         }
     } else if (root) {  /* etcd has authentication off: nothing to send */
         a->have_token = 1;
-        lk_http_release_held(a->http, NULL, NULL);
+        lk_http_release_held(a->http, LK_OK, NULL);
     } else if (grpc >= 0) {
         snprintf(a->refused, sizeof a->refused, "etcd refused authentication as "
                  "user '%s': %s", a->cfg->user, msg);
         if (grpc == 9 && strstr(msg, "not enabled")) {  /* auth is off */
             a->have_token = 1;
-            lk_http_release_held(a->http, NULL, NULL);
+            lk_http_release_held(a->http, LK_OK, NULL);
         } else {
             a->refusals++;
             a->refused_until = lk_now_ms() +
                 lk_backoff_ms(a->refusals, REFUSED_MIN_MS, REFUSED_MAX_MS);
-            lk_http_release_held(a->http, "auth", a->refused);
+            lk_http_release_held(a->http, LK_ERR_AUTH, a->refused);
         }
     } else {
-        lk_http_release_held(a->http, "protocol", msg);
+        lk_http_release_held(a->http, LK_ERR_PROTOCOL, msg);
     }
     if (root) {  /* the token is a secret too */
         if (cJSON_IsString(token)) memset(token->valuestring, 0, strlen(token->valuestring));
@@ -137,7 +137,7 @@ static void authenticate(lk_auth *a)
     if (lk_etcd_auth_body(&body, a->cfg->user, a->cfg->password ? a->cfg->password : "")) {
         if (body.data) memset(body.data, 0, body.len);
         lk_buf_free(&body);
-        lk_http_release_held(a->http, "nomem", "out of memory");
+        lk_http_release_held(a->http, LK_ERR_NOMEM, "out of memory");
         return;
     }
     lk_req *r = lk_req_new(a->http, LK_PATH_AUTH, on_authenticated, a,
@@ -145,7 +145,7 @@ static void authenticate(lk_auth *a)
     if (!r) {
         memset(body.data, 0, body.len);
         lk_buf_free(&body);
-        lk_http_release_held(a->http, "nomem", "out of memory");
+        lk_http_release_held(a->http, LK_ERR_NOMEM, "out of memory");
         return;
     }
     r->urgent = 1;  /* everything else may wait for it */
@@ -155,7 +155,7 @@ static void authenticate(lk_auth *a)
     a->req = r;
     if (lk_req_start(r)) {
         a->req = NULL;
-        lk_http_release_held(a->http, "nomem", "could not start a request");
+        lk_http_release_held(a->http, LK_ERR_NOMEM, "could not start a request");
     }
 }
 

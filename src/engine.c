@@ -56,7 +56,7 @@ static void on_ready(void *ctx)
     lk_locks_session_ready(&e->locks);
 }
 
-static void on_failed(void *ctx, const char *code, const char *msg)
+static void on_failed(void *ctx, lk_err code, const char *msg)
 {
     lk_engine *e = ctx;
     lk_locks_session_failed(&e->locks, code, msg);
@@ -300,7 +300,7 @@ static void serve(lk_engine *e, lk_cmd *c)
         return;
     }
     if (e->stopping) {
-        lk_emit_fail(&e->io, c->id, "closed", "client is closed");
+        lk_emit_fail(&e->io, c->id, LK_ERR_CLOSED, "client is closed");
         lk_cmd_free(c);
         return;
     }

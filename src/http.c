@@ -35,7 +35,7 @@ struct lk_http {
     char *auth_line;           /* "Authorization: <token>", or NULL */
     int auth_gen;
     int release;               /* held requests are due to go on */
-    const char *release_code;  /* ...or to fail with this */
+    lk_err release_code;  /* ...or to fail with this */
     char *release_msg;
     CURL *pool[POOL_MAX];      /* idle easy handles, kept for reuse */
     int n_pool;
@@ -113,7 +113,7 @@ int lk_http_token_gen(const lk_http *h)
     return h->auth_gen;
 }
 
-void lk_http_release_held(lk_http *h, const char *fail_code, const char *fail_msg)
+void lk_http_release_held(lk_http *h, lk_err fail_code, const char *fail_msg)
 {
     h->release = 1;
     h->release_code = fail_code;
@@ -545,7 +545,7 @@ int64_t lk_http_next_wakeup(const lk_http *h)
 
 /* r, in flight, ends now for a reason of ours (code, msg) instead of an
  * answer. */
-static void fail_req(lk_req *r, CURLcode rc, const char *code, const char *msg)
+static void fail_req(lk_req *r, CURLcode rc, lk_err code, const char *msg)
 {
     r->result = rc;
     r->status = 0;
@@ -562,7 +562,7 @@ static void release_held(lk_http *h)
 {
     if (!h->release) return;
     h->release = 0;
-    const char *code = h->release_code;
+    lk_err code = h->release_code;
     char *msg = h->release_msg;
     h->release_msg = NULL;
     lk_req *list = h->held;
@@ -573,7 +573,7 @@ static void release_held(lk_http *h)
         r->prev = r->next = NULL;
         if (code) {
             link_inflight(r);
-            fail_req(r, CURLE_LOGIN_DENIED, code, msg ? msg : code);
+            fail_req(r, CURLE_LOGIN_DENIED, code, msg ? msg : lk_err_name(code));
         } else if (counted(r)) {
             enqueue(r);  /* the cap on requests in flight still holds */
         } else if (guard_holds(r)) {
@@ -582,7 +582,7 @@ static void release_held(lk_http *h)
             r->endpoint = pick_endpoint(h, -1);
             int bad = launch(r);
             link_inflight(r);
-            if (bad) fail_req(r, CURLE_OUT_OF_MEMORY, "nomem", "out of memory");
+            if (bad) fail_req(r, CURLE_OUT_OF_MEMORY, LK_ERR_NOMEM, "out of memory");
         }
     }
     free(msg);
@@ -602,12 +602,12 @@ static int tls_handled(lk_req *r, CURLcode rc)
     switch (lk_tls_failure(rc, lk_req_error(r), handshake > 0 && !r->received,
                            r->tls12, h->cfg, ep, msg, sizeof msg)) {
     case LK_TLS_FAILED:
-        fail_req(r, rc, "tls", msg);
+        fail_req(r, rc, LK_ERR_TLS, msg);
         return 1;
     case LK_TLS_UNSURE:
         r->tls12 = 1;
         if (launch(r) == 0) return 1;
-        fail_req(r, CURLE_OUT_OF_MEMORY, "nomem", "out of memory");
+        fail_req(r, CURLE_OUT_OF_MEMORY, LK_ERR_NOMEM, "out of memory");
         return 1;
     default:
         return 0;

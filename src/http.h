@@ -14,6 +14,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "errors.h"
 
 /* Ordinary requests in flight at once; more wait in a queue of our own.
  * Streams and urgent requests (lease renewals) never wait: they are not
@@ -62,7 +63,7 @@ struct lk_req {
     int auth_retries;        /* sent again after "invalid auth token" */
     int tls12;               /* this attempt is capped at TLS 1.2 */
     struct curl_slist *headers;  /* this attempt's (the token changes) */
-    const char *fail_code;   /* set: failed before etcd answered, for a */
+    lk_err fail_code;   /* set: failed before etcd answered, for a */
     char *fail_msg;          /* reason of ours ("tls", "auth") */
     CURLcode result;
     long status;
@@ -88,9 +89,9 @@ void lk_http_set_guard(lk_http *h, const lk_http_guard *g);
 int lk_http_set_token(lk_http *h, const char *token);
 /* Which token requests go out with now: it changes with each new one. */
 int lk_http_token_gen(const lk_http *h);
-/* The held requests go again (fail_code NULL), or all fail with that code
+/* The held requests go again (fail_code LK_OK), or all fail with that code
  * and message, in the next lk_http_perform (never inside this call). */
-void lk_http_release_held(lk_http *h, const char *fail_code, const char *fail_msg);
+void lk_http_release_held(lk_http *h, lk_err fail_code, const char *fail_msg);
 void lk_http_free(lk_http *h);       /* cancels whatever is in flight */
 CURLM *lk_http_multi(lk_http *h);
 

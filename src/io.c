@@ -36,7 +36,7 @@ void lk_emit_ok(lk_io *io, uint64_t id)
     lk_emit(io, ev);
 }
 
-void lk_emit_fail(lk_io *io, uint64_t id, const char *code,
+void lk_emit_fail(lk_io *io, uint64_t id, lk_err code,
                   const char *fmt, ...)
 {
     lk_event *ev = lk_event_new(LK_EV_RESULT, id);
@@ -46,26 +46,26 @@ void lk_emit_fail(lk_io *io, uint64_t id, const char *code,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    snprintf(ev->code, sizeof ev->code, "%s", code);
+    ev->code = code;
     ev->msg = strdup(msg);
     lk_emit(io, ev);
 }
 
-cJSON *lk_answer(lk_req *r, const char **code, char *msg, size_t msg_size)
+cJSON *lk_answer(lk_req *r, lk_err *code, char *msg, size_t msg_size)
 {
     if (r->fail_code) {  /* tls, auth: http said why */
         *code = r->fail_code;
-        snprintf(msg, msg_size, "%s", r->fail_msg ? r->fail_msg : r->fail_code);
+        snprintf(msg, msg_size, "%s", r->fail_msg ? r->fail_msg : lk_err_name(r->fail_code));
         return NULL;
     }
     if (r->too_big) {
-        *code = "protocol";
+        *code = LK_ERR_PROTOCOL;
         snprintf(msg, msg_size, "etcd at %s sent an answer over %d MiB",
                  lk_req_endpoint(r), LK_MAX_ANSWER >> 20);
         return NULL;
     }
     if (lk_req_transport_failed(r)) {
-        *code = "unavailable";
+        *code = LK_ERR_UNAVAILABLE;
         snprintf(msg, msg_size, "etcd at %s unreachable: %s",
                  lk_req_endpoint(r), lk_req_error(r));
         return NULL;
@@ -76,18 +76,18 @@ cJSON *lk_answer(lk_req *r, const char **code, char *msg, size_t msg_size)
                                 text, sizeof text, &grpc);
     if (root) return root;
     /* NotFound on a lease-carrying call is etcd saying the lease is gone. */
-    *code = grpc == 5 && strstr(text, "lease") ? "lease_lost"
-          : grpc == 14 || r->status == 503 ? "unavailable"
-          : lk_auth_refusal(grpc, text) ? "auth"
-          : grpc >= 0 ? "etcd" : "protocol";
-    snprintf(msg, msg_size, "%s%s", text, grpc == 3 && !strcmp(*code, "auth")
+    *code = grpc == 5 && strstr(text, "lease") ? LK_ERR_LEASE_LOST
+          : grpc == 14 || r->status == 503 ? LK_ERR_UNAVAILABLE
+          : lk_auth_refusal(grpc, text) ? LK_ERR_AUTH
+          : grpc >= 0 ? LK_ERR_ETCD : LK_ERR_PROTOCOL;
+    snprintf(msg, msg_size, "%s%s", text, grpc == 3 && *code == LK_ERR_AUTH
              ? " (etcd has authentication on: set user and password)" : "");
     return NULL;
 }
 
 cJSON *lk_request_answer(lk_io *io, lk_req *r, const char *what)
 {
-    const char *code;
+    lk_err code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
     if (!root) lk_emit_fail(io, r->id, code, "%s: %s", what, msg);

@@ -39,12 +39,12 @@ void lk_count(int64_t *counter);
 void lk_emit(lk_io *io, lk_event *ev);
 /* A result event for request id: ok, or failed with code and message. */
 void lk_emit_ok(lk_io *io, uint64_t id);
-void lk_emit_fail(lk_io *io, uint64_t id, const char *code,
+void lk_emit_fail(lk_io *io, uint64_t id, lk_err code,
                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* Reads a finished request's answer: the parsed root object, or NULL with a
  * code ("unavailable", "lease_lost", "etcd", "protocol") and a message. */
-cJSON *lk_answer(lk_req *r, const char **code, char *msg, size_t msg_size);
+cJSON *lk_answer(lk_req *r, lk_err *code, char *msg, size_t msg_size);
 
 /* The answer to a request the Lua side waits for (r->id): its root
  * object, or NULL once the failure went to the caller as "WHAT: why". */

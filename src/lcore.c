@@ -128,7 +128,7 @@ static int l_new(lua_State *L)
     if (!b->engine) {
         lua_pushnil(L);
         lua_pushstring(L, err);
-        lua_pushliteral(L, "nomem");
+        lua_pushstring(L, lk_err_name(LK_ERR_NOMEM));
         return 3;
     }
     return 1;
@@ -263,7 +263,7 @@ static int l_cached(lua_State *L)
     if (!b->engine || lk_engine_closed(b->engine)) {
         lua_pushnil(L);
         lua_pushliteral(L, "client is closed");
-        lua_pushliteral(L, "closed");
+        lua_pushstring(L, lk_err_name(LK_ERR_CLOSED));
         return 3;
     }
     lk_blob *v;
@@ -292,12 +292,12 @@ static int l_cached(lua_State *L)
     case LK_CACHE_PENDING:
         lua_pushnil(L);
         lua_pushfstring(L, "'%s' is watched but not known yet", name);
-        lua_pushliteral(L, "pending");
+        lua_pushstring(L, lk_err_name(LK_ERR_PENDING));
         return 3;
     default:
         lua_pushnil(L);
         lua_pushfstring(L, "'%s' is not watched by this client", name);
-        lua_pushliteral(L, "not_watched");
+        lua_pushstring(L, lk_err_name(LK_ERR_NOT_WATCHED));
         return 3;
     }
 }
@@ -589,8 +589,8 @@ static void push_event(lua_State *L, const lk_event *ev)
         lua_pushinteger(L, ev->skipped);
         lua_setfield(L, -2, "skipped");
     }
-    if (ev->code[0]) {
-        lua_pushstring(L, ev->code);
+    if (ev->code) {
+        lua_pushstring(L, lk_err_name(ev->code));
         lua_setfield(L, -2, "code");
     }
     if (ev->msg) {
@@ -798,5 +798,12 @@ int luaopen_locker_core(lua_State *L)
     lua_pop(L, 1);
     new_class(L, STATUS_MT, status_methods, l_status_gc);
     luaL_newlib(L, functions);
+    /* errors: every code a failure can carry, in the engine's order */
+    lua_createtable(L, LK_ERR_COUNT - 1, 0);
+    for (int e = LK_OK + 1; e < LK_ERR_COUNT; e++) {
+        lua_pushstring(L, lk_err_name((lk_err)e));
+        lua_rawseti(L, -2, e);
+    }
+    lua_setfield(L, -2, "errors");
     return 1;
 }

@@ -109,7 +109,7 @@ static void report_ok(lk_locks *ls, lk_lock *l)
     lk_emit(ls->io, ev);
 }
 
-static void report_fail(lk_locks *ls, lk_lock *l, const char *code,
+static void report_fail(lk_locks *ls, lk_lock *l, lk_err code,
                         const char *why)
 {
     if (l->reported) return;
@@ -120,9 +120,9 @@ static void report_fail(lk_locks *ls, lk_lock *l, const char *code,
 }
 
 /* The one place ownership is decided and published (see the top). A lock
- * that stops being owned says why through code and why (NULL: quietly,
+ * that stops being owned says why through code and why (LK_OK, NULL: quietly,
  * as on release). The first grant answers lock(). */
-static void publish(lk_locks *ls, lk_lock *l, const char *code, const char *why)
+static void publish(lk_locks *ls, lk_lock *l, lk_err code, const char *why)
 {
     const lk_session *s = ls->session;
     int64_t now = lk_now_ms();
@@ -143,7 +143,7 @@ static void publish(lk_locks *ls, lk_lock *l, const char *code, const char *why)
             char msg[LK_MSG_SIZE];
             snprintf(msg, sizeof msg, "lock '%.*s': %s", show_len(l),
                      l->name.data, why);
-            snprintf(ev->code, sizeof ev->code, "%s", code);
+            ev->code = code;
             ev->msg = strdup(msg);
         }
         lk_emit(ls->io, ev);
@@ -157,11 +157,11 @@ static void became_owner(lk_locks *ls, lk_lock *l)
 {
     l->state = LS_HELD;
     l->holds = 1;
-    publish(ls, l, NULL, NULL);
+    publish(ls, l, LK_OK, NULL);
 }
 
 /* Ownership ends (holds = 0) and is published as ended. */
-static void drop(lk_locks *ls, lk_lock *l, const char *code, const char *why)
+static void drop(lk_locks *ls, lk_lock *l, lk_err code, const char *why)
 {
     l->holds = 0;
     publish(ls, l, code, why);
@@ -188,7 +188,7 @@ static void free_lock(lk_lock *l)
 static void finish(lk_locks *ls, lk_lock *l)
 {
     cancel_req(l);
-    drop(ls, l, NULL, NULL);
+    drop(ls, l, LK_OK, NULL);
     if (l->release_id) lk_emit_ok(ls->io, l->release_id);
     uint64_t id = l->id;
     lk_map_del(&ls->by_id, &id, sizeof id);
@@ -217,12 +217,12 @@ static void finish(lk_locks *ls, lk_lock *l)
  * while we waited). Whatever is left of it is deleted. */
 static void lost_key(lk_locks *ls, lk_lock *l, const char *why)
 {
-    drop(ls, l, "lost", why);
+    drop(ls, l, LK_ERR_LOST, why);
     if (l->keep) {
         start_acquire(ls, l);
         return;
     }
-    report_fail(ls, l, "lost", why);
+    report_fail(ls, l, LK_ERR_LOST, why);
     start_delete(ls, l);
 }
 
@@ -235,10 +235,10 @@ static void retry_later(lk_locks *ls, lk_lock *l)
 }
 
 /* A request of this lock failed without etcd deciding anything. */
-static void transient(lk_locks *ls, lk_lock *l, const char *code,
+static void transient(lk_locks *ls, lk_lock *l, lk_err code,
                       const char *msg)
 {
-    if (strcmp(code, "lease_lost") == 0) {
+    if (code == LK_ERR_LEASE_LOST) {
         lk_session_lease_gone(ls->session, msg);  /* reaches this lock too */
         return;
     }
@@ -277,7 +277,7 @@ static cJSON *lock_answer(lk_req *r, int64_t *rev)
         start_delete(ls, l);
         return NULL;
     }
-    const char *code;
+    lk_err code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
     if (!root) {
@@ -287,7 +287,7 @@ static cJSON *lock_answer(lk_req *r, int64_t *rev)
     *rev = lk_etcd_revision(root);
     if (*rev <= 0) {
         cJSON_Delete(root);
-        transient(ls, l, "protocol", "etcd's answer has no header revision");
+        transient(ls, l, LK_ERR_PROTOCOL, "etcd's answer has no header revision");
         return NULL;
     }
     l->failures = 0;
@@ -301,13 +301,13 @@ static void send_txn(lk_locks *ls, lk_lock *l, int build_failed, lk_buf *body,
 {
     if (build_failed) {
         lk_buf_free(body);
-        transient(ls, l, "nomem", "out of memory");
+        transient(ls, l, LK_ERR_NOMEM, "out of memory");
         return;
     }
     l->state = state;
     l->seen_rev = 0;  /* the answer will reflect every change seen so far */
     l->req = lk_send(ls->io, LK_PATH_TXN, done, l, body, 0);
-    if (!l->req) transient(ls, l, "nomem", "could not start a request");
+    if (!l->req) transient(ls, l, LK_ERR_NOMEM, "could not start a request");
 }
 
 static void on_refresh(lk_req *r)
@@ -340,7 +340,7 @@ static void placed(lk_locks *ls, lk_lock *l, int first, int64_t rev)
     if (first && !outdated(l, rev)) {
         became_owner(ls, l);
     } else if (!l->wait) {
-        report_fail(ls, l, "locked", "held by another owner");
+        report_fail(ls, l, LK_ERR_LOCKED, "held by another owner");
         start_delete(ls, l);
     } else {
         check(ls, l);
@@ -372,13 +372,13 @@ static void on_try(lk_req *r)
     lk_etcd_kv_free(&kv);
     cJSON_Delete(root);
     if (!mine && !l->wait) {  /* try-lock: nothing was written */
-        report_fail(ls, l, "locked", "held by another owner");
+        report_fail(ls, l, LK_ERR_LOCKED, "held by another owner");
         l->lease = 0;
         finish(ls, l);
     } else if (!mine) {
         queue(ls, l);
     } else if (l->my_rev <= 0) {
-        transient(ls, l, "protocol", "etcd's answer has a key without its revision");
+        transient(ls, l, LK_ERR_PROTOCOL, "etcd's answer has a key without its revision");
     } else {
         if (stale) refresh_value(ls, l);
         placed(ls, l, first, rev);
@@ -407,7 +407,7 @@ static void on_acquire(lk_req *r)
     lk_etcd_kv_free(&kv);
     cJSON_Delete(root);
     if (l->my_rev <= 0)
-        transient(ls, l, "protocol", "acquire answer without the own key");
+        transient(ls, l, LK_ERR_PROTOCOL, "acquire answer without the own key");
     else
         placed(ls, l, first, rev);
 }
@@ -466,7 +466,7 @@ static void on_check(lk_req *r)
     } else if (!pred) {
         became_owner(ls, l);
     } else {
-        drop(ls, l, "lost", "another owner is ahead of it");
+        drop(ls, l, LK_ERR_LOST, "another owner is ahead of it");
         l->state = LS_WAITING;
     }
 }
@@ -484,11 +484,11 @@ static void on_delete(lk_req *r)
     lk_lock *l = r->owner;
     lk_locks *ls = l->ls;
     l->req = NULL;
-    const char *code;
+    lk_err code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
     cJSON_Delete(root);
-    if (root || strcmp(code, "lease_lost") == 0) {
+    if (root || code == LK_ERR_LEASE_LOST) {
         finish(ls, l);
         return;
     }
@@ -504,7 +504,7 @@ static void on_delete(lk_req *r)
  * first (a put could otherwise land after the delete). */
 static void start_delete(lk_locks *ls, lk_lock *l)
 {
-    drop(ls, l, NULL, NULL);
+    drop(ls, l, LK_OK, NULL);
     l->state = LS_DELETE;
     l->retry_at = 0;
     if (l->req) return;  /* lock_answer comes back here */
@@ -600,7 +600,7 @@ static void lock_command(lk_locks *ls, lk_cmd *c)
                    (lk_bytes){c->name, c->name_len}) ||
         copy(&l->value, c->value, c->value_len)) {
         if (l) free_lock(l);
-        lk_emit_fail(ls->io, c->id, "nomem", "out of memory");
+        lk_emit_fail(ls->io, c->id, LK_ERR_NOMEM, "out of memory");
         return;
     }
     l->ls = ls;
@@ -616,7 +616,7 @@ static void lock_command(lk_locks *ls, lk_cmd *c)
     }
     lk_lock *head = lk_map_get(&ls->by_name, l->name.data, l->name.len);
     if (head && !l->wait) {
-        lk_emit_fail(ls->io, l->id, "locked", "lock '%.*s': held by this client",
+        lk_emit_fail(ls->io, l->id, LK_ERR_LOCKED, "lock '%.*s': held by this client",
                      show_len(l), l->name.data);
         free_lock(l);
         return;
@@ -647,7 +647,7 @@ static void release_command(lk_locks *ls, lk_cmd *c)
     if (l->release_id) lk_emit_ok(ls->io, l->release_id);
     l->release_id = c->id;
     l->keep = 0;
-    report_fail(ls, l, "canceled", "released before it was acquired");
+    report_fail(ls, l, LK_ERR_CANCELED, "released before it was acquired");
     if (l->state == LS_DELETE && l->req) return;  /* on its way */
     if (l->state == LS_QUEUED) finish(ls, l);
     else start_delete(ls, l);  /* finishes at once when there is no key */
@@ -661,7 +661,7 @@ static void on_set(lk_req *r)
     int ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"));
     cJSON_Delete(root);
     if (ok) lk_emit_ok(io, r->id);
-    else lk_emit_fail(io, r->id, "not_owner", "set: the lock was lost");
+    else lk_emit_fail(io, r->id, LK_ERR_NOT_OWNER, "set: the lock was lost");
 }
 
 static void set_command(lk_locks *ls, lk_cmd *c)
@@ -669,7 +669,7 @@ static void set_command(lk_locks *ls, lk_cmd *c)
     uint64_t id = c->target;
     lk_lock *l = lk_map_get(&ls->by_id, &id, sizeof id);
     if (!l || !l->until || lk_now_ms() >= l->until) {  /* as owned() says */
-        lk_emit_fail(ls->io, c->id, "not_owner", "set: the lock is not owned");
+        lk_emit_fail(ls->io, c->id, LK_ERR_NOT_OWNER, "set: the lock is not owned");
         return;
     }
     lk_buf body = {0};
@@ -679,7 +679,7 @@ static void set_command(lk_locks *ls, lk_cmd *c)
                          l->my_rev) ||
         !(r = lk_send(ls->io, LK_PATH_TXN, on_set, ls->io, &body, 0))) {
         lk_buf_free(&body);
-        lk_emit_fail(ls->io, c->id, "nomem", "set: out of memory");
+        lk_emit_fail(ls->io, c->id, LK_ERR_NOMEM, "set: out of memory");
         return;
     }
     r->id = c->id;
@@ -691,7 +691,7 @@ void lk_locks_command(lk_locks *ls, lk_cmd *c)
     case LK_CMD_LOCK: lock_command(ls, c); break;
     case LK_CMD_RELEASE: release_command(ls, c); break;
     case LK_CMD_SET: set_command(ls, c); break;
-    default: lk_emit_fail(ls->io, c->id, "protocol", "unknown command"); break;
+    default: lk_emit_fail(ls->io, c->id, LK_ERR_INTERNAL, "unknown command"); break;
     }
     lk_cmd_free(c);
 }
@@ -731,7 +731,7 @@ void lk_locks_session_ready(lk_locks *ls)
     }
 }
 
-void lk_locks_session_failed(lk_locks *ls, const char *code, const char *msg)
+void lk_locks_session_failed(lk_locks *ls, lk_err code, const char *msg)
 {
     for (lk_lock *l = ls->all, *next; l; l = next) {
         next = l->next;
@@ -748,14 +748,14 @@ void lk_locks_lease_lost(lk_locks *ls, const char *why)
         next = l->next;
         if (!l->lease) continue;
         cancel_req(l);
-        drop(ls, l, "lease_lost", why);
+        drop(ls, l, LK_ERR_LEASE_LOST, why);
         l->lease = 0;  /* its key went with the lease */
         if (l->state == LS_DELETE) {
             finish(ls, l);
         } else if (l->keep) {
             start_acquire(ls, l);  /* waits for the new lease */
         } else {
-            report_fail(ls, l, "lease_lost", why);
+            report_fail(ls, l, LK_ERR_LEASE_LOST, why);
             finish(ls, l);
         }
     }
@@ -766,7 +766,7 @@ void lk_locks_renewed(lk_locks *ls)
     for (lk_lock *l = ls->all, *next; l; l = next) {
         next = l->next;
         if (!l->holds) continue;
-        if (l->until) publish(ls, l, NULL, NULL);        /* a later deadline */
+        if (l->until) publish(ls, l, LK_OK, NULL);        /* a later deadline */
         else if (!l->req && l->state == LS_HELD) check(ls, l);  /* confirm */
     }
 }
@@ -777,7 +777,7 @@ void lk_locks_expired(lk_locks *ls)
     for (lk_lock *l = ls->all, *next; l; l = next) {
         next = l->next;
         int was = l->until != 0;
-        publish(ls, l, "lease_lost", why);  /* not owned any more */
+        publish(ls, l, LK_ERR_LEASE_LOST, why);  /* not owned any more */
         if (was && !l->keep) {
             l->holds = 0;
             start_delete(ls, l);
@@ -830,13 +830,13 @@ int64_t lk_locks_tick(lk_locks *ls, int64_t now)
             /* a request in flight decides first: its answer looks again */
             if (now >= l->deadline && !l->req) {
                 const char *why;
-                const char *cause = lk_session_failure(ls->session, &why);
+                lk_err cause = lk_session_failure(ls->session, &why);
                 if (l->state == LS_SESSION && cause) {  /* the known cause */
                     char msg[LK_MSG_SIZE];
                     snprintf(msg, sizeof msg, "timed out waiting for the session: %s", why);
                     report_fail(ls, l, cause, msg);
                 } else {
-                    report_fail(ls, l, "timeout", "timed out waiting for the lock");
+                    report_fail(ls, l, LK_ERR_TIMEOUT, "timed out waiting for the lock");
                 }
                 l->keep = 0;
                 start_delete(ls, l);
@@ -863,9 +863,9 @@ void lk_locks_close(lk_locks *ls)
     ls->stopping = 1;
     while (ls->all) {
         lk_lock *l = ls->all;
-        report_fail(ls, l, "closed", "client closed");
+        report_fail(ls, l, LK_ERR_CLOSED, "client closed");
         cancel_req(l);
-        drop(ls, l, "closed", "client closed");
+        drop(ls, l, LK_ERR_CLOSED, "client closed");
         l->lease = 0;
         finish(ls, l);
     }

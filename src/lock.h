@@ -34,7 +34,7 @@ int lk_locks_waiting(const lk_locks *ls);
 
 /* The session's news. */
 void lk_locks_session_ready(lk_locks *ls);
-void lk_locks_session_failed(lk_locks *ls, const char *code, const char *msg);
+void lk_locks_session_failed(lk_locks *ls, lk_err code, const char *msg);
 void lk_locks_lease_lost(lk_locks *ls, const char *why);
 void lk_locks_renewed(lk_locks *ls);
 void lk_locks_expired(lk_locks *ls);

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "errors.h"
 #include "status.h"
 
 typedef enum {
@@ -71,7 +72,7 @@ typedef struct lk_event {
     size_t key_len;
     int skipped;         /* WATCH, OWNED: older states of the same id folded
                             into this one while nobody took them */
-    char code[16];       /* stable lowercase word, "" when ok */
+    lk_err code;         /* LK_OK when ok (Lua sees lk_err_name) */
     char *msg;           /* for people; NULL when ok */
     int list;            /* a LIST result (kvs may be empty) */
     lk_event_kv *kvs;

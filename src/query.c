@@ -16,7 +16,7 @@ static void on_get(lk_req *r)
     const cJSON *kvs;
     if (lk_etcd_kvs(root, &kvs)) {
         cJSON_Delete(root);
-        lk_emit_fail(io, r->id, "protocol", "get: etcd's answer has \"kvs\" that is not a list");
+        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "get: etcd's answer has \"kvs\" that is not a list");
         return;
     }
     lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
@@ -33,7 +33,7 @@ static void on_get(lk_req *r)
             kv.value = (lk_buf){0};
         } else if (owner) {
             ev->ok = 0;
-            snprintf(ev->code, sizeof ev->code, "protocol");
+            ev->code = LK_ERR_PROTOCOL;
             ev->msg = strdup("get: malformed key-value in etcd's answer");
         }
     }
@@ -51,7 +51,7 @@ static void get_command(lk_io *io, lk_cmd *c)
         lk_etcd_owner_body(&body, (lk_bytes){dir.data, dir.len}) ||
         !(r = lk_send(io, LK_PATH_RANGE, on_get, io, &body, 0))) {
         lk_buf_free(&body);
-        lk_emit_fail(io, c->id, "nomem", "get: out of memory");
+        lk_emit_fail(io, c->id, LK_ERR_NOMEM, "get: out of memory");
     } else {
         r->id = c->id;
     }
@@ -74,7 +74,7 @@ static void on_list(lk_req *r)
     const cJSON *kvs;
     if (lk_etcd_kvs(root, &kvs)) {
         cJSON_Delete(root);
-        lk_emit_fail(io, r->id, "protocol", "status: etcd's answer has \"kvs\" that is not a list");
+        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "status: etcd's answer has \"kvs\" that is not a list");
         return;
     }
     int n = cJSON_GetArraySize(kvs);
@@ -85,7 +85,7 @@ static void on_list(lk_req *r)
     }
     if (!ev) {
         cJSON_Delete(root);
-        lk_emit_fail(io, r->id, "nomem", "status: out of memory");
+        lk_emit_fail(io, r->id, LK_ERR_NOMEM, "status: out of memory");
         return;
     }
     ev->ok = 1;
@@ -98,7 +98,7 @@ static void on_list(lk_req *r)
             lk_etcd_kv_free(&kv);
             cJSON_Delete(root);
             lk_event_free(ev);
-            lk_emit_fail(io, r->id, "protocol", "status: malformed key-value in etcd's answer");
+            lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "status: malformed key-value in etcd's answer");
             return;
         }
         lk_bytes name;  /* not a contender's key (the probe): not listed */
@@ -124,7 +124,7 @@ static void list_command(lk_io *io, lk_cmd *c)
     if (lk_etcd_dir_body(&body, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len}) ||
         !(r = lk_send(io, LK_PATH_RANGE, on_list, io, &body, 0))) {
         lk_buf_free(&body);
-        lk_emit_fail(io, c->id, "nomem", "status: out of memory");
+        lk_emit_fail(io, c->id, LK_ERR_NOMEM, "status: out of memory");
         return;
     }
     r->id = c->id;

@@ -29,27 +29,27 @@ static int64_t backoff(int failures)
 
 /* Keeps the cause of the last failure (for whoever waits, see
  * lk_session_failure); telling the hook is the caller's decision. */
-static void note_failure(lk_session *s, const char *code, const char *fmt, ...)
+static void note_failure(lk_session *s, lk_err code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void note_failure(lk_session *s, const char *code, const char *fmt, ...)
+static void note_failure(lk_session *s, lk_err code, const char *fmt, ...)
 {
     va_list ap;
-    snprintf(s->fail_code, sizeof s->fail_code, "%s", code);
+    s->fail_code = code;
     va_start(ap, fmt);
     vsnprintf(s->fail_msg, sizeof s->fail_msg, fmt, ap);
     va_end(ap);
 }
 
-static void failure(lk_session *s, const char *code, const char *msg)
+static void failure(lk_session *s, lk_err code, const char *msg)
 {
     note_failure(s, code, "%s", msg);
     s->hooks.failed(s->hooks.ctx, code, msg);
 }
 
-const char *lk_session_failure(const lk_session *s, const char **msg)
+lk_err lk_session_failure(const lk_session *s, const char **msg)
 {
     *msg = s->fail_msg;
-    return s->fail_code[0] ? s->fail_code : NULL;
+    return s->fail_code;
 }
 
 static int64_t renew_every_ms(const lk_session *s)
@@ -115,14 +115,14 @@ static void on_grant(lk_req *r)
 {
     lk_session *s = r->owner;
     s->lease_req = NULL;
-    const char *code;
+    lk_err code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
     int64_t id = root ? lk_etcd_int(root, "ID") : 0;
     int64_t ttl = root ? lk_etcd_int(root, "TTL") : 0;
     cJSON_Delete(root);
     if (root && (id == 0 || ttl <= 0)) {
-        code = "protocol";
+        code = LK_ERR_PROTOCOL;
         snprintf(msg, sizeof msg, "lease grant answer without ID or TTL");
     }
     if (!root || id == 0 || ttl <= 0) {
@@ -132,7 +132,7 @@ static void on_grant(lk_req *r)
         return;
     }
     s->grant_failures = 0;
-    s->fail_code[0] = '\0';
+    s->fail_code = LK_OK;
     s->lease = id;
     confirmed(s, r->sent_at, ttl);
     if (s->stream_ready) s->hooks.ready(s->hooks.ctx);
@@ -154,11 +154,11 @@ static void on_keepalive(lk_req *r)
 {
     lk_session *s = r->owner;
     s->lease_req = NULL;
-    const char *code;
+    lk_err code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
     if (!root) {
-        if (strcmp(code, "lease_lost") == 0)
+        if (code == LK_ERR_LEASE_LOST)
             lk_session_lease_gone(s, msg);
         else  /* try again soon; the tick ends ownership at the deadline */
             s->next_keepalive = lk_now_ms() + KEEPALIVE_RETRY_MS;
@@ -264,8 +264,8 @@ static int stream_error(lk_session *s, const char *line, size_t n, const lk_req 
     cJSON_Delete(lk_etcd_parse(line, n, r->status ? r->status : 500, text,
                                sizeof text, &grpc));
     if (lk_auth_token_refused(text)) lk_auth_rejected(s->io->auth, r->auth_gen);
-    note_failure(s, grpc == 14 ? "unavailable" : lk_auth_refusal(grpc, text) ? "auth"
-                    : grpc >= 0 ? "etcd" : "protocol",
+    note_failure(s, grpc == 14 ? LK_ERR_UNAVAILABLE : lk_auth_refusal(grpc, text) ? LK_ERR_AUTH
+                    : grpc >= 0 ? LK_ERR_ETCD : LK_ERR_PROTOCOL,
                  "watch stream at %s: %s", lk_req_endpoint(r), text);
     s->stream_refused = 1;
     return -1;
@@ -294,7 +294,7 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         const char *reason = cJSON_IsString(why) ? why->valuestring : "no reason given";
         /* an expired token: the next stream waits for a new one */
         if (lk_auth_token_refused(reason)) lk_auth_rejected(s->io->auth, r->auth_gen);
-        note_failure(s, lk_auth_refusal(-1, reason) ? "auth" : "etcd",
+        note_failure(s, lk_auth_refusal(-1, reason) ? LK_ERR_AUTH : LK_ERR_ETCD,
                      "etcd at %s canceled the watch: %.300s", lk_req_endpoint(r), reason);
         s->stream_refused = 1;
         cJSON_Delete(root);
@@ -307,7 +307,7 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
     }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "created"))) {
         s->stream_ready = 1;
-        s->fail_code[0] = '\0';
+        s->fail_code = LK_OK;
         if (s->stream_rev == 0) s->stream_rev = header_rev;
         heard(s);
         if (s->lease) s->hooks.ready(s->hooks.ctx);
@@ -355,7 +355,7 @@ static void stream_ended(lk_session *s, int endpoint_fault, int endpoint)
      * back by itself) */
     if (!was_ready || s->stream_refused) {
         const char *msg;
-        const char *code = lk_session_failure(s, &msg);
+        lk_err code = lk_session_failure(s, &msg);
         if (code) s->hooks.failed(s->hooks.ctx, code, msg);
     }
 }
@@ -363,12 +363,12 @@ static void stream_ended(lk_session *s, int endpoint_fault, int endpoint)
 static void on_stream_done(lk_req *r)
 {
     lk_session *s = r->owner;
-    if (r->result != CURLE_ABORTED_BY_CALLBACK && !s->fail_code[0]) {
-        const char *code;
+    if (r->result != CURLE_ABORTED_BY_CALLBACK && !s->fail_code) {
+        lk_err code;
         char msg[LK_MSG_SIZE];
         cJSON_Delete(lk_answer(r, &code, msg, sizeof msg));
         if (!lk_req_transport_failed(r) && !r->too_big && r->status == 200) {
-            code = "unavailable";
+            code = LK_ERR_UNAVAILABLE;
             snprintf(msg, sizeof msg, "etcd at %s ended the watch stream",
                      lk_req_endpoint(r));
         }
@@ -386,7 +386,7 @@ static void on_probe(lk_req *r)
 {
     lk_session *s = r->owner;
     s->probe = NULL;
-    const char *code;
+    lk_err code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
     cJSON_Delete(root);
@@ -476,7 +476,7 @@ int64_t lk_session_tick(lk_session *s, int64_t now)
         lk_req *r = s->stream;
         int endpoint = r->endpoint;
         lk_req_cancel(r);
-        note_failure(s, "unavailable", "the watch stream went silent");
+        note_failure(s, LK_ERR_UNAVAILABLE, "the watch stream went silent");
         stream_ended(s, 1, endpoint);
         s->stream_retry_at = now;  /* elsewhere, at once */
     }

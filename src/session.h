@@ -23,7 +23,7 @@ typedef struct lk_change {
 typedef struct lk_session_hooks {
     void *ctx;
     void (*ready)(void *ctx);         /* lease and stream both up */
-    void (*failed)(void *ctx, const char *code, const char *msg);  /* the
+    void (*failed)(void *ctx, lk_err code, const char *msg);  /* the
                                          lease or the stream cannot be had */
     void (*lease_lost)(void *ctx, const char *why);
     void (*renewed)(void *ctx);       /* the deadline moved on */
@@ -58,7 +58,7 @@ typedef struct lk_session {
     lk_req *probe;             /* a write the stream must show, in flight */
     int64_t probe_acked_at;    /* it landed: the stream owes us its event */
     int64_t next_probe_at;
-    char fail_code[16];        /* the last failure's cause, "" when none */
+    lk_err fail_code;          /* the last failure's cause, LK_OK when none */
     char fail_msg[LK_MSG_SIZE];
     lk_req *revoke;            /* at close */
     lk_session_view view;      /* published copy (atomics) */
@@ -68,8 +68,8 @@ void lk_session_init(lk_session *s, lk_io *io, const lk_session_hooks *hooks);
 void lk_session_need(lk_session *s);          /* lease + stream, soon */
 void lk_session_need_stream(lk_session *s);   /* the stream only */
 int lk_session_ready(const lk_session *s);    /* lease and stream up */
-/* The last failure's cause (lease or stream), or NULL when none. */
-const char *lk_session_failure(const lk_session *s, const char **msg);
+/* The last failure's cause (lease or stream), LK_OK when none. */
+lk_err lk_session_failure(const lk_session *s, const char **msg);
 /* Whether a new owner may be told it owns: the lease is confirmed and its
  * renewals are not late. */
 int lk_session_confirmed(const lk_session *s, int64_t now);

@@ -212,7 +212,7 @@ static void snapshot_done(lk_watches *ws, lk_watch *w, int64_t rev)
  * (then the watches read again later). */
 static cJSON *snapshot_answer(lk_req *r)
 {
-    const char *code;
+    lk_err code;
     char msg[LK_MSG_SIZE];
     const cJSON *kvs;
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
@@ -383,7 +383,7 @@ static void watch_command(lk_watches *ws, lk_cmd *c)
 {
     lk_watch *w = lk_map_get(&ws->by_name, c->name, c->name_len);
     if (w) {  /* one subscription per name; the binding fans out */
-        lk_emit_fail(ws->io, c->id, "protocol", "name is already watched");
+        lk_emit_fail(ws->io, c->id, LK_ERR_INTERNAL, "name is already watched");
         return;
     }
     w = calloc(1, sizeof *w);
@@ -393,7 +393,7 @@ static void watch_command(lk_watches *ws, lk_cmd *c)
                    (lk_bytes){c->name, c->name_len}) ||
         lk_map_put(&ws->by_name, c->name, c->name_len, w)) {
         if (w) free_watch(w);
-        lk_emit_fail(ws->io, c->id, "nomem", "watch: out of memory");
+        lk_emit_fail(ws->io, c->id, LK_ERR_NOMEM, "watch: out of memory");
         return;
     }
     w->id = c->id;

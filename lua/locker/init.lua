@@ -16,6 +16,10 @@ local _M = { _VERSION = "0.1.0" }
 -- gateway request (etcd refuses requests over 1.5 MiB; base64 adds a third).
 _M.MAX_NAME = 512
 _M.MAX_VALUE = 1024 * 1024
+--- Every code a failure can carry (`nil, msg, code`), as the engine names
+-- them: the one vocabulary (see the README's list).
+_M.errors = {}
+for i, name in ipairs(core.errors) do _M.errors[i] = name end
 _M.MAX_PREFIX = 256
 
 _M.spawn = sched.spawn
@@ -238,11 +242,11 @@ end
 -- change (value nil: nobody holds it). Without fn, changes queue up for
 -- watch:next(). One etcd stream serves every watch of the client.
 function Client:watch(name, fn)
-    if self._closed then error("client:watch: client is closed", 2) end
     check_name("client:watch", name)
     if fn ~= nil and type(fn) ~= "function" then
         error("client:watch: fn must be a function (got " .. type(fn) .. ")", 2)
     end
+    if self._closed then return nil, "client is closed", "closed" end
     local sub = subscribe(self, name)
     local w = setmetatable({ client = self, name = name, _sub = sub, _fn = fn,
                              _queue = not fn and {} or nil }, Watch)
@@ -256,8 +260,8 @@ end
 -- callback and no queue (nothing piles up when nobody reads). Idempotent;
 -- it lasts as long as the client.
 function Client:follow(name)
-    if self._closed then error("client:follow: client is closed", 2) end
     check_name("client:follow", name)
+    if self._closed then return nil, "client is closed", "closed" end
     local sub = subscribe(self, name)
     if not sub.followed then
         sub.followed = true
@@ -351,7 +355,6 @@ local lock_opts = { timeout = true, wait = true, keep = true, on_change = true,
 --- Takes the lock NAME with VALUE; waits until owned (see opts).
 -- @return Lock, or nil, message, code ("timeout", "locked", "unavailable", ...)
 function Client:lock(name, value, opts)
-    if self._closed then return nil, "client is closed", "closed" end
     check_name("client:lock", name)
     if value == nil then value = "" end
     check_value("client:lock", value)
@@ -374,6 +377,7 @@ function Client:lock(name, value, opts)
         error("client:lock: a background lock keeps trying: it needs keep = true, "
               .. "and takes no wait or timeout", 2)
     end
+    if self._closed then return nil, "client is closed", "closed" end
     local timeout_ms = (timeout == nil or timeout == huge) and -1 or floor(timeout * 1000)
     -- under a millisecond there is no time to wait: one try, as wait = false
     local wait = opts.wait ~= false and timeout_ms ~= 0
@@ -412,8 +416,8 @@ end
 
 --- NAME's owner as { value =, token =, revision = }, or nil when none.
 function Client:owner(name)
-    if self._closed then return nil, "client is closed", "closed" end
     check_name("client:owner", name)
+    if self._closed then return nil, "client is closed", "closed" end
     local ev = await(self, self._core:get(name))
     if not ev.ok then return nil, ev.msg, ev.code end
     if ev.value == nil then return nil end
@@ -478,7 +482,7 @@ end
 --- The session lease ID in hex (as etcdctl shows it), or nil before the
 -- first lock and after close. Contender keys end with it.
 function Client:lease()
-    if self._closed then return nil end
+    if self._closed then return nil, "client is closed", "closed" end
     return self._core:lease()
 end
 
@@ -490,7 +494,7 @@ end
 -- deadline (valid_for reaches 0) unless a renewal comes. No I/O: computed
 -- from the engine's published times and the clock now.
 function Client:session()
-    if self._closed then return { state = "none" } end
+    if self._closed then return nil, "client is closed", "closed" end
     return self._core:session()
 end
 
@@ -534,7 +538,8 @@ end
 -- @return true, or nil, message, code ("not_owner", ...)
 function Lock:set(value)
     check_value("lock:set", value)
-    if self._released or self.client._closed then
+    if self.client._closed then return nil, "client is closed", "closed" end
+    if self._released then
         return nil, ("lock '%s': released"):format(self.name), "not_owner"
     end
     if not self:owned() then
