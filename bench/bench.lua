@@ -6,14 +6,14 @@
 -- FLOOR (the floor program). BENCH_HOLD (30) is the idle-hold time of the
 -- scale scenario.
 local locker = require "locker"
-local core = require "locker.core"
+local process = require "locker.process"
 
 local ENDPOINT = assert(os.getenv("LOCKER_ENDPOINTS"), "LOCKER_ENDPOINTS is not set")
 local FLOOR = assert(os.getenv("FLOOR"), "FLOOR is not set")
 local RUNS = tonumber(os.getenv("BENCH_RUNS") or "3")
 local SECONDS = tonumber(os.getenv("BENCH_SECONDS") or "2")
 local HOLD = tonumber(os.getenv("BENCH_HOLD") or "30")
-local now = core.now
+local now = locker.now
 local run_id = 0
 
 local function client(opts)
@@ -56,14 +56,14 @@ end
 local function heap_kib()
     collectgarbage()
     collectgarbage()
-    return (core.heap_bytes() or 0) / 1024
+    return (process.heap_bytes() or 0) / 1024
 end
 
 local function connections(port)
     local p = io.popen(("ss -tnpH state established '( dport = :%s )' 2>/dev/null"):format(port))
     local out = p:read("*a")
     p:close()
-    local n, me = 0, "pid=" .. core.getpid() .. ","
+    local n, me = 0, "pid=" .. process.getpid() .. ","
     for line in out:gmatch("[^\n]+") do
         if line:find(me, 1, true) then n = n + 1 end
     end

@@ -27,13 +27,16 @@ build = {
             sources = {
                 "src/auth.c", "src/b64.c", "src/backoff.c", "src/buf.c", "src/cache.c",
                 "src/engine.c", "src/errors.c", "src/etcd.c", "src/http.c", "src/io.c", "src/keys.c",
-                "src/lcore.c", "src/lock.c", "src/map.c", "src/msg.c", "src/proc.c",
+                "src/lcore.c", "src/lock.c", "src/map.c", "src/msg.c", 
                 "src/query.c", "src/session.c", "src/tls.c", "src/wake.c", "src/watch.c",
             },
             defines = { "_GNU_SOURCE" },
             incdirs = { "$(CJSON_INCDIR)/cjson", "$(CURL_INCDIR)" },
             libdirs = { "$(CURL_LIBDIR)", "$(CJSON_LIBDIR)" },
             libraries = { "curl", "cjson", "pthread" },
+        },
+        ["locker.process"] = {
+            sources = { "src/lprocess.c", "src/proc.c" },
         },
         ["locker"] = "lua/locker/init.lua",
         ["locker.sched"] = "lua/locker/sched.lua",

@@ -1,6 +1,5 @@
 -- The locker command against a real etcd.
 local locker = require "locker"
-local core = require "locker.core"
 local helper = require "helper"
 
 describe("the locker command", function()
@@ -123,10 +122,10 @@ describe("the locker command", function()
         for _, case in ipairs({ { "TERM", 143 }, { "INT", 130 } }) do
             local pid, out = start("lock busy -- echo ran")
             helper.wait_until("locker to queue", function() return #etcd:keys(prefix) == 2 end)
-            local t0 = core.now()
+            local t0 = locker.now()
             helper.kill(pid, case[1])
             assert.equal(case[2], exit_code(out, 5))
-            assert.is_true(core.now() - t0 < 3, "took " .. (core.now() - t0) .. " s")
+            assert.is_true(locker.now() - t0 < 3, "took " .. (locker.now() - t0) .. " s")
             local text = helper.read(out)
             assert.not_matches("ran", text)
             assert.matches("SIG" .. case[1] .. " while waiting for busy", text)
@@ -169,19 +168,19 @@ describe("the locker command", function()
         local got = {}
         locker.spawn(function()
             got.lock, got.msg = c:lock("jp", "c", { timeout = 20 })
-            got.at, got.child_alive = core.now(), helper.alive(child)
+            got.at, got.child_alive = locker.now(), helper.alive(child)
         end)
         helper.wait_until("the contender to queue", function() return #etcd:keys(prefix .. "jp/") == 2 end)
         -- renewals (and locker's release) no longer reach etcd: the lease
         -- runs out on the server, which is when the contender gets it
         p:mode("drop /v3/kv/deleterange")
         p:mode("drop /v3/lease/keepalive")
-        local t_drop = core.now()
+        local t_drop = locker.now()
         helper.wait_until("SIGTERM to the command", function() return helper.read(marker):match("TERM") end, 5)
-        local t_term = core.now()
+        local t_term = locker.now()
         assert.is_true(helper.alive(child), "SIGTERM ended a command that traps it")
         helper.wait_until("the command to be gone", function() return not helper.alive(child) end, 5)
-        local t_gone = core.now()
+        local t_gone = locker.now()
         helper.wait_until("the contender to get the lock", function() return got.at end, 15)
         assert.is_truthy(got.lock, got.msg)
         assert.is_false(got.child_alive, "the contender owned the lock while the command ran")

@@ -20,10 +20,9 @@
 -- client closed, even when an assertion fails; teardown kills the members
 -- by pid (LOCKER_PIDS lists them for tools/run-specs).
 local locker = require "locker"
-local core = require "locker.core"
 local helper = require "helper"
 
-local now = core.now
+local now = locker.now
 local sh, quote = helper.sh, helper.quote
 
 local TTL = 10            -- A's session lease
@@ -79,7 +78,7 @@ local function kill_wait(pid)
     helper.kill(pid, "CONT")
     helper.kill(pid, "KILL")
     local deadline = now() + 10
-    while helper.alive(pid) and now() < deadline do core.poll({}, 0.02) end
+    while helper.alive(pid) and now() < deadline do locker.sleep(0.02) end
 end
 
 local function start_cluster()

@@ -3,7 +3,6 @@
 -- event; a silent watch stream is noticed and replaced; cached() says how
 -- fresh it is. (spec/cluster_spec.lua does the same with real members.)
 local locker = require "locker"
-local core = require "locker.core"
 local helper = require "helper"
 
 describe("failover", function()
@@ -31,12 +30,12 @@ describe("failover", function()
             if not owned then lost = lost + 1 end
         end }))
         p1:mode("blackhole")
-        local t_end = core.now() + 12  -- three TTLs
+        local t_end = locker.now() + 12  -- three TTLs
         local slowest, always = 0, true
-        while core.now() < t_end do
-            local t0 = core.now()
+        while locker.now() < t_end do
+            local t0 = locker.now()
             local v, msg = c:get("keep")
-            slowest = math.max(slowest, core.now() - t0)
+            slowest = math.max(slowest, locker.now() - t0)
             assert.equal("v", v, msg)
             if not lock:owned() then always = false end
             locker.sleep(0.2)
@@ -57,11 +56,11 @@ describe("failover", function()
         local box = {}
         locker.spawn(function()
             box.lock, box.msg = b:lock("w", "b", { timeout = 30 })
-            box.at = core.now()
+            box.at = locker.now()
         end)
         helper.wait_until("b to queue", function() return #etcd:keys(prefix .. "w/") == 2 end)
         p1:mode("blackhole")  -- b's stream goes silent; nothing tells b
-        local released = core.now()
+        local released = locker.now()
         held:release()
         -- quiet 5 s, a probe, its echo 2 s, a request timeout: well under 12 s
         helper.wait_until("b to own the lock", function() return box.at end, 15)

@@ -5,7 +5,6 @@
 -- Every wait here is bounded by the wall clock: a call that does not come
 -- back in time fails its test, and its client is closed.
 local locker = require "locker"
-local core = require "locker.core"
 local helper = require "helper"
 
 -- tools/badgw.c, built by make next to the module
@@ -50,21 +49,21 @@ local go = helper.go
 -- (returned in time), .r (its results), .took (seconds), .peak (KiB of
 -- growth at most), .guard (cut short for memory).
 local function bounded(c, limit, guard, fn, ...)
-    local base, t0 = rss(), core.now()
+    local base, t0 = rss(), locker.now()
     local box = go(fn, ...)
     box.peak = 0
-    while not box.done and core.now() - t0 < limit do
+    while not box.done and locker.now() - t0 < limit do
         local grown = rss() - base
         if grown > box.peak then box.peak = grown end
         if grown > (guard or GUARD) then box.guard = true break end
         locker.sleep(0.02)
     end
-    box.took = core.now() - t0
+    box.took = locker.now() - t0
     box.in_time = box.done == true
     if not box.done then
         c:close()  -- the call returns "closed"
-        local t1 = core.now()
-        while not box.done and core.now() - t1 < 2 do locker.sleep(0.01) end
+        local t1 = locker.now()
+        while not box.done and locker.now() - t1 < 2 do locker.sleep(0.01) end
     end
     return box
 end
@@ -127,14 +126,14 @@ describe("gateway: memory", function()
     local function peak_growth(scenario)
         local gw = gateway(scenario)
         local c = client(gw)
-        local base, t0, peak = rss(), core.now(), 0
+        local base, t0, peak = rss(), locker.now(), 0
         local calls = { go(get, c), go(lock, c), go(status, c) }
         local function all_done()
             for _, b in ipairs(calls) do if not b.done then return false end end
             return true
         end
         -- the longest call: lock(), LOCK_TIMEOUT + SLACK
-        while not all_done() and core.now() - t0 < LOCK_TIMEOUT + SLACK do
+        while not all_done() and locker.now() - t0 < LOCK_TIMEOUT + SLACK do
             peak = math.max(peak, rss() - base)
             if peak > 256 * MIB then break end   -- enough to fail: stop here
             locker.sleep(0.02)
@@ -185,9 +184,9 @@ for _, case in ipairs(grid) do
             local c = client(gw)
             local calls = { go(lock, c), go(get, c) }
             locker.sleep(0.5)
-            local t0 = core.now()
+            local t0 = locker.now()
             c:close()
-            local took = core.now() - t0
+            local took = locker.now() - t0
             assert(took < TIMEOUT + SLACK, ("close() took %.2f s"):format(took))
             helper.wait_until("the calls to return", function()
                 return calls[1].done and calls[2].done
@@ -221,9 +220,9 @@ describe("gateway: int64", function()
             end
             go(lock, c)
             locker.sleep(0.2)
-            local t0 = core.now()
+            local t0 = locker.now()
             c:close()
-            local took = core.now() - t0
+            local took = locker.now() - t0
             if took >= TIMEOUT + SLACK then
                 problems[#problems + 1] = ("close() took %.2f s"):format(took)
             end
@@ -282,9 +281,9 @@ describe("gateway: watchcancel", function()
         local c = client(gw)
         local calls = { go(lock, c), go(get, c) }
         locker.sleep(0.5)
-        local t0 = core.now()
+        local t0 = locker.now()
         c:close()
-        local took = core.now() - t0
+        local took = locker.now() - t0
         assert(took < TIMEOUT + SLACK, ("close() took %.2f s"):format(took))
         helper.wait_until("the calls to return", function()
             return calls[1].done and calls[2].done

@@ -1,7 +1,6 @@
 -- Health records against a real etcd: cascade, k of n, hold-down, checks,
 -- recovery, state and log hook.
 local locker = require "locker"
-local core = require "locker.core"
 local health = require "locker.health"
 local helper = require "helper"
 
@@ -103,10 +102,10 @@ describe("health records", function()
         end
         assert.equal(mark, #history)               -- r never went away
         assert.equal(token, h:state().records.r.token)
-        local t0 = core.now()
+        local t0 = locker.now()
         dep:release()                               -- now for good
         helper.wait_until("r down", function() return up.r == false end)
-        assert.is_true(core.now() - t0 >= 0.55, "dropped after " .. (core.now() - t0))
+        assert.is_true(locker.now() - t0 >= 0.55, "dropped after " .. (locker.now() - t0))
         c:close()
     end)
 
@@ -116,10 +115,10 @@ describe("health records", function()
         start('record "r" { requires = { "d" }, hold_up = 0.5 }')
         locker.sleep(0.1)
         assert.is_falsy(up.r)
-        local t0 = core.now()
+        local t0 = locker.now()
         local dep = assert(c:lock("d", "x"))
         helper.wait_until("r up", function() return up.r end)
-        assert.is_true(core.now() - t0 >= 0.45, "back after " .. (core.now() - t0))
+        assert.is_true(locker.now() - t0 >= 0.45, "back after " .. (locker.now() - t0))
         dep:release()
         c:close()
     end)

@@ -2,7 +2,7 @@
 -- etcd runs from Debian's etcd-server on free loopback ports, its data on
 -- tmpfs (/dev/shm) where there is one, and is killed by pid in teardown
 -- (tools/run-specs kills by pid any left over: LOCKER_PIDS lists them).
-local core = require "locker.core"
+local locker = require "locker"
 
 local helper = {}
 
@@ -71,12 +71,11 @@ end
 --- Waits (driving locker's scheduler) until fn() is truthy; its value, or
 -- error after timeout seconds naming what was awaited.
 function helper.wait_until(what, fn, timeout)
-    local locker = require "locker"
-    local deadline = core.now() + (timeout or 10)
+    local deadline = locker.now() + (timeout or 10)
     while true do
         local v = fn()
         if v then return v end
-        if core.now() > deadline then error("timed out waiting for " .. what, 2) end
+        if locker.now() > deadline then error("timed out waiting for " .. what, 2) end
         locker.sleep(0.02)
     end
 end
@@ -284,8 +283,7 @@ end
 --- Runs fn(...) as a spawned coroutine; returns a box whose .done is true
 -- when it returned, with its results in .r.
 function helper.go(fn, ...)
-    local locker = require "locker"
-    local box = {}
+        local box = {}
     local args = { n = select("#", ...), ... }
     locker.spawn(function()
         box.r = { fn((table.unpack or unpack)(args, 1, args.n)) }
@@ -334,9 +332,9 @@ end
 function Etcd:stop(sig)
     if not self.pid then return end
     helper.kill(self.pid, sig or "KILL")
-    local deadline = core.now() + 10
-    while helper.alive(self.pid) and core.now() < deadline do
-        core.poll({}, 0.02)
+    local deadline = locker.now() + 10
+    while helper.alive(self.pid) and locker.now() < deadline do
+        locker.sleep(0.02)
     end
     self.pid = nil
 end
@@ -375,7 +373,6 @@ end
 
 --- A client on this etcd with a test's own prefix.
 function Etcd:client(opts)
-    local locker = require "locker"
     opts = opts or {}
     opts.endpoints = opts.endpoints or { self.endpoint }
     return assert(locker.new(opts))

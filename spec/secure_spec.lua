@@ -3,7 +3,6 @@
 -- that expire every 2 s. Every message these tests see is kept and checked
 -- for secrets at the end.
 local locker = require "locker"
-local core = require "locker.core"
 local helper = require "helper"
 
 local PASSWORD, ROOT_PASSWORD, WRONG = "app-secret-pw", "root-secret-pw", "wrong-secret-pw"
@@ -20,9 +19,9 @@ end
 
 -- A result and how long it took (seconds).
 local function timed(fn)
-    local t0 = core.now()
+    local t0 = locker.now()
     local a, b, c = fn()
-    return core.now() - t0, keep(a, b, c)
+    return locker.now() - t0, keep(a, b, c)
 end
 
 local function serialize(v, out)
@@ -186,7 +185,7 @@ describe("etcd authentication", function()
         end })))
         local seen_values = {}
         local w = c:watch("w", function(value) seen_values[#seen_values + 1] = value or "gone" end)
-        local t0 = core.now()
+        local t0 = locker.now()
         for round = 1, 10 do
             -- idle past the token's 2 s: the next request finds it expired
             locker.sleep(3)
@@ -197,7 +196,7 @@ describe("etcd authentication", function()
                 function() return seen_values[#seen_values] == "r" .. round end)
             assert(l:release())
         end
-        assert.is_true(core.now() - t0 >= 30)
+        assert.is_true(locker.now() - t0 >= 30)
         assert.same({}, losses)
         local stats = c:stats()
         assert.is_true(stats.authentications + other:stats().authentications >= 10,

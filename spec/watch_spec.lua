@@ -1,6 +1,5 @@
 -- Watches against a real etcd: every change of the owner's value, once.
 local locker = require "locker"
-local core = require "locker.core"
 local helper = require "helper"
 
 describe("client:watch()", function()
@@ -99,10 +98,10 @@ describe("client:watch()", function()
         expect(w, nil)
         local h = helper.holder(etcd, prefix, "mesh-b", "healthy", 2)
         expect(w, "healthy")
-        local killed = core.now()
+        local killed = locker.now()
         h:kill("KILL")
         expect(w, nil, 5)
-        local took = core.now() - killed
+        local took = locker.now() - killed
         assert.is_true(took <= 2 + 1, "gone after " .. took .. " s")
         h:quit()
         c:close()

@@ -4,12 +4,10 @@
  * poll(), and never stores a lua_State anywhere. */
 #include <errno.h>
 #include <inttypes.h>
-#include <malloc.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,7 +15,6 @@
 #include "cache.h"
 #include "clock.h"
 #include "engine.h"
-#include "proc.h"
 
 #define CLIENT_MT "locker.core.client"
 #define STATUS_MT "locker.core.status"
@@ -332,120 +329,6 @@ static int l_list(lua_State *L)
 {
     lk_engine *e = check_client(L);
     return submit(L, e, new_cmd(L, LK_CMD_LIST));
-}
-
-/* ---- processes and signals, for the command-line tool ---- */
-
-/* core.spawn(argv, extra_env) -> pid | nil, msg */
-static int l_spawn(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    int n = (int)lua_rawlen(L, 1);
-    luaL_argcheck(L, n > 0, 1, "empty command");
-    int m = lua_istable(L, 2) ? (int)lua_rawlen(L, 2) : 0;
-    char **argv = lua_newuserdata(L, sizeof(char *) * (size_t)(n + 1));
-    char **env = lua_newuserdata(L, sizeof(char *) * (size_t)(m + 1));
-    for (int i = 0; i < n; i++) {
-        lua_rawgeti(L, 1, i + 1);
-        argv[i] = (char *)luaL_checkstring(L, -1);
-        lua_pop(L, 1);  /* the table keeps it alive */
-    }
-    argv[n] = NULL;
-    for (int i = 0; i < m; i++) {
-        lua_rawgeti(L, 2, i + 1);
-        env[i] = (char *)luaL_checkstring(L, -1);
-        lua_pop(L, 1);
-    }
-    env[m] = NULL;
-    char err[256];
-    pid_t pid = lk_proc_spawn(argv, env, err, sizeof err);
-    if (pid < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
-    lua_pushinteger(L, pid);
-    return 1;
-}
-
-/* core.reap(pid) -> nil while it runs | exit status | nil, msg */
-static int l_reap(lua_State *L)
-{
-    int status = 0;
-    int rc = lk_proc_reap((pid_t)luaL_checkinteger(L, 1), &status);
-    if (rc == 0) {
-        lua_pushnil(L);
-        return 1;
-    }
-    if (rc < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, strerror(errno));
-        return 2;
-    }
-    lua_pushinteger(L, status);
-    return 1;
-}
-
-/* core.kill(pid, signal name or number) -> true | nil, msg */
-static int l_kill(lua_State *L)
-{
-    pid_t pid = (pid_t)luaL_checkinteger(L, 1);
-    int sig = lua_type(L, 2) == LUA_TNUMBER ? (int)lua_tointeger(L, 2)
-            : lk_signal_number(luaL_checkstring(L, 2));
-    luaL_argcheck(L, sig > 0, 2, "unknown signal");
-    if (kill(pid, sig)) {
-        lua_pushnil(L);
-        lua_pushstring(L, strerror(errno));
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* core.signals({names}) -> fd readable when one arrives (they are blocked) */
-static int l_signals(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    int sigs[32], n = (int)lua_rawlen(L, 1);
-    luaL_argcheck(L, n > 0 && n <= 32, 1, "1 to 32 signals");
-    for (int i = 0; i < n; i++) {
-        lua_rawgeti(L, 1, i + 1);
-        sigs[i] = lk_signal_number(luaL_checkstring(L, -1));
-        luaL_argcheck(L, sigs[i] > 0, 1, "unknown signal");
-        lua_pop(L, 1);
-    }
-    int fd = lk_signal_fd(sigs, n);
-    if (fd < 0) return luaL_error(L, "locker: signalfd: %s", strerror(errno));
-    lua_pushinteger(L, fd);
-    return 1;
-}
-
-/* core.read_signal(fd) -> signal number | nil */
-static int l_read_signal(lua_State *L)
-{
-    int sig = lk_signal_read((int)luaL_checkinteger(L, 1));
-    if (sig) lua_pushinteger(L, sig);
-    else lua_pushnil(L);
-    return 1;
-}
-
-/* core.heap_bytes() -> bytes in use in the C heap (glibc's mallinfo2):
- * what the process holds, C engine and Lua alike, free of RSS's reuse noise */
-static int l_heap_bytes(lua_State *L)
-{
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
-    struct mallinfo2 mi = mallinfo2();
-    lua_pushnumber(L, (lua_Number)mi.uordblks + (lua_Number)mi.hblkhd);
-#else
-    lua_pushnil(L);
-#endif
-    return 1;
-}
-
-static int l_getpid(lua_State *L)
-{
-    lua_pushinteger(L, getpid());
-    return 1;
 }
 
 /* client:stats() -> { requests =, keepalives =, stream_events =, stream_connects = } */
@@ -764,13 +647,6 @@ static const luaL_Reg functions[] = {
     {"poll", l_poll},
     {"now", l_now},
     {"time", l_time},
-    {"spawn", l_spawn},
-    {"reap", l_reap},
-    {"kill", l_kill},
-    {"signals", l_signals},
-    {"read_signal", l_read_signal},
-    {"getpid", l_getpid},
-    {"heap_bytes", l_heap_bytes},
     {NULL, NULL}
 };
 

@@ -3,7 +3,7 @@
 -- Loops forever: takes the lock "chaos", and while it holds it samples
 -- lock:owned() / lock:token() between two clock readings and writes to the
 -- fence. Appends to EVENTS (one line per write, O_APPEND, so lines of all
--- contenders interleave whole; times are core.now(), CLOCK_MONOTONIC):
+-- contenders interleave whole; times are locker.now(), CLOCK_MONOTONIC):
 --   B pid ttl t              started
 --   A pid token t            lock() returned the lock
 --   E pid code t             lock() failed (timeout, unavailable, ...)
@@ -15,11 +15,10 @@
 -- the writes; sometimes after a short sleep, so that a stop can come
 -- between the check and the write). It uses a client of its own with the
 -- endpoints in a shuffled order, a TTL of TTL s and 1 s requests. It exits by
--- itself when PARENT_PID is no longer its parent or at UNTIL (core.now()),
+-- itself when PARENT_PID is no longer its parent or at UNTIL (locker.now()),
 -- so that nothing outlives a chaos run that died.
 local locker = require "locker"
-local core = require "locker.core"
-local now = core.now
+local now = locker.now
 
 local events_path, fence_path = arg[1], arg[2]
 local ttl, seed = tonumber(arg[3]), tonumber(arg[4])

@@ -25,8 +25,9 @@
 -- process it started is killed by pid at the end, its data removed (kept
 -- with --keep). Run it from the project's root with the project's Lua
 -- environment (LUA_PATH, LUA_CPATH), as make chaos does.
-local core = require "locker.core"
-local now = core.now
+local locker = require "locker"
+local process = require "locker.process"
+local now = locker.now
 local fmt = string.format
 
 -- ------------------------------------------------------------- options --
@@ -108,11 +109,11 @@ end
 local procs = {}  -- pid -> { what =, status = exit status once reaped }
 
 -- Starts argv (a table) in the background; its pid: our child by
--- core.spawn, else through a shell that leaves it behind.
+-- process.spawn, else through a shell that leaves it behind.
 local function spawn(what, argv)
     local pid, err
-    if core.spawn then
-        pid, err = core.spawn(argv)
+    if process.spawn then
+        pid, err = process.spawn(argv)
     else
         local q = {}
         for i, a in ipairs(argv) do q[i] = quote(a) end
@@ -128,8 +129,8 @@ end
 local function alive(pid)
     local p = procs[pid]
     if p and (p.status or p.gone) then return false end
-    if core.reap then
-        local status, err = core.reap(pid)
+    if process.reap then
+        local status, err = process.reap(pid)
         if status then
             if p then p.status = status end
             return false
@@ -143,7 +144,7 @@ end
 
 local function kill(pid, sig)
     if procs[pid] and (procs[pid].status or procs[pid].gone) then return end
-    if core.kill then return core.kill(pid, sig) end
+    if process.kill then return process.kill(pid, sig) end
     return sh(("kill -%s %d"):format(sig, pid))
 end
 
@@ -153,7 +154,7 @@ local function kill_wait(pid, timeout)
     local deadline = now() + (timeout or 5)
     while alive(pid) do
         if now() > deadline then return false end
-        core.poll({}, 0.02)
+        locker.sleep(0.02)
     end
     procs[pid] = procs[pid] or {}
     procs[pid].gone = true  -- never signalled again (its pid may be reused)
@@ -312,7 +313,7 @@ local function new_proxy(target_port)
             kill_wait(pid)
             error("faultproxy did not start: " .. read_file(out), 0)
         end
-        if not self.port then core.poll({}, 0.02) end
+        if not self.port then locker.sleep(0.02) end
     end
     self.url = "http://127.0.0.1:" .. self.port
     return self
@@ -351,9 +352,9 @@ local function start_contender()
                    events_path, fence_path, tostring(c.ttl), tostring(seed), me,
                    fmt("%.3f", run_end + 60) }
     for _, e in ipairs(endpoints) do argv[#argv + 1] = e end
-    -- the log path travels in the environment (core.spawn's extra env)
-    if core.spawn then
-        c.pid = assert(core.spawn(argv, { "CHAOS_LOG=" .. c.log }))
+    -- the log path travels in the environment (process.spawn's extra env)
+    if process.spawn then
+        c.pid = assert(process.spawn(argv, { "CHAOS_LOG=" .. c.log }))
         procs[c.pid] = { what = "contender" }
     else
         argv[3] = 'exec "$0" "$@" >' .. quote(c.log) .. ' 2>&1'
@@ -604,11 +605,11 @@ end
 
 local function interrupted()
     if not sigfd then return false end
-    return core.read_signal(sigfd) ~= nil
+    return process.read_signal(sigfd) ~= nil
 end
 
 local function main()
-    if core.signals then sigfd = core.signals({ "INT", "TERM" }) end
+    if process.signals then sigfd = process.signals({ "INT", "TERM" }) end
     t0 = now()
     dir = sh("mktemp -d " .. base .. "/locker-chaos.XXXXXX"):gsub("%s+$", "")
     assert(dir:match("locker%-chaos"), "mktemp: " .. dir)
@@ -651,7 +652,7 @@ local function main()
             inject()
             next_fault = now() + 1.5 + random() * 3
         end
-        core.poll(sigfd and { sigfd } or {}, 0.05)
+        locker.sleep(0.05)
     end
     -- no more faults: stop everyone, then read what they wrote
     for _, c in ipairs(contenders) do

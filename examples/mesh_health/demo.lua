@@ -4,7 +4,7 @@
 -- Prints the timeline an observer sees; exits 0 when the cascade and the
 -- recovery happened in order. Needs LOCKER_ENDPOINTS (tools/with-etcd).
 local locker = require "locker"
-local core = require "locker.core"
+local process = require "locker.process"
 
 local lua = arg[-1] or "lua5.4"
 local here = (arg[0]:match("^(.*)/[^/]*$") or ".")
@@ -20,16 +20,16 @@ else
     p:close()
 end
 
-local t0 = core.now()
+local t0 = locker.now()
 local function line(fmt, ...)
-    io.stdout:write(("%7.3fs  "):format(core.now() - t0), fmt:format(...), "\n")
+    io.stdout:write(("%7.3fs  "):format(locker.now() - t0), fmt:format(...), "\n")
     io.stdout:flush()
 end
 
 local procs = {}
 local function start(name)
     -- each service logs to its own file; the timeline below is the observer's
-    local pid = assert(core.spawn({ "sh", "-c", ('exec "$0" bin/locker health "$1" >>"$2" 2>&1'),
+    local pid = assert(process.spawn({ "sh", "-c", ('exec "$0" bin/locker health "$1" >>"$2" 2>&1'),
         lua, here .. "/" .. name .. ".lua", logdir .. "/" .. name .. ".log" },
         { "LOCKER_TTL=" .. ttl }))
     procs[name] = pid
@@ -37,8 +37,8 @@ local function start(name)
 end
 
 local function stop(name, sig)
-    core.kill(procs[name], sig)
-    while not core.reap(procs[name]) do locker.sleep(0.01) end
+    process.kill(procs[name], sig)
+    while not process.reap(procs[name]) do locker.sleep(0.01) end
     procs[name] = nil
 end
 
@@ -50,15 +50,15 @@ for _, name in ipairs({ "a", "b", "c" }) do
         if state[name] ~= nil or up then
             line("%s %s%s", name, up and "UP  " or "DOWN", up and ("  " .. value) or "")
         end
-        if state[name] ~= up then events[#events + 1] = { name = name, up = up, t = core.now() } end
+        if state[name] ~= up then events[#events + 1] = { name = name, up = up, t = locker.now() } end
         state[name] = up
     end)
 end
 
 local function wait_for(what, cond, timeout)
-    local deadline = core.now() + (timeout or 20)
+    local deadline = locker.now() + (timeout or 20)
     while not cond() do
-        if core.now() > deadline then
+        if locker.now() > deadline then
             line("FAILED: timed out waiting for %s", what)
             for name in pairs(procs) do stop(name, "KILL") end
             os.exit(1)
@@ -77,7 +77,7 @@ line("all healthy")
 
 local mark = #events
 line("== killing service c with SIGKILL (its record lives until its lease expires)")
-local killed = core.now()
+local killed = locker.now()
 stop("c", "KILL")
 wait_for("the cascade", all(false))
 local cascade = events[#events].t - killed
@@ -87,7 +87,7 @@ line("blackout complete: %s went down in this order", table.concat(order, ", "))
 
 mark = #events
 line("== starting service c again")
-local restarted = core.now()
+local restarted = locker.now()
 start("c")
 wait_for("the recovery", all(true))
 local recovery = events[#events].t - restarted

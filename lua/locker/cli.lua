@@ -2,7 +2,7 @@
 -- command while holding a lock, run a health config. bin/locker calls
 -- cli.main(arg) and exits with what it returns.
 local locker = require "locker"
-local core = require "locker.core"
+local process = require "locker.process"
 local sched = require "locker.sched"
 
 local cli = {}
@@ -224,14 +224,14 @@ end
 -- source is also kept here.
 local signal_sources = {}
 local function on_signals(fn)
-    local fd = core.signals({ "INT", "TERM" })
+    local fd = process.signals({ "INT", "TERM" })
     local src = {
         fd = function() return fd end,
         dispatch = function()
-            local sig = core.read_signal(fd)
+            local sig = process.read_signal(fd)
             while sig do
                 fn(sig)
-                sig = core.read_signal(fd)
+                sig = process.read_signal(fd)
             end
         end,
     }
@@ -269,8 +269,10 @@ function commands.get(client, _opts, words)
     return 1
 end
 
+-- "HH:MM:SS.mmm", local time: the start of each line the CLI prints.
 local function stamp()
-    return require("locker.health").stamp()
+    local t = locker.time()
+    return os.date("%H:%M:%S", math.floor(t)) .. (".%03d"):format(math.floor(t % 1 * 1000))
 end
 
 function commands.watch(client, _opts, words)
@@ -388,7 +390,7 @@ function commands.lock(client, opts, words, rest)
 
     on_signals(function(sig)
         if child then
-            if status == nil then core.kill(child, sig) end
+            if status == nil then process.kill(child, sig) end
         elseif not interrupted then
             -- still waiting: closing the client revokes the session lease,
             -- so a queued key goes at once, and the waiting lock() returns
@@ -403,17 +405,17 @@ function commands.lock(client, opts, words, rest)
     local function stop(why)
         if stopping or status ~= nil then return end
         stopping = true
-        local t = core.now()
+        local t = locker.now()
         local left = client:session().valid_for or 0
         local owned_left = lock:valid_for()
         if owned_left and owned_left < left then left = owned_left end
         local delay = math.max(0, math.min(grace, left))
-        core.kill(child, "TERM")
+        process.kill(child, "TERM")
         if delay > 0 then
             kill_at = t + delay
             say(("%s: stopping the command (SIGTERM, SIGKILL in %.3g s)"):format(why, delay))
         else
-            core.kill(child, "KILL")
+            process.kill(child, "KILL")
             say(("%s: stopping the command (SIGTERM, SIGKILL now%s)"):format(why,
                 left <= 0 and ": the lease's local deadline has passed" or ""))
         end
@@ -440,7 +442,7 @@ function commands.lock(client, opts, words, rest)
         return code == "timeout" and 4 or 3
     end
     local err
-    child, err = core.spawn(rest, {
+    child, err = process.spawn(rest, {
         "LOCKER_TOKEN=" .. tostring(lock:token()),
         "LOCKER_KEY=" .. tostring(lock:key()),
     })
@@ -453,11 +455,11 @@ function commands.lock(client, opts, words, rest)
     -- renewals become late (jeopardy) or SIGKILL is due.
     sched.spawn(function()
         while true do
-            status = core.reap(child)
+            status = process.reap(child)
             if status then return end
-            local t = core.now()
+            local t = locker.now()
             if kill_at and t >= kill_at then
-                core.kill(child, "KILL")
+                process.kill(child, "KILL")
                 kill_at = nil
             end
             local session = client:session()
@@ -489,7 +491,7 @@ function commands.health(client, _opts, _words, _, spec)
     on_signals(function() done = true end)
     local h = health.start(client, spec, {
         log = function(line)
-            io.stdout:write(line, "\n")
+            io.stdout:write(stamp(), " ", line, "\n")
             io.stdout:flush()
         end,
     })

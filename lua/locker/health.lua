@@ -229,19 +229,11 @@ end
 local Health = {}
 Health.__index = Health
 
-local core = require "locker.core"
-
--- "HH:MM:SS.mmm", local time.
-function health.stamp()
-    local t = core.time()
-    return os.date("%H:%M:%S", math.floor(t)) .. (".%03d"):format(math.floor(t % 1 * 1000))
-end
-local stamp = health.stamp
 
 -- Logs a line and an event table through the hook.
 function Health:_log(ev, fmt, ...)
     ev.time = os.time()
-    local line = stamp() .. " " .. fmt:format(...)
+    local line = fmt:format(...)
     local ok, err = sched.pcall(self.log, line, ev)
     if not ok then sched.on_error("health log hook: " .. tostring(err)) end
 end

@@ -3,8 +3,9 @@
 -- all refresh timing; this file validates arguments, turns the engine's
 -- events into return values and callbacks, and waits without blocking the
 -- scheduler (see locker.sched).
-local core = require "locker.core"
+local core = require "locker.core"  -- the only module that loads it
 local sched = require "locker.sched"
+sched.setup(core.poll, core.now)
 
 local type, pairs, next, tostring, error, setmetatable = type, pairs, next, tostring, error, setmetatable
 local floor, ceil, huge, min = math.floor, math.ceil, math.huge, math.min
@@ -21,6 +22,11 @@ _M.MAX_VALUE = 1024 * 1024
 _M.errors = {}
 for i, name in ipairs(core.errors) do _M.errors[i] = name end
 _M.MAX_PREFIX = 256
+
+--- Monotonic seconds (CLOCK_MONOTONIC, with fractions): for durations.
+_M.now = core.now
+--- Wall-clock seconds since the epoch (with fractions): for time stamps.
+_M.time = core.time
 
 _M.spawn = sched.spawn
 _M.run = sched.run

@@ -9,14 +9,20 @@
 -- ngx.semaphore, so no coroutine of this file ever runs there (ngx_lua
 -- replaces the coroutine API in its contexts; a coroutine made in one ngx
 -- timer and resumed in another crashes the worker).
-local core = require "locker.core"
 
 local coroutine, select, pairs, type = coroutine, select, pairs, type
 local unpack = table.unpack or unpack
 local traceback = debug.traceback
-local poll, now = core.poll, core.now
+-- the clock and poll(fds, seconds) of locker.core, handed over by the
+-- public module (sched.setup): only it loads the core
+local poll, now
 
 local sched = {}
+
+--- Called once by the locker module with core's poll and now.
+function sched.setup(core_poll, core_now)
+    poll, now = core_poll, core_now
+end
 
 local ready = {}                                    -- { co, nargs, args... }
 local timers = {}                                   -- { at = t, co = co }
@@ -223,7 +229,8 @@ function sched.run()
     loop(function() return live == 0 end)
 end
 
-sched.now = now
+--- The scheduler's clock: monotonic seconds.
+function sched.now() return now() end
 
 --- Wakes co at time t if still_waiting() is then true (so a timer that
 -- outlives the wait it was for wakes nobody).
