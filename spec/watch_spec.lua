@@ -267,6 +267,47 @@ describe("client:watch()", function()
         c:close(); a:close()
     end)
 
+    it("folds the events of a client nobody dispatches, keeping the last and counting the rest", function()
+        local c = client()
+        local calls, skipped, last = 0, 0, nil
+        c:watch("fold", function(v, ev)
+            calls = calls + 1
+            skipped = skipped + (ev and ev.skipped or 0)
+            last = v
+        end)
+        helper.wait_until("the first event", function() return calls == 1 end)
+        -- another process makes 1000 changes while this one dispatches nothing
+        local script = os.tmpname()
+        local f = assert(io.open(script, "w"))
+        f:write(([[
+local locker = require "locker"
+local c = assert(locker.new{ endpoints = { %q }, prefix = %q })
+local l = assert(c:lock("fold", "0"))
+for i = 1, 1000 do assert(l:set(tostring(i))) end
+io.stdout:write("done\n"); io.stdout:flush()
+l:release(); c:close()
+]]):format(etcd.endpoint, prefix))
+        f:close()
+        local pid, out = helper.spawn(("exec %s %s"):format(helper.lua, script), true)
+        local t_end = locker.now() + 60
+        while not helper.read(out):match("done") and locker.now() < t_end do
+            os.execute("sleep 0.05")  -- not locker.sleep: that would dispatch
+        end
+        assert.truthy(helper.read(out):match("done"), helper.read(out))
+        os.execute("sleep 0.3")  -- the last changes reach the engine
+        -- now dispatch: the changes, then the release (nobody holds it)
+        helper.wait_until("the release", function() return calls >= 2 and last == nil end, 10)
+        helper.wait_until("the process exits", function() return not helper.alive(pid) end, 10)
+        -- some changes were folded, none lost: 1 + calls + skipped covers every change
+        assert.is_true(skipped > 0, "nothing folded: " .. calls .. " calls, last " .. tostring(last))
+        assert.is_true(calls < 600, calls .. " callbacks")
+        -- 1002 changes after the first event: 1000 values and the release
+        assert.is_true(calls - 1 + skipped >= 1001, ("calls %d + skipped %d"):format(calls, skipped))
+        os.remove(script)
+        os.remove(out)
+        c:close()
+    end)
+
     it("ends next() with 'canceled' and 'closed'", function()
         local c = client()
         local w = c:watch("end")

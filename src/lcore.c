@@ -21,7 +21,8 @@
 #define MAX_POLL_FDS 256
 
 typedef struct {
-    lk_engine *engine;   /* NULL once freed */
+    lk_engine *engine;   /* NULL once closed (and freed) */
+    lk_stats final;      /* the counters when it was closed */
 } client_box;
 
 typedef struct {
@@ -335,7 +336,7 @@ static int l_list(lua_State *L)
 static int l_stats(lua_State *L)
 {
     client_box *b = check_box(L);
-    lk_stats s = {0};
+    lk_stats s = b->final;
     if (b->engine) lk_engine_stats(b->engine, &s);
     lua_createtable(L, 0, 4);
     push_int64(L, s.requests);
@@ -484,12 +485,12 @@ static void push_event(lua_State *L, const lk_event *ev)
 
 /* client:events() -> array of event tables (possibly empty). Works after
  * close too, so that the last answers are not lost. */
-static int l_events(lua_State *L)
+/* Pushes an array of the events the engine has for the Lua side. */
+static void push_events(lua_State *L, lk_engine *e)
 {
-    client_box *b = check_box(L);
     lua_newtable(L);
-    if (!b->engine) return 1;
-    lk_event *ev = lk_engine_take_events(b->engine);
+    if (!e) return;
+    lk_event *ev = lk_engine_take_events(e);
     int i = 0;
     while (ev) {
         lk_event *next = ev->next;
@@ -498,23 +499,32 @@ static int l_events(lua_State *L)
         lk_event_free(ev);
         ev = next;
     }
+}
+
+static int l_events(lua_State *L)
+{
+    client_box *b = check_box(L);
+    push_events(L, b->engine);
     return 1;
 }
 
-/* close(), __close and __gc: one idempotent function that never raises. */
+/* client:close(), __close and __gc: one idempotent function that never
+ * raises (as liolib's io_gc and f_close share aux_close). It stops the
+ * engine (the lease is revoked, the thread joined), keeps the final
+ * counters for stats(), frees it, and returns the events it still had:
+ * the answers to calls that were waiting. */
 static int l_close(lua_State *L)
 {
     client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
-    if (b->engine) lk_engine_close(b->engine);
-    return 0;
-}
-
-static int l_gc(lua_State *L)
-{
-    client_box *b = luaL_checkudata(L, 1, CLIENT_MT);
-    if (b->engine) lk_engine_free(b->engine);
+    lk_engine *e = b->engine;
     b->engine = NULL;
-    return 0;
+    if (e) {
+        lk_engine_close(e);
+        lk_engine_stats(e, &b->final);
+    }
+    push_events(L, e);
+    lk_engine_free(e);
+    return 1;
 }
 
 static int l_closed(lua_State *L)
@@ -667,9 +677,9 @@ __attribute__((visibility("default"))) int luaopen_locker_core(lua_State *L);
 int luaopen_locker_core(lua_State *L)
 {
     lk_engine_global_init();
-    new_class(L, CLIENT_MT, client_methods, l_gc);
+    new_class(L, CLIENT_MT, client_methods, l_close);
     luaL_getmetatable(L, CLIENT_MT);
-    lua_pushcfunction(L, l_gc);
+    lua_pushcfunction(L, l_close);
     lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
     new_class(L, STATUS_MT, status_methods, l_status_gc);

@@ -54,7 +54,8 @@ struct link { struct link *next; };
 struct lk_queue {
     pthread_mutex_t mu;
     struct link *head, *tail;
-    lk_map latest;             /* (kind, id) -> queued event (push_latest) */
+    size_t n;                  /* messages queued */
+    lk_map latest;             /* (kind, id) -> its newest queued event */
 };
 
 lk_queue *lk_queue_new(void)
@@ -77,6 +78,7 @@ int lk_queue_push(lk_queue *q, void *msg)
     if (q->tail) q->tail->next = m;
     else q->head = m;
     q->tail = m;
+    q->n++;
     pthread_mutex_unlock(&q->mu);
     return was_empty;
 }
@@ -106,7 +108,7 @@ int lk_queue_push_latest(lk_queue *q, lk_event *ev)
     key.id = ev->id;
     pthread_mutex_lock(&q->mu);
     lk_event *old = lk_map_get(&q->latest, &key, sizeof key);
-    if (old) {
+    if (old && q->n >= LK_FOLD_AFTER) {  /* nobody is taking them: fold */
         fold(old, ev);
         pthread_mutex_unlock(&q->mu);
         return 0;
@@ -117,6 +119,7 @@ int lk_queue_push_latest(lk_queue *q, lk_event *ev)
     if (q->tail) q->tail->next = m;
     else q->head = m;
     q->tail = m;
+    q->n++;
     /* no memory for the map entry: the event is queued, just not foldable */
     (void)lk_map_put(&q->latest, &key, sizeof key, ev);
     pthread_mutex_unlock(&q->mu);
@@ -129,6 +132,7 @@ void *lk_queue_take_all(lk_queue *q)
     pthread_mutex_lock(&q->mu);
     struct link *all = q->head;
     q->head = q->tail = NULL;
+    q->n = 0;
     if (q->latest.count) {
         lk_map_free(&q->latest);
         memset(&q->latest, 0, sizeof q->latest);

@@ -91,11 +91,14 @@ void lk_event_free(lk_event *e);
 typedef struct lk_queue lk_queue;
 lk_queue *lk_queue_new(void);
 int lk_queue_push(lk_queue *q, void *msg);
-/* Pushes an event that only its latest state matters for (WATCH, OWNED):
- * when an untaken event of the same kind and id is queued, its content is
- * replaced by ev's (in place, ev is freed) and skipped counts the states
- * folded in. So what nobody takes stays bounded by the number of watches
- * and locks. Returns 1 when the queue was empty before. */
+/* Pushes an event whose latest state is what matters (WATCH, OWNED). Every
+ * event is kept while the Lua side takes them; once LK_FOLD_AFTER wait
+ * untaken (nobody dispatches), an event whose kind and id is already queued
+ * replaces that one's content instead (in place, ev is freed; skipped
+ * counts the states folded in). So what nobody takes stays bounded by
+ * LK_FOLD_AFTER plus the number of watches and locks. Returns 1 when the
+ * queue was empty before. */
+#define LK_FOLD_AFTER 256
 int lk_queue_push_latest(lk_queue *q, lk_event *ev);
 /* Takes the whole content in order (a list linked by next), or NULL. */
 void *lk_queue_take_all(lk_queue *q);

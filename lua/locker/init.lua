@@ -304,12 +304,9 @@ function Client:cached(name)
     return self._core:cached(name)
 end
 
---- Delivers the engine's events: answers to waiting calls, ownership
--- changes to locks (on_change runs as a spawned coroutine). A loop that
--- drives the client through client:fd() calls this when the fd is readable.
--- quiet: answers only (no watch or on_change callback starts).
-function Client:dispatch(quiet)
-    local evs = self._core:events()
+-- Hands each of the engine's events to whoever waits for it (quiet:
+-- answers only, no callback starts).
+local function route(self, evs, quiet)
     for i = 1, #evs do
         local ev = evs[i]
         if ev.kind == "result" then
@@ -333,6 +330,14 @@ function Client:dispatch(quiet)
             end
         end
     end
+end
+
+--- Delivers the engine's events: answers to waiting calls, ownership
+-- changes to locks (on_change runs as a spawned coroutine). A loop that
+-- drives the client through client:fd() calls this when the fd is readable.
+-- quiet: answers only (no watch or on_change callback starts).
+function Client:dispatch(quiet)
+    route(self, self._core:events(), quiet)
 end
 
 --- The fd that is readable when the client has events (for other loops).
@@ -463,10 +468,9 @@ end
 function Client:close()
     if self._closed then return true end
     self._closed = true
-    self._core:close()
     -- answers only: a callback would need a scheduler, and a host may allow
     -- none here (nginx's exit_worker_by_lua)
-    self:dispatch(true)
+    route(self, self._core:close(), true)
     for id, slot in pairs(self._pending) do
         self._pending[id] = nil
         slot.ev = CLOSED
