@@ -17,7 +17,7 @@
 #include "engine.h"
 
 #define CLIENT_MT "locker.core.client"
-#define STATUS_MT "locker.core.status"
+#define OWNERSHIP_MT "locker.core.ownership"
 #define MAX_POLL_FDS 256
 
 typedef struct {
@@ -26,8 +26,8 @@ typedef struct {
 } client_box;
 
 typedef struct {
-    lk_status *status;   /* one reference */
-} status_box;
+    lk_ownership *ownership;  /* one reference */
+} ownership_box;
 
 /* Revisions and tokens are int64. On Lua 5.1/LuaJIT a number holds 2^53
  * exactly; beyond that the value goes out as a decimal string. */
@@ -161,24 +161,24 @@ static int copy_string(lua_State *L, int i, char **out, size_t *len)
 }
 
 /* client:lock(name, value, timeout_ms (<0: none), wait, keep, background)
- * -> id, status */
+ * -> id, ownership (owned(), token(), valid_for(): no I/O) */
 static int l_lock(lua_State *L)
 {
     lk_engine *e = check_client(L);
     luaL_checkstring(L, 2);
     luaL_checkstring(L, 3);
     int64_t timeout_ms = (int64_t)luaL_checknumber(L, 4);
-    status_box *sb = lua_newuserdata(L, sizeof *sb);
-    sb->status = NULL;
-    luaL_setmetatable(L, STATUS_MT);
+    ownership_box *ob = lua_newuserdata(L, sizeof *ob);
+    ob->ownership = NULL;
+    luaL_setmetatable(L, OWNERSHIP_MT);
     lk_cmd *c = new_cmd(L, LK_CMD_LOCK);
     if (copy_string(L, 2, &c->name, &c->name_len) ||
         copy_string(L, 3, &c->value, &c->value_len) ||
-        !(sb->status = lk_status_new())) {
+        !(ob->ownership = lk_ownership_new())) {
         lk_cmd_free(c);
         return luaL_error(L, "locker: out of memory");
     }
-    c->status = lk_status_ref(sb->status);
+    c->ownership = lk_ownership_ref(ob->ownership);
     c->timeout_ms = timeout_ms;
     c->wait = lua_toboolean(L, 5);
     c->keep = lua_toboolean(L, 6);
@@ -213,7 +213,6 @@ static int l_release(lua_State *L)
     return submit(L, e, c);
 }
 
-/* client:get(name) -> id */
 /* A command naming a lock (GET, WATCH, UNWATCH), with the name copied. */
 static lk_cmd *name_cmd(lua_State *L, lk_cmd_kind kind)
 {
@@ -226,6 +225,7 @@ static lk_cmd *name_cmd(lua_State *L, lk_cmd_kind kind)
     return c;
 }
 
+/* client:get(name) -> id */
 static int l_get(lua_State *L)
 {
     lk_engine *e = check_client(L);
@@ -332,7 +332,8 @@ static int l_list(lua_State *L)
     return submit(L, e, new_cmd(L, LK_CMD_LIST));
 }
 
-/* client:stats() -> { requests =, keepalives =, stream_events =, stream_connects = } */
+/* client:stats() -> { requests =, keepalives =, stream_events =,
+ * stream_connects =, authentications = }; after close, the final counts */
 static int l_stats(lua_State *L)
 {
     client_box *b = check_box(L);
@@ -483,8 +484,6 @@ static void push_event(lua_State *L, const lk_event *ev)
     }
 }
 
-/* client:events() -> array of event tables (possibly empty). Works after
- * close too, so that the last answers are not lost. */
 /* Pushes an array of the events the engine has for the Lua side. */
 static void push_events(lua_State *L, lk_engine *e)
 {
@@ -501,6 +500,8 @@ static void push_events(lua_State *L, lk_engine *e)
     }
 }
 
+/* client:events() -> array of event tables (possibly empty); after close,
+ * an empty one (close() returned the last). */
 static int l_events(lua_State *L)
 {
     client_box *b = check_box(L);
@@ -534,39 +535,39 @@ static int l_closed(lua_State *L)
     return 1;
 }
 
-/* status:owned() -> boolean, compared with the clock now */
-static int l_status_owned(lua_State *L)
+/* ownership:owned() -> boolean, compared with the clock now */
+static int l_ownership_owned(lua_State *L)
 {
-    status_box *sb = luaL_checkudata(L, 1, STATUS_MT);
-    lua_pushboolean(L, sb->status && lk_status_left(sb->status, NULL) > 0);
+    ownership_box *ob = luaL_checkudata(L, 1, OWNERSHIP_MT);
+    lua_pushboolean(L, ob->ownership && lk_ownership_left(ob->ownership, NULL) > 0);
     return 1;
 }
 
-/* status:token() -> the fencing token while owned, else nil */
-static int l_status_token(lua_State *L)
+/* ownership:token() -> the fencing token while owned, else nil */
+static int l_ownership_token(lua_State *L)
 {
-    status_box *sb = luaL_checkudata(L, 1, STATUS_MT);
+    ownership_box *ob = luaL_checkudata(L, 1, OWNERSHIP_MT);
     int64_t t = 0;
-    if (sb->status && lk_status_left(sb->status, &t) > 0 && t) push_int64(L, t);
+    if (ob->ownership && lk_ownership_left(ob->ownership, &t) > 0 && t) push_int64(L, t);
     else lua_pushnil(L);
     return 1;
 }
 
-/* status:valid_for() -> seconds of ownership left, or nil when not owned */
-static int l_status_valid_for(lua_State *L)
+/* ownership:valid_for() -> seconds of ownership left, or nil when not owned */
+static int l_ownership_valid_for(lua_State *L)
 {
-    status_box *sb = luaL_checkudata(L, 1, STATUS_MT);
-    int64_t left = sb->status ? lk_status_left(sb->status, NULL) : 0;
+    ownership_box *ob = luaL_checkudata(L, 1, OWNERSHIP_MT);
+    int64_t left = ob->ownership ? lk_ownership_left(ob->ownership, NULL) : 0;
     if (left > 0) lua_pushnumber(L, (lua_Number)left / 1000);
     else lua_pushnil(L);
     return 1;
 }
 
-static int l_status_gc(lua_State *L)
+static int l_ownership_gc(lua_State *L)
 {
-    status_box *sb = luaL_checkudata(L, 1, STATUS_MT);
-    lk_status_unref(sb->status);
-    sb->status = NULL;
+    ownership_box *ob = luaL_checkudata(L, 1, OWNERSHIP_MT);
+    lk_ownership_unref(ob->ownership);
+    ob->ownership = NULL;
     return 0;
 }
 
@@ -645,10 +646,10 @@ static const luaL_Reg client_methods[] = {
     {NULL, NULL}
 };
 
-static const luaL_Reg status_methods[] = {
-    {"owned", l_status_owned},
-    {"token", l_status_token},
-    {"valid_for", l_status_valid_for},
+static const luaL_Reg ownership_methods[] = {
+    {"owned", l_ownership_owned},
+    {"token", l_ownership_token},
+    {"valid_for", l_ownership_valid_for},
     {NULL, NULL}
 };
 
@@ -682,7 +683,7 @@ int luaopen_locker_core(lua_State *L)
     lua_pushcfunction(L, l_close);
     lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
-    new_class(L, STATUS_MT, status_methods, l_status_gc);
+    new_class(L, OWNERSHIP_MT, ownership_methods, l_ownership_gc);
     luaL_newlib(L, functions);
     /* errors: every code a failure can carry, in the engine's order */
     lua_createtable(L, LK_ERR_COUNT - 1, 0);

@@ -5,7 +5,7 @@
  *               session's current lease, and now < the lease's deadline;
  *               a new owner is told only while renewals are on time.
  *
- * The deadline goes out with the lock's status, so lock:owned() compares
+ * The deadline goes out with the lock's ownership view, so lock:owned() compares
  * it with the clock when asked, whatever this thread is doing.
  * Events are ordered by revision: a change older than the state it would
  * touch is ignored, and a lock's requests are serialized (a write in
@@ -55,7 +55,7 @@ struct lk_lock {
                                request was in flight */
     int resync;             /* the stream had a gap: check once it is back */
     uint64_t release_id;    /* release() waiting for the delete */
-    lk_status *status;
+    lk_ownership *ownership;
     lk_req *req;            /* at most one request at a time */
     lk_lock *prev, *next;   /* every lock */
     lk_lock *queued;        /* next lock of this client on the same name */
@@ -132,7 +132,7 @@ static void publish(lk_locks *ls, lk_lock *l, lk_err code, const char *why)
         until = s->deadline;
     int was = l->until != 0;
     l->until = until;
-    lk_status_set(l->status, until, l->my_rev);
+    lk_ownership_set(l->ownership, until, l->my_rev);
     if (was == (until != 0)) return;
     lk_event *ev = lk_event_new(LK_EV_OWNED, l->id);
     if (ev) {
@@ -180,7 +180,7 @@ static void free_lock(lk_lock *l)
     lk_buf_free(&l->key);
     lk_buf_free(&l->value);
     lk_buf_free(&l->pred);
-    lk_status_unref(l->status);
+    lk_ownership_unref(l->ownership);
     free(l);
 }
 
@@ -608,8 +608,8 @@ static void lock_command(lk_locks *ls, lk_cmd *c)
     l->wait = c->wait;
     l->keep = c->keep;
     l->background = c->background;
-    l->status = c->status;
-    c->status = NULL;
+    l->ownership = c->ownership;
+    c->ownership = NULL;
     if (c->timeout_ms >= 0) {
         l->deadline = lk_now_ms() + c->timeout_ms;
         wake_at(ls, l->deadline);

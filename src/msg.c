@@ -31,7 +31,7 @@ void lk_cmd_free(lk_cmd *c)
     if (!c) return;
     free(c->name);
     free(c->value);
-    lk_status_unref(c->status);
+    lk_ownership_unref(c->ownership);
     free(c);
 }
 

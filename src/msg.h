@@ -8,10 +8,10 @@
 #include <stdint.h>
 
 #include "errors.h"
-#include "status.h"
+#include "ownership.h"
 
 typedef enum {
-    LK_CMD_LOCK,     /* name, value, timeout_ms, wait, keep, status */
+    LK_CMD_LOCK,     /* name, value, timeout_ms, wait, keep, ownership */
     LK_CMD_SET,      /* target (lock id), value */
     LK_CMD_RELEASE,  /* target (lock id) */
     LK_CMD_GET,      /* name */
@@ -34,7 +34,7 @@ typedef struct lk_cmd {
     int wait;
     int keep;
     int background;       /* LOCK: nobody waits for the answer; never give up */
-    lk_status *status;    /* LOCK only: one reference owned by the command */
+    lk_ownership *ownership; /* LOCK only: one reference owned by the command */
 } lk_cmd;
 
 typedef enum {
@@ -82,7 +82,7 @@ typedef struct lk_event {
 /* Both return NULL when out of memory. */
 lk_cmd *lk_cmd_new(lk_cmd_kind kind);
 lk_event *lk_event_new(lk_event_kind kind, uint64_t id);
-/* Free a message and everything it owns (drops the status reference). */
+/* Free a message and everything it owns (drops the ownership reference). */
 void lk_cmd_free(lk_cmd *c);
 void lk_event_free(lk_event *e);
 

@@ -396,7 +396,7 @@ function Client:lock(name, value, opts)
     local id, status = self._core:lock(name, value, timeout_ms, wait,
                                        opts.keep == true, opts.background == true)
     local lock = setmetatable({
-        client = self, name = name, _id = id, _status = status,
+        client = self, name = name, _id = id, _own = status,
         _on_change = opts.on_change,
     }, Lock)
     self._locks[id] = lock
@@ -528,20 +528,20 @@ Client.__gc = Client.close  -- Lua 5.2+; the core's own __gc covers 5.1
 -- deadline, compared with the clock at the call: right even after the
 -- process was frozen or suspended). No I/O.
 function Lock:owned()
-    return not self._released and self._status:owned()
+    return not self._released and self._own:owned()
 end
 
 --- The fencing token (the owner key's create_revision) while owned, else nil.
 function Lock:token()
     if self._released then return nil end
-    return self._status:token()
+    return self._own:token()
 end
 
 --- Seconds of ownership left unless the lease is renewed (the local
 -- deadline), or nil when not owned.
 function Lock:valid_for()
     if self._released then return nil end
-    return self._status:valid_for()
+    return self._own:valid_for()
 end
 
 --- Changes the value while holding the lock (guarded by the token).
