@@ -36,7 +36,7 @@ CORE     = $(BUILD)/locker/core.so
 LMOD_DIR ?= $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)
 CMOD_DIR ?= $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)
 
-.PHONY: all help deps test sanitize bench chaos fuzz tsan demo nginx-demo nginx-test install lint clean
+.PHONY: all help deps test sanitize bench chaos fuzz tsan demo nginx-demo nginx-test ngx-build install lint clean
 
 all: $(CORE) ## build locker/core.so for LUA_VERSION (5.4 by default)
 

@@ -420,6 +420,38 @@ describe("nginx (locker.ngx)", function()
         assert.matches("another process", body)
     end)
 
+    it("loads one LuaJIT: the module uses the libluajit-5.1.so.2 that nginx's Lua module loaded", function()
+        local paths = {}
+        for _, p in ipairs(nginx:workers()) do
+            local maps = helper.read("/proc/" .. p .. "/maps")
+            assert.matches("locker/core%.so", maps)
+            for path in maps:gmatch("(/%S*/lib[^/%s]*lua[^/%s]*%.so[^/%s]*)\n") do paths[path] = true end
+        end
+        local list = {}
+        for path in pairs(paths) do list[#list + 1] = path end
+        assert.equals(1, #list, table.concat(list, ", "))
+        assert.matches("libluajit%-5%.1%.so%.2", list[1])
+    end)
+
+    it("is idle when nothing changes: about 0 CPU", function()
+        local function ticks(pid)
+            local stat = helper.read("/proc/" .. pid .. "/stat"):match("%) (.*)")
+            local f = {}
+            for x in stat:gmatch("%S+") do f[#f + 1] = x end
+            return tonumber(f[12]) + tonumber(f[13])  -- utime + stime
+        end
+        local hz = tonumber((sh("getconf CLK_TCK"):match("%d+"))) or 100
+        local workers = nginx:workers()
+        local before = {}
+        for _, p in ipairs(workers) do before[p] = ticks(p) end
+        locker.sleep(5)
+        local used = 0
+        for _, p in ipairs(workers) do used = used + ticks(p) - before[p] end
+        local pct = used / hz / 5 * 100
+        print(("  idle for 5 s: both workers used %.2f %% of a core"):format(pct))
+        assert.is_true(pct < 2, pct .. " % of a core")
+    end)
+
     it("keeps worker memory bounded under 40 000 changes nobody reads", function()
         local names = {}
         for i = 1, 40 do names[i] = "m" .. i end
