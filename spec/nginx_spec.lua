@@ -596,8 +596,8 @@ describe("nginx (locker.ngx)", function()
         helper.wait_until("gate open", function() return nginx:get("/gate") == 200 end, 3)
         for _, path in ipairs({ "/ping", "/gate" }) do
             local out = sh(("timeout 30 wrk -t2 -c20 -d10s --latency %s"):format(quote(nginx.url .. path)))
-            local p50 = out:match("50%%%s+(%S+)")
-            local p99 = out:match("99%%%s+(%S+)")
+            local p50 = out:match("\n%s+50%%%s+(%S+)")
+            local p99 = out:match("\n%s+99%%%s+(%S+)")
             local rps = out:match("Requests/sec:%s+(%S+)")
             print(("  wrk %s: %s req/s, p50 %s, p99 %s"):format(path, tostring(rps), tostring(p50), tostring(p99)))
         end
