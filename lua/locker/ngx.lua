@@ -127,7 +127,7 @@ local STALL_S = 3   -- no tick for this long: the engine thread is stuck
 -- The dispatcher: one ngx timer per worker reading the wake-up socket.
 -- Each byte means "events are waiting" or is the engine's tick (at least
 -- one a second); either way it delivers what waits. It notices that the
--- worker is exiting within a second (the tick, or its own read timeout),
+-- worker is exiting within 0.25 s (its own read timeout),
 -- and then returns, so reloads never leave a worker "shutting down".
 local function dispatcher(premature)
     if premature or not client or client:closed() then return end
@@ -150,7 +150,7 @@ local function dispatcher(premature)
     end
     disp.running = true
     disp.alive_at = ngx.now()
-    sock:settimeout(1000)
+    sock:settimeout(250)  -- exiting() is noticed within 0.25 s
     local warned = false
     while true do
         local fine, e = xpcall(client.dispatch, traceback, client)

@@ -1,0 +1,42 @@
+-- A watch nobody reads stays bounded; locker.step() tells foreign loops
+-- when the next timer is due.
+local locker = require "locker"
+local helper = require "helper"
+
+describe("events", function()
+    local etcd
+    setup(function() etcd = helper.etcd() end)
+    teardown(function() etcd:destroy() end)
+
+    -- folding while nobody dispatches: watch_spec's "folds the events of a
+    -- client nobody dispatches" (the changes come from another process)
+
+    it("keeps at most locker.WATCH_QUEUE events for a watch nobody reads", function()
+        local c = etcd:client({ prefix = "/ev2/" })
+        local w = c:watch("y")
+        local l = assert(c:lock("y", "0"))
+        for i = 1, 300 do assert(l:set(tostring(i))) end
+        helper.wait_until("the last value cached", function() return c:cached("y") == "300" end, 5)
+        locker.step()
+        local n, last = 0, nil
+        while true do
+            local _, ev = w:next(0)
+            if not ev then break end
+            n, last = n + 1, ev
+        end
+        assert.is_true(n <= locker.WATCH_QUEUE, n .. " events kept")
+        assert.equals("300", last.value)
+        l:release()
+        c:close()
+    end)
+
+    it("step() returns the seconds until the next timer", function()
+        assert.is_nil(locker.step())
+        local done = false
+        locker.spawn(function() locker.sleep(0.5) done = true end)
+        local t = locker.step()
+        assert.is_true(t > 0.3 and t <= 0.5, tostring(t))
+        os.execute(("sleep %.3f"):format(t))  -- a foreign loop waits so long
+        helper.wait_until("the sleeper", function() locker.step() return done end, 2)
+    end)
+end)
