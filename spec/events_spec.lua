@@ -30,6 +30,28 @@ describe("events", function()
         c:close()
     end)
 
+    it("wakes a coroutine whose timer is already due when the loop waits", function()
+        -- a timer due by the time the loop polls must not become "wait
+        -- forever" (poll's negative timeout); a client's idle fd is all
+        -- there is to wake it otherwise. In a child, bounded by timeout(1).
+        local script = os.tmpname()
+        local f = assert(io.open(script, "w"))
+        f:write(([[
+local locker = require "locker"
+local c = assert(locker.new{ endpoints = { %q } })
+local fd = c:fd()  -- idle: nothing will ever make it readable
+local done = false
+locker.spawn(function() for _ = 1, 200 do locker.sleep(0) end done = true end)
+locker.run()
+io.stdout:write(done and "done" or "not done", " ", fd, "\n")
+]]):format(etcd.endpoint))
+        f:close()
+        local out, _, code = helper.sh(("timeout 10 %s %s"):format(helper.lua, script))
+        os.remove(script)
+        assert.equal(0, code, "hung or failed: " .. out)
+        assert.truthy(out:match("^done"), out)
+    end)
+
     it("step() returns the seconds until the next timer", function()
         assert.is_nil(locker.step())
         local done = false

@@ -283,7 +283,7 @@ end
 --- Runs fn(...) as a spawned coroutine; returns a box whose .done is true
 -- when it returned, with its results in .r.
 function helper.go(fn, ...)
-        local box = {}
+    local box = {}
     local args = { n = select("#", ...), ... }
     locker.spawn(function()
         box.r = { fn((table.unpack or unpack)(args, 1, args.n)) }

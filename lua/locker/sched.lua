@@ -122,7 +122,7 @@ function sched.call_in_order(box, fn, ...)
     q[q.last] = { fn, select("#", ...), ... }
     if q.running then return end
     q.running = true
-    sched.spawn(function()
+    local started = sched.spawn(function()
         while q.first <= q.last do
             local c = q[q.first]
             q[q.first] = nil
@@ -132,6 +132,7 @@ function sched.call_in_order(box, fn, ...)
         end
         q.running = false
     end)
+    if not started then q.running = false end  -- the next call tries again
 end
 
 function sched.add_source(src) sources[src] = true end
@@ -216,7 +217,8 @@ local function loop(done, deadline)
             if #fds == 0 and not until_t then
                 error("locker: every coroutine waits and nothing can wake them", 0)
             end
-            poll(fds, until_t and until_t - t or -1)
+            -- a timer already due waits 0, not "forever" (poll's negative)
+            poll(fds, until_t and math.max(0, until_t - t) or -1)
         end
     end
 end
