@@ -208,6 +208,22 @@ describe("etcd authentication", function()
         other:close()
     end)
 
+    it("keeps working when etcd's users or roles change meanwhile", function()
+        local c = client()
+        assert.is_nil(keep(c:get("rev")))  -- a token is issued and works
+        local l = assert(keep(c:lock("rev", "v", { keep = true })))
+        -- a change to the auth store raises its revision; a request that
+        -- meets it ("revision of auth store is old") takes a new token
+        local out, ok = etcd:ctl("role add another-role")
+        assert(ok, out)
+        assert.equal("v", keep(c:get("rev")))
+        assert.is_true(l:owned())
+        out, ok = etcd:ctl("role delete another-role")
+        assert(ok, out)
+        l:release()
+        c:close()
+    end)
+
     it("a wrong password gives 'auth' at once, and is not asked again in a loop", function()
         local c = client { user = "app", password = WRONG, timeout = 3 }
         local took, v, msg, code = timed(function() return c:get("x") end)

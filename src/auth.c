@@ -28,9 +28,27 @@ struct lk_auth {
 
 static void authenticate(lk_auth *a);
 
+/* etcd's words for "the token this request went with is no good": expired
+ * or unknown; issued before users or roles changed; or none at all (sent
+ * while a new one was fetched, or etcd turned authentication on since). */
+static const char *const refused_token[] = {
+    "invalid auth token", "revision of auth store is old", "user name is empty",
+};
+
 int lk_auth_token_refused(const char *m)
 {
-    return m && strstr(m, "invalid auth token") != NULL;
+    for (size_t i = 0; m && i < sizeof refused_token / sizeof *refused_token; i++)
+        if (strstr(m, refused_token[i])) return 1;
+    return 0;
+}
+
+static int answer_refuses_token(const lk_req *r)
+{
+    if (r->status == 401) return 1;
+    for (size_t i = 0; r->answer.len && i < sizeof refused_token / sizeof *refused_token; i++)
+        if (memmem(r->answer.data, r->answer.len, refused_token[i], strlen(refused_token[i])))
+            return 1;
+    return 0;
 }
 
 int lk_auth_refusal(int grpc, const char *m)
@@ -42,14 +60,26 @@ int lk_auth_refusal(int grpc, const char *m)
                         strstr(m, "code = Unauthenticated"));
 }
 
+/* No token now: one is being fetched, or it is fetched now, or (after a
+ * refusal, for a while) the requests that wait for one fail soon. */
+static void need_token(lk_auth *a)
+{
+    if (a->req) return;
+    if (lk_now_ms() < a->refused_until)
+        lk_http_release_held(a->http, LK_ERR_AUTH, a->refused);
+    else
+        authenticate(a);
+}
+
 static int before_send(void *ctx, lk_req *r)
 {
     lk_auth *a = ctx;
-    if (r->owner == a || a->have_token) return 0;
-    if (lk_now_ms() < a->refused_until)
-        lk_http_release_held(a->http, LK_ERR_AUTH, a->refused);  /* fails it soon */
-    else
-        authenticate(a);
+    if (r->owner == a) {
+        r->secret = 1;  /* the password goes in its body */
+        return 0;
+    }
+    if (a->have_token) return 0;
+    need_token(a);
     return 1;
 }
 
@@ -63,13 +93,14 @@ static void token_expired(lk_auth *a)
 static int after_answer(void *ctx, lk_req *r)
 {
     lk_auth *a = ctx;
-    if (r->owner == a) return 0;
-    if (r->status != 401 && !(r->answer.len && memmem(r->answer.data, r->answer.len,
-                                                       "invalid auth token", 18)))
-        return 0;
+    if (r->owner == a || !answer_refuses_token(r)) return 0;
     if (r->auth_retries++ >= 2) return 0;  /* its own answer, then */
-    if (r->auth_gen == lk_http_token_gen(a->http)) token_expired(a);
-    else if (a->have_token) lk_http_release_held(a->http, LK_OK, NULL);  /* newer token */
+    if (a->have_token && r->auth_gen == lk_http_token_gen(a->http))
+        token_expired(a);
+    else if (a->have_token)  /* a newer token came meanwhile: go with it */
+        lk_http_release_held(a->http, LK_OK, NULL);
+    else
+        need_token(a);
     return 1;
 }
 
@@ -109,20 +140,22 @@ static void on_authenticated(lk_req *r)
     } else if (root) {  /* etcd has authentication off: nothing to send */
         a->have_token = 1;
         lk_http_release_held(a->http, LK_OK, NULL);
-    } else if (grpc >= 0) {
+    } else if (grpc == 9 && strstr(msg, "not enabled")) {  /* auth is off */
+        a->have_token = 1;
+        lk_http_release_held(a->http, LK_OK, NULL);
+    } else if (grpc == 3 || grpc == 5 || grpc == 7 || grpc == 9 || grpc == 16) {
+        /* etcd said no to these credentials: not asked again for a while */
         snprintf(a->refused, sizeof a->refused, "etcd refused authentication as "
                  "user '%s': %s", a->cfg->user, msg);
-        if (grpc == 9 && strstr(msg, "not enabled")) {  /* auth is off */
-            a->have_token = 1;
-            lk_http_release_held(a->http, LK_OK, NULL);
-        } else {
-            a->refusals++;
-            a->refused_until = lk_now_ms() +
-                lk_backoff_ms(a->refusals, REFUSED_MIN_MS, REFUSED_MAX_MS);
-            lk_http_release_held(a->http, LK_ERR_AUTH, a->refused);
-        }
-    } else {
-        lk_http_release_held(a->http, LK_ERR_PROTOCOL, msg);
+        a->refusals++;
+        a->refused_until = lk_now_ms() +
+            lk_backoff_ms(a->refusals, REFUSED_MIN_MS, REFUSED_MAX_MS);
+        lk_http_release_held(a->http, LK_ERR_AUTH, a->refused);
+    } else {  /* no leader, overloaded, an answer we cannot read: no verdict */
+        char why[640];
+        snprintf(why, sizeof why, "authenticating with etcd at %s: %s", lk_req_endpoint(r), msg);
+        lk_http_release_held(a->http, grpc == 14 || grpc == 4 || grpc == 8 || r->status >= 500
+                             ? LK_ERR_UNAVAILABLE : grpc >= 0 ? LK_ERR_ETCD : LK_ERR_PROTOCOL, why);
     }
     if (root) {  /* the token is a secret too */
         if (cJSON_IsString(token)) memset(token->valuestring, 0, strlen(token->valuestring));
@@ -149,6 +182,7 @@ static void authenticate(lk_auth *a)
         return;
     }
     r->urgent = 1;  /* everything else may wait for it */
+    r->secret = 1;  /* the password is in its body, the token in its answer */
     r->body = body;
     __atomic_add_fetch(&a->stats->authentications, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&a->stats->requests, 1, __ATOMIC_RELAXED);

@@ -340,9 +340,10 @@ static void *run(void *arg)
             if (t && t < next) next = t;
             t = lk_watches_tick(&e->watches, now);
             if (t && t < next) next = t;
-            t = lk_http_next_wakeup(e->io.http);
-            if (t && t < next) next = t;
         }
+        /* also while stopping: a revoke may rest, or wait for a token */
+        int64_t t = lk_http_next_wakeup(e->io.http);
+        if (t && t < next) next = t;
         int wait = next > now ? (int)(next - now) : 0;
         curl_multi_poll(lk_http_multi(e->io.http), NULL, 0, wait, NULL);
         lk_http_perform(e->io.http);

@@ -41,6 +41,14 @@ struct lk_http {
     int n_pool;
 };
 
+static void fail_req(lk_req *r, CURLcode rc, lk_err code, const char *msg);
+
+/* Whether r's whole timeout ran out (streams have none). */
+static int out_of_time(const lk_req *r)
+{
+    return r->timeout_ms > 0 && r->deadline <= lk_now_ms();
+}
+
 lk_http *lk_http_new(const lk_config *cfg, long connect_timeout_ms)
 {
     lk_http *h = calloc(1, sizeof *h);
@@ -149,9 +157,21 @@ static void unlink_req(lk_req *r)
     }
 }
 
+/* Overwrites what a buffer held (a password, a token). */
+static void wipe(lk_buf *b)
+{
+    if (b->data) memset(b->data, 0, b->cap ? b->cap : b->len);
+}
+
 /* Frees the request and returns its easy handle to the pool. */
 static void free_req(lk_req *r)
 {
+    if (r->secret) {
+        wipe(&r->body);
+        wipe(&r->answer);
+        for (struct curl_slist *l = r->headers; l; l = l->next)
+            memset(l->data, 0, strlen(l->data));
+    }
     lk_http *h = r->http;
     if (r->easy) {
         curl_multi_remove_handle(h->multi, r->easy);
@@ -293,8 +313,10 @@ static int launch(lk_req *r)
     r->headers = NULL;
     for (struct curl_slist *l = h->headers; l; l = l->next)
         if (!(r->headers = curl_slist_append(r->headers, l->data))) return -1;
-    if (h->auth_line && !(r->headers = curl_slist_append(r->headers, h->auth_line)))
-        return -1;
+    if (h->auth_line) {
+        r->secret = 1;
+        if (!(r->headers = curl_slist_append(r->headers, h->auth_line))) return -1;
+    }
     r->auth_gen = h->auth_gen;
     CURL *c = r->easy;
     curl_easy_setopt(c, CURLOPT_URL, url);
@@ -361,6 +383,13 @@ static void start_queued(lk_http *h)
 {
     while (h->queue && h->n_counted < LK_MAX_REQUESTS) {
         lk_req *r = h->queue;
+        if (out_of_time(r)) {  /* its time went by in the queue: not the member's fault */
+            unlink_req(r);
+            link_inflight(r);
+            fail_req(r, CURLE_OPERATION_TIMEDOUT, LK_ERR_UNAVAILABLE,
+                     "timed out waiting for a free connection");
+            continue;
+        }
         if (guard_holds(r)) {
             unlink_req(r);
             link_held(r);
@@ -501,7 +530,14 @@ static int try_again(lk_req *r)
     int next = pick_endpoint(h, r->endpoint);
     int64_t due = h->down_until[next];
     r->endpoint = next;
-    if (due <= now || r->on_line) return launch(r) == 0;
+    if (due <= now || r->on_line) {
+        if (guard_holds(r)) {  /* a new token is on its way: wait for it */
+            unlink_req(r);
+            link_held(r);
+            return 1;
+        }
+        return launch(r) == 0;
+    }
     if (due >= r->deadline - ATTEMPT_MIN_MS / 3) return 0;  /* no time left */
     unlink_req(r);  /* from the in-flight list to the resting one */
     r->retry_at = due;
@@ -538,6 +574,8 @@ int64_t lk_http_next_wakeup(const lk_http *h)
 {
     if (h->release) return lk_now_ms();
     int64_t t = 0;
+    for (const lk_req *r = h->held; r; r = r->next)  /* their timeouts */
+        if (r->timeout_ms > 0 && (!t || r->deadline < t)) t = r->deadline;
     for (const lk_req *r = h->resting; r; r = r->next)
         if (!t || r->retry_at < t) t = r->retry_at;
     return t;
@@ -554,6 +592,21 @@ static void fail_req(lk_req *r, CURLcode rc, lk_err code, const char *msg)
     r->fail_msg = strdup(msg);
     snprintf(r->error, sizeof r->error, "%s", msg);
     finish(r);
+}
+
+/* Held requests whose timeout ran out fail (they waited for a token that
+ * did not come in time). */
+static void expire_held(lk_http *h)
+{
+    for (;;) {
+        lk_req *r = h->held;
+        while (r && !out_of_time(r)) r = r->next;
+        if (!r) return;
+        unlink_req(r);
+        link_inflight(r);
+        fail_req(r, CURLE_OPERATION_TIMEDOUT, LK_ERR_UNAVAILABLE,
+                 "timed out waiting for an authentication token");
+    }
 }
 
 /* The held requests go on, or fail, as lk_http_release_held said. Those
@@ -574,6 +627,10 @@ static void release_held(lk_http *h)
         if (code) {
             link_inflight(r);
             fail_req(r, CURLE_LOGIN_DENIED, code, msg ? msg : lk_err_name(code));
+        } else if (out_of_time(r)) {
+            link_inflight(r);
+            fail_req(r, CURLE_OPERATION_TIMEDOUT, LK_ERR_UNAVAILABLE,
+                     "timed out waiting for an authentication token");
         } else if (counted(r)) {
             enqueue(r);  /* the cap on requests in flight still holds */
         } else if (guard_holds(r)) {
@@ -595,7 +652,9 @@ static int tls_handled(lk_req *r, CURLcode rc)
 {
     lk_http *h = r->http;
     const char *ep = h->endpoints[r->endpoint];
-    if (rc == CURLE_OK || r->too_big || strncmp(ep, "https://", 8) != 0) return 0;
+    /* an attempt that received data had a working session: a plain fault */
+    if (rc == CURLE_OK || r->too_big || r->received || strncmp(ep, "https://", 8) != 0)
+        return 0;
     curl_off_t handshake = 0;
     curl_easy_getinfo(r->easy, CURLINFO_APPCONNECT_TIME_T, &handshake);
     char msg[512];
@@ -606,6 +665,11 @@ static int tls_handled(lk_req *r, CURLcode rc)
         return 1;
     case LK_TLS_UNSURE:
         r->tls12 = 1;
+        if (guard_holds(r)) {
+            unlink_req(r);
+            link_held(r);
+            return 1;
+        }
         if (launch(r) == 0) return 1;
         fail_req(r, CURLE_OUT_OF_MEMORY, LK_ERR_NOMEM, "out of memory");
         return 1;
@@ -656,6 +720,7 @@ int lk_http_perform(lk_http *h)
         finish(r);
     }
     wake_resting(h);
+    expire_held(h);
     release_held(h);
     start_queued(h);
     return running;

@@ -62,6 +62,8 @@ struct lk_req {
     int auth_gen;            /* the token it was last sent with */
     int auth_retries;        /* sent again after "invalid auth token" */
     int tls12;               /* this attempt is capped at TLS 1.2 */
+    int secret;              /* carries a password or token: its buffers
+                                are overwritten before they are freed */
     struct curl_slist *headers;  /* this attempt's (the token changes) */
     lk_err fail_code;   /* set: failed before etcd answered, for a */
     char *fail_msg;          /* reason of ours ("tls", "auth") */

@@ -76,6 +76,8 @@ int lk_tls_failure(CURLcode rc, const char *curl_msg, int handshake_done,
                        "a CA that etcd trusts?): %s"
                      : "etcd at %s requires a client certificate (set cert and key): %s",
                      endpoint, m);
+        else if (capped)  /* our TLS 1.2 try, refused (a TLS 1.3-only etcd) */
+            return LK_TLS_NONE;
         else
             snprintf(msg, n, "etcd at %s ended the TLS session: %s", endpoint, m);
         return LK_TLS_FAILED;
