@@ -108,7 +108,10 @@ int lk_queue_push_latest(lk_queue *q, lk_event *ev)
     key.id = ev->id;
     pthread_mutex_lock(&q->mu);
     lk_event *old = lk_map_get(&q->latest, &key, sizeof key);
-    if (old && q->n >= LK_FOLD_AFTER) {  /* nobody is taking them: fold */
+    /* nobody is taking them: fold; but a lock's loss is never folded over
+     * (whoever owned must hear it lost, even if it owns again since) */
+    int loss = old && old->kind == LK_EV_OWNED && !old->owned && old->code;
+    if (old && !loss && q->n >= LK_FOLD_AFTER) {
         fold(old, ev);
         pthread_mutex_unlock(&q->mu);
         return 0;

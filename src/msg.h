@@ -95,9 +95,10 @@ int lk_queue_push(lk_queue *q, void *msg);
  * event is kept while the Lua side takes them; once LK_FOLD_AFTER wait
  * untaken (nobody dispatches), an event whose kind and id is already queued
  * replaces that one's content instead (in place, ev is freed; skipped
- * counts the states folded in). So what nobody takes stays bounded by
- * LK_FOLD_AFTER plus the number of watches and locks. Returns 1 when the
- * queue was empty before. */
+ * counts the states folded in), except a lock's loss, which stays. So what
+ * nobody takes stays bounded by LK_FOLD_AFTER plus the number of watches
+ * and locks plus the losses (one per lease lost). Returns 1 when the queue
+ * was empty before. */
 #define LK_FOLD_AFTER 256
 int lk_queue_push_latest(lk_queue *q, lk_event *ev);
 /* Takes the whole content in order (a list linked by next), or NULL. */
