@@ -107,6 +107,18 @@ local function settle(self)
     end
 end
 
+-- Whether a waiting call may wait here: anywhere with this file's own
+-- scheduler; with a host's (nginx), only where the host can yield.
+local function can_wait()
+    return not sched.backend() or sched.current() ~= nil
+end
+
+-- A waiting call where nothing may wait raises before anything is sent
+-- (so no lock is taken, no request made, behind the caller's back).
+local function check_can_wait(what)
+    if not can_wait() then sched.backend().blocked(what) end
+end
+
 -- Waits for the answer to request id; yields inside a spawned coroutine.
 local function await(self, id)
     local slot = {}
@@ -389,6 +401,7 @@ function Client:lock(name, value, opts)
               .. "and takes no wait or timeout", 2)
     end
     if self._closed then return nil, "client is closed", "closed" end
+    if not opts.background then check_can_wait("client:lock") end
     local timeout_ms = (timeout == nil or timeout == huge) and -1 or floor(timeout * 1000)
     -- under a millisecond there is no time to wait: one try, as wait = false
     local wait = opts.wait ~= false and timeout_ms ~= 0
@@ -429,6 +442,7 @@ end
 function Client:owner(name)
     check_name("client:owner", name)
     if self._closed then return nil, "client is closed", "closed" end
+    check_can_wait("client:get")
     local ev = await(self, self._core:get(name))
     if not ev.ok then return nil, ev.msg, ev.code end
     if ev.value == nil then return nil end
@@ -440,6 +454,7 @@ end
 -- waiters = <contenders behind the owner> }. One request.
 function Client:status()
     if self._closed then return nil, "client is closed", "closed" end
+    check_can_wait("client:status")
     local ev = await(self, self._core:list())
     if not ev.ok then return nil, ev.msg, ev.code end
     local by_name, list = {}, {}
@@ -555,6 +570,7 @@ function Lock:set(value)
     if not self:owned() then
         return nil, ("lock '%s': not owned"):format(self.name), "not_owner"
     end
+    check_can_wait("lock:set")
     return answer(await(self.client, self.client._core:set(self._id, value)))
 end
 
@@ -564,6 +580,12 @@ function Lock:release()
     self._released = true
     local client = self.client
     if client._closed then return true end
+    if not can_wait() then  -- where nothing may wait: sent, not awaited
+        client._core:release(self._id)
+        client._locks[self._id] = nil
+        settle(client)
+        return true
+    end
     local ev = await(client, client._core:release(self._id))
     client._locks[self._id] = nil
     settle(client)

@@ -58,14 +58,19 @@ function backend.current()
 end
 
 -- Waits on w's semaphore until woken (or the deadline); in chunks, so a
--- wait without a deadline never trips a semaphore's own limits.
+-- wait without a deadline never trips a semaphore's own limits, and a wait
+-- in a worker that is exiting ends (raising: no answer can come, the
+-- dispatcher has stopped, and a running timer would keep the worker alive).
 function backend.suspend(w, deadline)
     while not w.args do
-        local wait = 30
+        if ngx.worker.exiting() then
+            error("locker: the nginx worker is exiting: nothing more is waited for", 0)
+        end
+        local wait = 0.5
         if deadline then
             wait = deadline - sched.now()
             if wait <= 0 then return end
-            wait = min(wait, 30)
+            wait = min(wait, 0.5)
         end
         local ok, err = w.sema:wait(wait)
         if not ok and err ~= "timeout" then error("locker: semaphore: " .. tostring(err), 0) end
@@ -92,6 +97,7 @@ function backend.spawn(fn, ...)
     end)
     if not ok or not err then
         report("locker: cannot start an ngx timer: " .. tostring(err))
+        return false
     end
     return true
 end
@@ -123,6 +129,24 @@ local function log(level, ...)
 end
 
 local STALL_S = 3   -- no tick for this long: the engine thread is stuck
+local POLL_S = 0.2  -- the fallback's period, without the wake-up socket
+
+-- The fallback when the wake-up socket cannot be had (or broke): dispatch
+-- every POLL_S from a timer, so waits and callbacks go on, later.
+local function poll_dispatch(premature)
+    if premature or not client or client:closed() or ngx.worker.exiting() then return end
+    local fine, e = xpcall(client.dispatch, traceback, client)
+    if not fine then report(e) end
+    local ok, err = ngx.timer.at(POLL_S, poll_dispatch)
+    if not ok then log(ngx.ERR, "cannot re-arm the polling dispatcher: ", err) end
+end
+
+local function fall_back(why)
+    log(ngx.ERR, why, "; dispatching every ", POLL_S, " s instead")
+    disp.polling = true
+    local ok, err = ngx.timer.at(POLL_S, poll_dispatch)
+    if not ok then log(ngx.ERR, "cannot start the polling dispatcher: ", err) end
+end
 
 -- The dispatcher: one ngx timer per worker reading the wake-up socket.
 -- Each byte means "events are waiting" or is the engine's tick (at least
@@ -132,21 +156,18 @@ local STALL_S = 3   -- no tick for this long: the engine thread is stuck
 local function dispatcher(premature)
     if premature or not client or client:closed() then return end
     local ok, path = pcall(client.wake_socket, client)
-    if not ok then
-        log(ngx.ERR, "cannot make the wake-up socket: ", path)
-        return
+    if not ok or not path then
+        return fall_back("cannot make the wake-up socket: " .. tostring(path))
     end
     local sock = ngx.socket.stream()
     local connected, err = sock:connect("unix:" .. path)
     if not connected then
-        log(ngx.ERR, "cannot connect to the wake-up socket: ", err)
-        return
+        return fall_back("cannot connect to the wake-up socket: " .. tostring(err))
     end
     local accepted, why = client:wake_accept()
     if not accepted then
-        log(ngx.ERR, why)
         sock:close()
-        return
+        return fall_back(tostring(why))
     end
     disp.running = true
     disp.alive_at = ngx.now()
@@ -170,8 +191,10 @@ local function dispatcher(premature)
                 warned = true
             end
         else
-            if not client:closed() then log(ngx.ERR, "wake-up socket: ", rerr) end
-            break
+            disp.running = false
+            sock:close()
+            if client:closed() then return end
+            return fall_back("wake-up socket: " .. tostring(rerr))
         end
     end
     disp.running = false
