@@ -81,6 +81,8 @@ static char *opt_string(lua_State *L, int t, const char *k)
     return (char *)v;
 }
 
+/* ---- making a client ---- */
+
 /* core.new(endpoints, prefix, ttl_s, timeout_ms, margin_ms [, secure])
  * -> client | nil, msg, code. secure: { cacert, cert, key, insecure,
  * proxy_env, user, password } (checked by the facade). */
@@ -159,6 +161,8 @@ static int copy_string(lua_State *L, int i, char **out, size_t *len)
     (*out)[*len] = '\0';
     return 0;
 }
+
+/* ---- commands: each is handed to the engine, its answer comes as an event ---- */
 
 /* client:lock(name, value, timeout_ms (<0: none), wait, keep, background)
  * -> id, ownership (owned(), token(), valid_for(): no I/O) */
@@ -251,6 +255,15 @@ static int l_unwatch(lua_State *L)
     return submit(L, e, c);
 }
 
+/* client:list() -> id; the answer's kvs: every key under the prefix */
+static int l_list(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    return submit(L, e, new_cmd(L, LK_CMD_LIST));
+}
+
+/* ---- reads without I/O: the engine's published state ---- */
+
 /* client:cached(name) -> value, token, revision | nil (nobody holds it) |
  * nil, msg, "pending" / "not_watched". No I/O. */
 static int l_cached(lua_State *L)
@@ -300,6 +313,16 @@ static int l_cached(lua_State *L)
     }
 }
 
+/* ---- waking the Lua side: the eventfd, or the wake-up socket ---- */
+
+/* client:fd() -> the eventfd, readable when events wait */
+static int l_fd(lua_State *L)
+{
+    client_box *b = check_box(L);
+    lua_pushinteger(L, b->engine ? lk_engine_fd(b->engine) : -1);
+    return 1;
+}
+
 /* client:wake_listen() -> path of the wake-up socket to connect to */
 static int l_wake_listen(lua_State *L)
 {
@@ -325,12 +348,7 @@ static int l_wake_accept(lua_State *L)
     return 1;
 }
 
-/* client:list() -> id; the answer's kvs: every key under the prefix */
-static int l_list(lua_State *L)
-{
-    lk_engine *e = check_client(L);
-    return submit(L, e, new_cmd(L, LK_CMD_LIST));
-}
+/* ---- reads without I/O, continued: counters and the session ---- */
 
 /* client:stats() -> { requests =, keepalives =, stream_events =,
  * stream_connects =, authentications = }; after close, the final counts */
@@ -350,13 +368,6 @@ static int l_stats(lua_State *L)
     lua_setfield(L, -2, "stream_connects");
     push_int64(L, s.authentications);
     lua_setfield(L, -2, "authentications");
-    return 1;
-}
-
-static int l_fd(lua_State *L)
-{
-    client_box *b = check_box(L);
-    lua_pushinteger(L, b->engine ? lk_engine_fd(b->engine) : -1);
     return 1;
 }
 
@@ -408,6 +419,8 @@ static int l_session(lua_State *L)
     }
     return 1;
 }
+
+/* ---- events: the engine's news as Lua tables ---- */
 
 static void push_kvs(lua_State *L, const lk_event *ev)
 {
@@ -509,6 +522,8 @@ static int l_events(lua_State *L)
     return 1;
 }
 
+/* ---- the end of a client ---- */
+
 /* client:close(), __close and __gc: one idempotent function that never
  * raises (as liolib's io_gc and f_close share aux_close). It stops the
  * engine (the lease is revoked, the thread joined), keeps the final
@@ -534,6 +549,8 @@ static int l_closed(lua_State *L)
     lua_pushboolean(L, !b->engine || lk_engine_closed(b->engine));
     return 1;
 }
+
+/* ---- a lock's ownership, read by the Lua thread ---- */
 
 /* ownership:owned() -> boolean, compared with the clock now */
 static int l_ownership_owned(lua_State *L)
@@ -570,6 +587,8 @@ static int l_ownership_gc(lua_State *L)
     ob->ownership = NULL;
     return 0;
 }
+
+/* ---- the scheduler's clock and poll ---- */
 
 /* core.poll(fds, timeout_s) -> true when one of fds is readable. A timeout
  * below 0 waits forever. Restarts after signals until the timeout. */
