@@ -158,11 +158,12 @@ record "web" { value = "nginx web", requires = { "dep" }, hold_down = 0, every =
                check = function() ngx.sleep(0.01) return true end }
 ]]
 
--- A free loopback port (nobody listens on it now).
+-- A free loopback port: below the kernel's ephemeral range (32768 and up,
+-- where outgoing connections take theirs), and no socket of any state on it.
 local function free_port()
     for _ = 1, 20 do
-        local p = 20000 + math.random(0, 39999)
-        if sh(("ss -tlnH '( sport = :%d )'"):format(p)) == "" then return p end
+        local p = 10000 + math.random(0, 22000)
+        if sh(("ss -tanH '( sport = :%d )'"):format(p)) == "" then return p end
     end
     error("no free port")
 end
