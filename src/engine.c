@@ -202,9 +202,18 @@ static int ensure_event_fd(lk_engine *e)
     return e->io.event_fd >= 0 ? 0 : -1;
 }
 
+/* This process's pid, kept without a system call per question (glibc's
+ * getpid() is one): set at start, and again in every child of a fork. */
+static pid_t this_pid;
+
+static void forked_child(void)
+{
+    __atomic_store_n(&this_pid, getpid(), __ATOMIC_RELAXED);
+}
+
 int lk_engine_foreign(const lk_engine *e)
 {
-    return e->owner_pid != getpid();
+    return e->owner_pid != __atomic_load_n(&this_pid, __ATOMIC_RELAXED);
 }
 
 /* Lua thread. */
@@ -273,6 +282,8 @@ const char *lk_engine_endpoint(const lk_engine *e, int i)
 
 static void global_init(void)
 {
+    forked_child();
+    pthread_atfork(NULL, NULL, forked_child);
     curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
