@@ -34,9 +34,7 @@ describe("events", function()
         -- a timer due by the time the loop polls must not become "wait
         -- forever" (poll's negative timeout); a client's idle fd is all
         -- there is to wake it otherwise. In a child, bounded by timeout(1).
-        local script = os.tmpname()
-        local f = assert(io.open(script, "w"))
-        f:write(([[
+        local script = helper.file(([[
 local locker = require "locker"
 local c = assert(locker.new{ endpoints = { %q } })
 local fd = c:fd()  -- idle: nothing will ever make it readable
@@ -45,7 +43,6 @@ locker.spawn(function() for _ = 1, 200 do locker.sleep(0) end done = true end)
 locker.run()
 io.stdout:write(done and "done" or "not done", " ", fd, "\n")
 ]]):format(etcd.endpoint))
-        f:close()
         -- (spawned with the sanitizer runtime, when there is one: make sanitize)
         local pid, out = helper.spawn(("timeout 10 %s %s; echo rc=$?"):format(helper.lua, script), true)
         helper.wait_until("the child to end", function() return not helper.alive(pid) end, 20)

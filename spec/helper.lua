@@ -90,6 +90,15 @@ function helper.spawn(cmd, keep_preload)
     return tonumber(pid:match("%d+")), out
 end
 
+--- Writes text to a new temporary file (a script, a config); its path.
+function helper.file(text)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(text)
+    f:close()
+    return path
+end
+
 function helper.read(path)
     local f = io.open(path)
     if not f then return "" end

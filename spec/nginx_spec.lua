@@ -305,13 +305,15 @@ describe("nginx (locker.ngx)", function()
         -- deleted -> every worker sees it (its callback notes the time)
         local workers = nginx:workers()
         assert.equals(2, #workers)
-        helper.wait_until("both workers to see db-2", function()
+        -- every worker's callback noted db-2 (what it wrote in the shared dict)
+        local function all_see_db2()
             local d = nginx:dict()
             for _, p in ipairs(workers) do
                 if not (d["dep:" .. p] or ""):match("^db%-2 ") then return false end
             end
             return true
-        end, 2)
+        end
+        helper.wait_until("both workers to see db-2", all_see_db2, 2)
         local lat = {}
         for _ = 1, 5 do
             local t_del = locker.time()
@@ -328,13 +330,7 @@ describe("nginx (locker.ngx)", function()
             lat[#lat + 1] = worst
             lock = assert(c:lock("dep", "db-2"))
             dep_lock = lock
-            helper.wait_until("both workers to see dep back", function()
-                local d = nginx:dict()
-                for _, p in ipairs(workers) do
-                    if not (d["dep:" .. p] or ""):match("^db%-2 ") then return false end
-                end
-                return true
-            end, 2)
+            helper.wait_until("both workers to see dep back", all_see_db2, 2)
         end
         table.sort(lat)
         print(("  release -> gone seen on both workers: p50 %.1f ms, max %.1f ms")

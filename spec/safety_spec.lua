@@ -156,9 +156,7 @@ describe("safety", function()
     end)
 
     it("says owned() is false at once after a freeze past the lease (finding 5)", function()
-        local script = os.tmpname()
-        local f = assert(io.open(script, "w"))
-        f:write(([[
+        local script = helper.file(([[
 local locker = require "locker"
 local c = assert(locker.new{ endpoints = { %q }, prefix = %q, ttl = 2 })
 local l = assert(c:lock("frozen", "x"))
@@ -169,7 +167,6 @@ io.stdout:write("after ", tostring(first), " ", tostring(l:token()), "\n")
 io.stdout:flush()
 os.exit(0)
 ]]):format(etcd.endpoint, prefix))
-        f:close()
         local pid, out = helper.spawn(("exec %s %s"):format(helper.lua, script), true)
         helper.wait_until("the holder to hold", function() return helper.read(out):match("held true") end)
         helper.wait_until("the holder to stop", function()

@@ -286,13 +286,10 @@ describe("etcd authentication", function()
     end)
 
     it("a health config's connect{} carries the endpoints, user and password", function()
-        local path = os.tmpname()
-        local f = assert(io.open(path, "w"))
-        f:write(([[
+        local path = helper.file(([[
 connect { endpoints = { %q }, prefix = "/auth/", user = "app", password = %q }
 record "svc" { value = "up" }
 ]]):format(etcd.endpoint, PASSWORD))
-        f:close()
         -- no endpoint in the environment: only the file says where etcd is
         local pid, out = helper.spawn(("LOCKER_ENDPOINTS= exec %s bin/locker health %s")
             :format(helper.lua, path), true)

@@ -277,9 +277,7 @@ describe("client:watch()", function()
         end)
         helper.wait_until("the first event", function() return calls == 1 end)
         -- another process makes 1000 changes while this one dispatches nothing
-        local script = os.tmpname()
-        local f = assert(io.open(script, "w"))
-        f:write(([[
+        local script = helper.file(([[
 local locker = require "locker"
 local c = assert(locker.new{ endpoints = { %q }, prefix = %q })
 local l = assert(c:lock("fold", "0"))
@@ -287,7 +285,6 @@ for i = 1, 1000 do assert(l:set(tostring(i))) end
 io.stdout:write("done\n"); io.stdout:flush()
 l:release(); c:close()
 ]]):format(etcd.endpoint, prefix))
-        f:close()
         local pid, out = helper.spawn(("exec %s %s"):format(helper.lua, script), true)
         local t_end = locker.now() + 60
         while not helper.read(out):match("done") and locker.now() < t_end do

@@ -115,7 +115,6 @@ static void on_authenticated(lk_req *r)
 {
     lk_auth *a = r->owner;
     a->req = NULL;
-    if (r->body.data) memset(r->body.data, 0, r->body.len);  /* the password */
     lk_err code;
     char msg[512];
     int grpc = -1;
@@ -158,7 +157,7 @@ static void on_authenticated(lk_req *r)
                              ? LK_ERR_UNAVAILABLE : grpc >= 0 ? LK_ERR_ETCD : LK_ERR_PROTOCOL, why);
     }
     if (root) {  /* the token is a secret too */
-        if (cJSON_IsString(token)) memset(token->valuestring, 0, strlen(token->valuestring));
+        if (cJSON_IsString(token)) explicit_bzero(token->valuestring, strlen(token->valuestring));
         cJSON_Delete(root);
     }
 }
@@ -168,16 +167,14 @@ static void authenticate(lk_auth *a)
     if (a->req) return;  /* single flight */
     lk_buf body = {0};
     if (lk_etcd_auth_body(&body, a->cfg->user, a->cfg->password ? a->cfg->password : "")) {
-        if (body.data) memset(body.data, 0, body.len);
-        lk_buf_free(&body);
+        lk_buf_free_secret(&body);
         lk_http_release_held(a->http, LK_ERR_NOMEM, "out of memory");
         return;
     }
     lk_req *r = lk_req_new(a->http, LK_PATH_AUTH, on_authenticated, a,
                            (long)a->cfg->timeout_ms);
     if (!r) {
-        memset(body.data, 0, body.len);
-        lk_buf_free(&body);
+        lk_buf_free_secret(&body);
         lk_http_release_held(a->http, LK_ERR_NOMEM, "out of memory");
         return;
     }

@@ -93,3 +93,16 @@ void lk_buf_free(lk_buf *b)
     b->data = NULL;
     b->len = b->cap = 0;
 }
+
+void lk_buf_free_secret(lk_buf *b)
+{
+    if (b->data) explicit_bzero(b->data, b->cap ? b->cap : b->len);
+    lk_buf_free(b);
+}
+
+void lk_free_secret(char *s)
+{
+    if (!s) return;
+    explicit_bzero(s, strlen(s));  /* a memset before free may be elided */
+    free(s);
+}

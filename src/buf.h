@@ -34,5 +34,10 @@ void lk_buf_consume(lk_buf *b, size_t n);
 void lk_buf_reset(lk_buf *b);
 /* Frees the storage; the buffer is empty and reusable afterwards. */
 void lk_buf_free(lk_buf *b);
+/* The same for a buffer that held a secret (a password, a token): all of
+ * its storage is overwritten first. */
+void lk_buf_free_secret(lk_buf *b);
+/* Overwrites a NUL-terminated secret and frees it (NULL: nothing). */
+void lk_free_secret(char *s);
 
 #endif

@@ -131,11 +131,7 @@ static void free_config(lk_config *c)
     free(c->cert);
     free(c->key);
     free(c->user);
-    if (c->password) {  /* a secret: overwritten before it is given back */
-        volatile char *p = c->password;
-        while (*p) *p++ = '\0';
-        free(c->password);
-    }
+    lk_free_secret(c->password);
 }
 
 /* A copy of an optional string (NULL stays NULL); -1 when out of memory. */

@@ -93,15 +93,6 @@ void lk_http_set_guard(lk_http *h, const lk_http_guard *g)
     h->guard = *g;
 }
 
-/* Overwrites a secret before its memory is given back. */
-static void free_secret(char *s)
-{
-    if (!s) return;
-    volatile char *p = s;
-    while (*p) *p++ = '\0';
-    free(s);
-}
-
 int lk_http_set_token(lk_http *h, const char *token)
 {
     char *line = NULL;
@@ -110,7 +101,7 @@ int lk_http_set_token(lk_http *h, const char *token)
         if (!(line = malloc(n))) return -1;
         snprintf(line, n, "Authorization: %s", token);
     }
-    free_secret(h->auth_line);
+    lk_free_secret(h->auth_line);
     h->auth_line = line;
     h->auth_gen++;
     return 0;
@@ -157,20 +148,14 @@ static void unlink_req(lk_req *r)
     }
 }
 
-/* Overwrites what a buffer held (a password, a token). */
-static void wipe(lk_buf *b)
-{
-    if (b->data) memset(b->data, 0, b->cap ? b->cap : b->len);
-}
-
 /* Frees the request and returns its easy handle to the pool. */
 static void free_req(lk_req *r)
 {
-    if (r->secret) {
-        wipe(&r->body);
-        wipe(&r->answer);
+    if (r->secret) {  /* a password, a token */
+        lk_buf_free_secret(&r->body);
+        lk_buf_free_secret(&r->answer);
         for (struct curl_slist *l = r->headers; l; l = l->next)
-            memset(l->data, 0, strlen(l->data));
+            explicit_bzero(l->data, strlen(l->data));
     }
     lk_http *h = r->http;
     if (r->easy) {
@@ -207,7 +192,7 @@ void lk_http_free(lk_http *h)
     for (int i = 0; i < h->n_pool; i++) curl_easy_cleanup(h->pool[i]);
     if (h->multi) curl_multi_cleanup(h->multi);
     curl_slist_free_all(h->headers);
-    free_secret(h->auth_line);
+    lk_free_secret(h->auth_line);
     free(h->release_msg);
     free(h->down_until);
     free(h->fails);
