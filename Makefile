@@ -32,8 +32,9 @@ ALL_LDFLAGS = -shared -pthread $(LDFLAGS)
 
 BUILD   ?= build/$(LUA_VERSION)
 # two modules: locker.core (the engine and its binding, loaded only by the
-# public module) and locker.process (processes and signals, src/proc.c)
-PROC_SRCS = src/lprocess.c src/proc.c
+# public module) and locker.process (processes and signals, src/proc.c,
+# src/guard.c)
+PROC_SRCS = src/lprocess.c src/proc.c src/guard.c
 SRCS     = $(filter-out $(PROC_SRCS),$(wildcard src/*.c))
 OBJS     = $(SRCS:src/%.c=$(BUILD)/%.o)
 PROC_OBJS = $(PROC_SRCS:src/%.c=$(BUILD)/%.o)
@@ -103,13 +104,13 @@ ngx-build:
 
 test: deps ## lint, fuzz briefly, and the specs on Lua 5.4, LuaJIT, 5.1, 5.3 and under ASan+UBSan (CI)
 	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw \
-	   $(BUILD)/codec_probe.so ngx-build
+	   $(BUILD)/codec_probe.so ngx-build build/go-elect
 	@sh tools/install-deps $(FUZZ_DEB) && sh fuzz/run $(FUZZ_TEST_SECONDS)
 	@MAKE="$(MAKE)" BUILD=$(BUILD) NGX_BUILD=$(NGX_BUILD) sh tools/test-matrix
 
 check: deps ## the quick loop: build and run every spec on LUA_VERSION only
 	@$(MAKE) --no-print-directory all $(BUILD)/faultproxy $(BUILD)/badgw \
-	   $(BUILD)/codec_probe.so ngx-build
+	   $(BUILD)/codec_probe.so ngx-build build/go-elect
 	@LOCKER_BUILD=$(BUILD) LOCKER_NGX_BUILD=$(NGX_BUILD) LUA="$(LUA)" sh tools/run-specs
 
 nginx-test: deps ## only the nginx specs (a real nginx with the Lua module, 2 workers)
@@ -147,6 +148,15 @@ CODEC_OBJS = $(addprefix $(BUILD)/,b64.o buf.o etcd.o keys.o tls.o)
 $(BUILD)/codec_probe.so: spec/codec_probe.c $(CODEC_OBJS) $(wildcard src/*.h)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ spec/codec_probe.c $(CODEC_OBJS) $(DEP_LIBS)
 
+# etcd's own Go election (clientv3/concurrency), for the election interop
+# spec: built offline against Debian's packaged etcd sources, no module fetch.
+GO_DEB = golang-go golang-etcd-server-dev
+build/go-elect: tools/go-elect/main.go
+	@sh tools/install-deps $(GO_DEB)
+	@mkdir -p build/gocache
+	cd tools/go-elect && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \
+	   GOCACHE=$(CURDIR)/build/gocache go build -o $(CURDIR)/build/go-elect .
+
 # The gateway specs' misbehaving etcd gateway (a test tool, not sanitized).
 $(BUILD)/badgw: tools/badgw.c
 	@mkdir -p $(dir $@)
@@ -163,9 +173,9 @@ bench: deps ## speed and memory table against a throwaway etcd (a few minutes)
 	@$(MAKE) --no-print-directory all $(BUILD)/floor
 	@$(LUA_ENV) FLOOR=$(BUILD)/floor sh tools/with-etcd $(LUA) bench/bench.lua
 
-chaos: deps ## mutual exclusion under faults: 15 minutes against a 3-member etcd
+chaos: deps ## mutual exclusion under faults: 15 minutes against a 3-member etcd (CHAOS_ARGS="--limit 3": a semaphore)
 	@$(MAKE) --no-print-directory all $(BUILD)/faultproxy
-	@$(LUA_ENV) LOCKER_FAULTPROXY=$(BUILD)/faultproxy $(LUA) tools/chaos.lua --seconds 900
+	@$(LUA_ENV) LOCKER_FAULTPROXY=$(BUILD)/faultproxy $(LUA) tools/chaos.lua --seconds 900 $(CHAOS_ARGS)
 
 install: all ## install the modules (PREFIX, DESTDIR)
 	install -d $(LMOD_DIR)/locker $(CMOD_DIR)/locker

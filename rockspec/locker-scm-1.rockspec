@@ -36,13 +36,15 @@ build = {
             libraries = { "curl", "cjson", "pthread" },
         },
         ["locker.process"] = {
-            sources = { "src/lprocess.c", "src/proc.c" },
+            sources = { "src/lprocess.c", "src/proc.c", "src/guard.c" },
+            defines = { "_GNU_SOURCE" },
         },
         ["locker"] = "lua/locker/init.lua",
         ["locker.sched"] = "lua/locker/sched.lua",
         ["locker.health"] = "lua/locker/health.lua",
         ["locker.cli"] = "lua/locker/cli.lua",
         ["locker.ngx"] = "lua/locker/ngx.lua",
+        ["locker.ngx_status"] = "lua/locker/ngx_status.lua",
     },
     install = { bin = { locker = "bin/locker" } },
 }

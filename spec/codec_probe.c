@@ -82,7 +82,7 @@ static int body(lua_State *L)
     else if (!strcmp(kind, "lease")) rc = lk_etcd_lease_body(&b, arg_int64(L, 2));
     else if (!strcmp(kind, "auth"))
         rc = lk_etcd_auth_body(&b, luaL_checkstring(L, 2), luaL_checkstring(L, 3));
-    else if (!strcmp(kind, "delete")) rc = lk_etcd_delete_body(&b, arg_bytes(L, 2));
+    else if (!strcmp(kind, "delete")) rc = lk_etcd_key_body(&b, arg_bytes(L, 2));
     else if (!strcmp(kind, "dir")) rc = lk_etcd_dir_body(&b, arg_bytes(L, 2));
     else if (!strcmp(kind, "owner")) rc = lk_etcd_owner_body(&b, arg_bytes(L, 2));
     else if (!strcmp(kind, "try"))
@@ -92,13 +92,17 @@ static int body(lua_State *L)
         rc = lk_etcd_acquire_body(&b, arg_bytes(L, 2), arg_bytes(L, 3), arg_int64(L, 4),
                                   arg_bytes(L, 5));
     else if (!strcmp(kind, "check"))
-        rc = lk_etcd_check_body(&b, arg_bytes(L, 2), arg_int64(L, 3), arg_bytes(L, 4));
+        rc = lk_etcd_check_body(&b, arg_bytes(L, 2), arg_int64(L, 3), arg_bytes(L, 4),
+                                arg_bytes(L, 5));
     else if (!strcmp(kind, "set"))
         rc = lk_etcd_set_body(&b, arg_bytes(L, 2), arg_bytes(L, 3), arg_int64(L, 4),
                               arg_int64(L, 5));
     else if (!strcmp(kind, "delete_if"))
         rc = lk_etcd_delete_if_body(&b, arg_bytes(L, 2), arg_int64(L, 3));
-    else if (!strcmp(kind, "put")) rc = lk_etcd_put_body(&b, arg_bytes(L, 2), arg_bytes(L, 3));
+    else if (!strcmp(kind, "put"))
+        rc = lk_etcd_put_body(&b, arg_bytes(L, 2), arg_bytes(L, 3),
+                              lua_isnoneornil(L, 4) ? 0 : arg_int64(L, 4));
+    else if (!strcmp(kind, "count")) rc = lk_etcd_count_body(&b, arg_bytes(L, 2));
     else if (!strcmp(kind, "watch"))
         rc = lk_etcd_watch_body(&b, arg_bytes(L, 2), arg_int64(L, 3));
     else return luaL_argerror(L, 1, "unknown body kind");

@@ -70,6 +70,14 @@ describe("request bodies", function()
         assert.equal("1", owner.limit)
     end)
 
+    it("probes: a count-only read, and a put on the session lease", function()
+        assert.same({ key = b64 "/l//probe", count_only = true },
+                    cjson.decode(codec.body("count", "/l//probe")))
+        assert.same({ key = b64 "/l//probe", value = "", lease = "9223372036854775807" },
+                    cjson.decode(codec.body("put", "/l//probe", "", "9223372036854775807")))
+        assert.same({ key = b64 "k", value = b64 "v" }, cjson.decode(codec.body("put", "k", "v")))
+    end)
+
     it("set and delete are guarded by the key's create_revision (the token)", function()
         local set = cjson.decode(codec.body("set", "/l/a/1f", "new", "31", "77"))
         assert.equal("CREATE", set.compare[1].target)
@@ -217,10 +225,11 @@ describe("the error vocabulary", function()
     it("comes from the engine's one table", function()
         for _, name in ipairs { "timeout", "locked", "unavailable", "lease_lost", "lost",
                                 "not_owner", "canceled", "closed", "etcd", "protocol",
-                                "tls", "auth", "nomem", "pending", "not_watched", "internal" } do
+                                "tls", "auth", "nomem", "pending", "not_watched", "internal",
+                                "limit" } do
             assert.is_true(known[name], name)
         end
-        assert.equal(16, #locker.errors)
+        assert.equal(17, #locker.errors)
     end)
 
     it("is the only one the Lua modules return, and the README lists it all", function()

@@ -99,7 +99,10 @@ describe("faults", function()
             helper.kill(etcd.pid, "STOP")
             helper.wait_until("on_change(false)", function() return #changes == 2 end, 10)
             helper.kill(etcd.pid, "CONT")
-            assert.same({ false, "lease_lost" }, { changes[2][1], changes[2][2] })
+            -- etcd does not answer: the key's confirmation ('unavailable') or
+            -- the lease's ('lease_lost') runs out, whichever comes first
+            assert.is_false(changes[2][1])
+            assert.truthy(changes[2][2] == "unavailable" or changes[2][2] == "lease_lost", changes[2][2])
             -- told before the lease (3 s from the last renewal) could run out
             assert.is_true(changes[2][3] - stopped < 3, "after " .. (changes[2][3] - stopped))
             helper.wait_until("ownership back", function() return lock:owned() end, 10)

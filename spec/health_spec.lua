@@ -1,5 +1,5 @@
 -- Health records against a real etcd: cascade, k of n, hold-down, checks,
--- recovery, state and log hook.
+-- recovery, state and log hook, the value published after a wait or a loss.
 local locker = require "locker"
 local health = require "locker.health"
 local helper = require "helper"
@@ -153,6 +153,121 @@ record "svc" {
         assert.matches("check:failing.*record:dropped.*check:ok.*record:held$", history())
         c:close()
         _G.health_check_ok, _G.health_check_value = nil, nil
+    end)
+
+    -- The keys under NAME's directory in etcd, oldest first: { key =, value = }.
+    local function keys_of(name)
+        local out, ok = etcd:ctl("get --prefix --sort-by=CREATE --order=ASCEND "
+                                 .. helper.quote(prefix .. name .. "/"))
+        assert(ok, out)
+        local list, lines = {}, {}
+        for line in (out .. "\n"):gmatch("(.-)\n") do lines[#lines + 1] = line end
+        for i = 1, #lines - 1, 2 do
+            if lines[i] ~= "" then list[#list + 1] = { key = lines[i], value = lines[i + 1] } end
+        end
+        return list
+    end
+
+    -- A record "svc" whose check passes every 0.05 s with the value
+    -- probe.value; probe.calls counts its runs.
+    local probe
+    local function valued_record()
+        probe = { value = "v1", calls = 0 }
+        _G.health_probe = probe
+        return start([[
+record "svc" {
+    value = "initial",
+    every = 0.05,
+    check = function() health_probe.calls = health_probe.calls + 1; return true, health_probe.value end,
+}]])
+    end
+
+    -- Waits until the check ran twice more (so a run that began after now
+    -- saw the current probe.value).
+    local function checks_ran()
+        local mark = probe.calls
+        helper.wait_until("two more checks", function() return probe.calls >= mark + 2 end)
+    end
+
+    -- Asserts the owner of "svc" is the record with value, in etcd (through
+    -- etcdctl and another client) and in the record's state, and stays so
+    -- while the check runs on.
+    local function publishes(h, value)
+        local c = client()
+        local keys
+        local ok, err = pcall(helper.wait_until, "etcd to show " .. value, function()
+            keys = keys_of("svc")
+            return h:state().records.svc.held and #keys == 1 and keys[1].value == value
+        end, 5)
+        if not ok then
+            local shown = {}
+            for _, kv in ipairs(keys) do shown[#shown + 1] = kv.value end
+            error(("%s; etcd shows { %s }, the record is %s"):format(err, table.concat(shown, ", "),
+                  h:state().records.svc.held and "held" or "not held"), 2)
+        end
+        for _ = 1, 3 do
+            checks_ran()
+            keys = keys_of("svc")
+            assert.equal(1, #keys)
+            assert.equal(value, keys[1].value)
+            assert.equal(value, c:get("svc"))
+            assert.is_true(h:state().records.svc.held)
+            assert.equal(value, h:state().records.svc.value)
+        end
+        c:close()
+    end
+
+    it("acquires with the value its check computed while it waited", function()
+        local c = client()
+        local other = assert(c:lock("svc", "other"))
+        local h = valued_record()
+        -- its key waits behind the other owner's, with the check's value
+        helper.wait_until("the record's key behind the owner", function()
+            local keys = keys_of("svc")
+            return #keys == 2 and keys[1].value == "other" and keys[2].value == "v1"
+        end)
+        assert.is_false(h:state().records.svc.held)
+        probe.value = "v2"
+        checks_ran()
+        assert.equal("v2", h:state().records.svc.value)
+        assert.is_false(h:state().records.svc.held)
+        other:release()
+        publishes(h, "v2")
+        c:close()
+        _G.health_probe = nil
+    end)
+
+    it("re-acquires with the value its check computed after a loss", function()
+        local h = valued_record()
+        publishes(h, "v1")
+        probe.value = "v2"          -- set while held
+        publishes(h, "v2")
+        -- another client queues behind the record; the record's key is deleted
+        -- behind its back: the other owns it, the record (keep) queues again
+        local c = client()
+        local box = helper.go(function() return c:lock("svc", "other") end)
+        helper.wait_until("the other client's key behind the record", function()
+            return #keys_of("svc") == 2
+        end)
+        local keys = keys_of("svc")
+        assert.equal("v2", keys[1].value)
+        assert.equal("other", keys[2].value)
+        local out, ok = etcd:ctl("del " .. helper.quote(keys[1].key))
+        assert(ok, out)
+        helper.wait_until("the other client to own it", function() return box.done end)
+        local other = assert(box.r[1], box.r[2])
+        helper.wait_until("the record to queue again", function()
+            keys = keys_of("svc")
+            return not h:state().records.svc.held and #keys == 2 and keys[1].value == "other"
+                and keys[2].value == "v2"
+        end)
+        probe.value = "v3"          -- changed while the record waits
+        checks_ran()
+        assert.is_false(h:state().records.svc.held)
+        other:release()
+        publishes(h, "v3")
+        c:close()
+        _G.health_probe = nil
     end)
 
     it("treats a check that raises as failing, and says why", function()

@@ -264,7 +264,7 @@ function helper.proxy(etcd)
 end
 
 --- Sends a control line ("pass", "blackhole", "cut", "refuse", "drop PATH",
--- "undrop PATH", "delay MS") and waits until the proxy has applied it;
+-- "undrop PATH", "mute PATH", "unmute PATH", "delay MS") and waits until the proxy has applied it;
 -- returns its stats then (see Proxy:stats).
 function Proxy:mode(line)
     if line == "pass" or line == "blackhole" then self.listen_mode = line end
@@ -372,11 +372,15 @@ function Etcd:ctl(args)
     return sh(("ETCDCTL_API=3 etcdctl --endpoints=%s %s%s"):format(self.endpoint, flags, args))
 end
 
---- The keys under prefix (a list of strings).
-function Etcd:keys(prefix)
+--- The keys under prefix (a list of strings). The client's probe key
+-- (prefix .. "/probe", on its session lease, gone with it) is left out
+-- unless all is true.
+function Etcd:keys(prefix, all)
     local out = self:ctl("get --prefix --keys-only " .. quote(prefix))
     local keys = {}
-    for line in out:gmatch("[^\n]+") do keys[#keys + 1] = line end
+    for line in out:gmatch("[^\n]+") do
+        if all or line ~= prefix .. "/probe" then keys[#keys + 1] = line end
+    end
     return keys
 end
 

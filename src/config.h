@@ -16,6 +16,9 @@ typedef struct lk_config {
     int64_t timeout_ms;        /* per request */
     int64_t margin_ms;         /* ownership ends this long before the lease
                                   could expire on the server */
+    int64_t lock_delay_ms;     /* a waiter whose predecessor vanished without
+                                  a clean release owns this much later; this
+                                  client marks its clean releases (0: off) */
     /* TLS (NULL/0: libcurl's defaults, verification on) */
     char *cacert;              /* CA bundle that signs etcd's certificates */
     char *cert, *key;          /* client certificate and its key (PEM) */

@@ -106,11 +106,6 @@ static int wanted(void *ctx)
     return lk_locks_any(&e->locks) || lk_watches_any(&e->watches);
 }
 
-static int relies(void *ctx)
-{
-    lk_engine *e = ctx;
-    return lk_locks_waiting(&e->locks) || lk_watches_any(&e->watches);
-}
 
 static char *dup_bytes(const char *p, size_t n)
 {
@@ -174,7 +169,7 @@ lk_engine *lk_engine_new(const lk_config *cfg, char *err, size_t err_size)
         .ready = on_ready, .failed = on_failed, .lease_lost = on_lease_lost,
         .renewed = on_renewed, .expired = on_expired,
         .stream_ready = on_stream_ready, .resync = on_resync,
-        .change = on_change, .wanted = wanted, .relies = relies,
+        .change = on_change, .wanted = wanted, .proven = on_renewed,
     };
     lk_session_hooks h = hooks;
     h.ctx = e;
@@ -312,8 +307,10 @@ static void serve(lk_engine *e, lk_cmd *c)
         return;
     }
     switch (c->kind) {
-    case LK_CMD_WATCH: case LK_CMD_UNWATCH: lk_watches_command(&e->watches, c); break;
-    case LK_CMD_GET: case LK_CMD_LIST: lk_query_command(&e->io, c); break;
+    case LK_CMD_WATCH: case LK_CMD_UNWATCH: case LK_CMD_WATCH_ALL: case LK_CMD_UNWATCH_ALL:
+        lk_watches_command(&e->watches, c);
+        break;
+    case LK_CMD_GET: case LK_CMD_LIST: case LK_CMD_READ: lk_query_command(&e->io, c); break;
     default: lk_locks_command(&e->locks, c); break;
     }
 }

@@ -8,6 +8,7 @@ static const char *const names[LK_ERR_COUNT] = {
     [LK_ERR_LEASE_LOST] = "lease_lost",
     [LK_ERR_LOST] = "lost",
     [LK_ERR_NOT_OWNER] = "not_owner",
+    [LK_ERR_LIMIT] = "limit",
     [LK_ERR_CANCELED] = "canceled",
     [LK_ERR_CLOSED] = "closed",
     [LK_ERR_ETCD] = "etcd",

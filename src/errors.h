@@ -22,6 +22,7 @@ typedef enum lk_err {
     LK_ERR_PENDING,       /* cached(): a watched name's first answer is not in */
     LK_ERR_NOT_WATCHED,   /* cached(): this client does not watch the name */
     LK_ERR_INTERNAL,      /* the engine was used wrongly: a bug in locker */
+    LK_ERR_LIMIT,         /* a semaphore's contenders ask for another limit */
     LK_ERR_COUNT
 } lk_err;
 

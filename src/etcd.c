@@ -71,7 +71,7 @@ int lk_etcd_lease_body(lk_buf *out, int64_t lease)
     return lk_buf_printf(out, "{\"ID\":\"%" PRId64 "\"}", lease);
 }
 
-int lk_etcd_delete_body(lk_buf *out, lk_bytes key)
+int lk_etcd_key_body(lk_buf *out, lk_bytes key)
 {
     return lk_buf_puts(out, "{") || field64(out, "key", key) ||
            lk_buf_puts(out, "}");
@@ -136,17 +136,63 @@ int lk_etcd_acquire_body(lk_buf *out, lk_bytes key, lk_bytes value,
            lk_buf_puts(out, "}},") || owner_op(out, dir) || lk_buf_puts(out, "]}");
 }
 
-int lk_etcd_check_body(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key)
+int lk_etcd_sem_acquire_body(lk_buf *out, lk_bytes key, lk_bytes value, int64_t lease,
+                             lk_bytes dir, lk_bytes limit_key, int limit)
+{
+    char n[16];
+    snprintf(n, sizeof n, "%d", limit);
+    lk_bytes nb = {n, strlen(n)};
+    return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", key) ||
+           lk_buf_puts(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+                            "\"create_revision\":\"0\"}],\"success\":[") ||
+           put_op(out, key, value, lease) || lk_buf_puts(out, ",") ||
+           owner_op(out, dir) || lk_buf_puts(out, ",") || put_op(out, limit_key, nb, lease) ||
+           lk_buf_puts(out, "],\"failure\":[") ||
+           lk_buf_puts(out, "{\"request_range\":{") || field64(out, "key", key) ||
+           lk_buf_puts(out, "}},") || owner_op(out, dir) || lk_buf_puts(out, ",") ||
+           put_op(out, limit_key, nb, lease) || lk_buf_puts(out, "]}");
+}
+
+/* The keys under dir created before my_rev (keys only), key itself, and
+ * the keys under limit_dir. A lock reads only the newest of the first (its
+ * predecessor) and counts the last; a semaphore reads them all, oldest
+ * first, and the limits' values. */
+static int check_txn(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key,
+                     lk_bytes limit_dir, int semaphore)
 {
     return lk_buf_puts(out, "{\"success\":[{\"request_range\":{") ||
            dir_range(out, dir) ||
-           lk_buf_printf(out, ",\"sort_order\":\"DESCEND\",\"sort_target\":"
-                              "\"CREATE\",\"limit\":\"1\",\"keys_only\":true,"
-                              "\"max_create_revision\":\"%" PRId64 "\"}},",
+           lk_buf_printf(out, semaphore
+                              ? ",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\","
+                                "\"keys_only\":true,\"max_create_revision\":\"%" PRId64 "\"}},"
+                              : ",\"sort_order\":\"DESCEND\",\"sort_target\":\"CREATE\","
+                                "\"limit\":\"1\",\"keys_only\":true,"
+                                "\"max_create_revision\":\"%" PRId64 "\"}},",
                          my_rev - 1) ||
            lk_buf_puts(out, "{\"request_range\":{") ||
            field64(out, "key", key) ||
-           lk_buf_puts(out, ",\"keys_only\":true}}]}");
+           lk_buf_puts(out, ",\"keys_only\":true}},{\"request_range\":{") ||
+           dir_range(out, limit_dir) ||
+           lk_buf_puts(out, semaphore ? "}}]}" : ",\"count_only\":true}}]}");
+}
+
+int lk_etcd_check_body(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key,
+                       lk_bytes limit_dir)
+{
+    return check_txn(out, dir, my_rev, key, limit_dir, 0);
+}
+
+int lk_etcd_sem_check_body(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key,
+                           lk_bytes limit_dir)
+{
+    return check_txn(out, dir, my_rev, key, limit_dir, 1);
+}
+
+int lk_etcd_delete2_body(lk_buf *out, lk_bytes key, lk_bytes key2)
+{
+    return lk_buf_puts(out, "{\"success\":[{\"request_delete_range\":{") ||
+           field64(out, "key", key) || lk_buf_puts(out, "}},{\"request_delete_range\":{") ||
+           field64(out, "key", key2) || lk_buf_puts(out, "}}]}");
 }
 
 int lk_etcd_set_body(lk_buf *out, lk_bytes key, lk_bytes value,
@@ -160,6 +206,31 @@ int lk_etcd_set_body(lk_buf *out, lk_bytes key, lk_bytes value,
            put_op(out, key, value, lease) || lk_buf_puts(out, "]}");
 }
 
+int lk_etcd_guarded_body(lk_buf *out, lk_bytes guard, int64_t token, lk_bytes key,
+                         const lk_bytes *value)
+{
+    return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", guard) ||
+           lk_buf_printf(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+                              "\"create_revision\":\"%" PRId64 "\"}],"
+                              "\"success\":[", token) ||
+           (value ? put_op(out, key, *value, 0)
+                  : lk_buf_puts(out, "{\"request_delete_range\":{") ||
+                    field64(out, "key", key) || lk_buf_puts(out, "}}")) ||
+           lk_buf_puts(out, "]}");
+}
+
+int lk_etcd_release_body(lk_buf *out, lk_bytes key, int64_t token, lk_bytes mark,
+                         int64_t lease)
+{
+    return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", key) ||
+           lk_buf_printf(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+                              "\"create_revision\":\"%" PRId64 "\"}],"
+                              "\"success\":[", token) ||
+           put_op(out, mark, key, lease) ||
+           lk_buf_puts(out, ",{\"request_delete_range\":{") || field64(out, "key", key) ||
+           lk_buf_puts(out, "}}]}");
+}
+
 int lk_etcd_delete_if_body(lk_buf *out, lk_bytes key, int64_t create_rev)
 {
     return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", key) ||
@@ -169,11 +240,18 @@ int lk_etcd_delete_if_body(lk_buf *out, lk_bytes key, int64_t create_rev)
            field64(out, "key", key) || lk_buf_puts(out, "}}]}");
 }
 
-int lk_etcd_put_body(lk_buf *out, lk_bytes key, lk_bytes value)
+int lk_etcd_put_body(lk_buf *out, lk_bytes key, lk_bytes value, int64_t lease)
 {
     return lk_buf_puts(out, "{") || field64(out, "key", key) ||
            lk_buf_puts(out, ",") || field64(out, "value", value) ||
+           (lease && lk_buf_printf(out, ",\"lease\":\"%" PRId64 "\"", lease)) ||
            lk_buf_puts(out, "}");
+}
+
+int lk_etcd_count_body(lk_buf *out, lk_bytes key)
+{
+    return lk_buf_puts(out, "{") || field64(out, "key", key) ||
+           lk_buf_puts(out, ",\"count_only\":true}");
 }
 
 int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev)

@@ -467,6 +467,11 @@ int lk_http_current_index(const lk_http *h)
     return h->current;
 }
 
+int lk_http_endpoint_resting(const lk_http *h, int i)
+{
+    return i >= 0 && i < h->n_endpoints && h->down_until[i] > lk_now_ms();
+}
+
 /* Ends a request: on_done, then free. */
 static void finish(lk_req *r)
 {

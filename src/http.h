@@ -48,6 +48,9 @@ struct lk_req {
     void *owner;             /* whoever waits for it */
     uint64_t id;             /* the command whose answer this request
                                 brings (lk_cmd id), 0 for the engine's own */
+    uint64_t tag;            /* the owner's own use (locks: which lock, */
+    int64_t tag_rev;         /* and which key of it, a write was for) */
+    void *sender;            /* whoever notes its answer (io.c's lk_io) */
     int urgent;              /* never queued (lease renewals) */
     int queued;              /* waiting for a free slot, not yet sent */
     int64_t queued_at;       /* ms: when it started waiting */
@@ -119,6 +122,8 @@ const char *lk_req_endpoint(const lk_req *r);
 void lk_http_endpoint_failed(lk_http *h, int endpoint);
 /* The endpoint requests go to first now (its index in the list). */
 int lk_http_current_index(const lk_http *h);
+/* Whether endpoint i failed lately and rests (requests avoid it). */
+int lk_http_endpoint_resting(const lk_http *h, int i);
 
 /* Drives transfers and calls on_done for each finished request. Returns the
  * number of requests still running. */

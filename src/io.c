@@ -51,6 +51,20 @@ void lk_emit_fail(lk_io *io, uint64_t id, lk_err code,
     lk_emit(io, ev);
 }
 
+/* Keeps the newest answer's revision (see lk_io). Keepalive answers carry
+ * their header inside "result". */
+static void note_revision(const lk_req *r, const cJSON *root)
+{
+    lk_io *io = r->sender;
+    if (!io || r->sent_at < io->answer_at) return;
+    int64_t rev = lk_etcd_revision(root);
+    if (rev <= 0)
+        rev = lk_etcd_revision(cJSON_GetObjectItemCaseSensitive(root, "result"));
+    if (rev <= 0) return;
+    io->answer_rev = rev;
+    io->answer_at = r->sent_at;
+}
+
 cJSON *lk_answer(lk_req *r, lk_err *code, char *msg, size_t msg_size)
 {
     if (r->fail_code) {  /* tls, auth: http said why */
@@ -74,7 +88,10 @@ cJSON *lk_answer(lk_req *r, lk_err *code, char *msg, size_t msg_size)
     char text[LK_MSG_SIZE];
     cJSON *root = lk_etcd_parse(r->answer.data, r->answer.len, r->status,
                                 text, sizeof text, &grpc);
-    if (root) return root;
+    if (root) {
+        note_revision(r, root);
+        return root;
+    }
     /* NotFound on a lease-carrying call is etcd saying the lease is gone. */
     *code = grpc == 5 && strstr(text, "lease") ? LK_ERR_LEASE_LOST
           : grpc == 14 || r->status == 503 ? LK_ERR_UNAVAILABLE
@@ -105,6 +122,7 @@ static lk_req *send_req(lk_io *io, const char *path, lk_req_done_fn done,
         return NULL;
     }
     r->urgent = urgent;
+    r->sender = io;
     r->body = *body;                 /* takes the body over */
     *body = (lk_buf){0};
     lk_count(&io->stats.requests);

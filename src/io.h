@@ -27,6 +27,12 @@ typedef struct lk_io {
     int wake_fd;               /* the wake-up socket (wake.h), -1: none;
                                   set by the Lua thread (atomic) */
     lk_stats stats;            /* atomics: read by the Lua thread */
+    /* The newest answer etcd gave (by send time): its header revision, and
+     * when its request left. etcd's state when the request left was at
+     * most that revision; once the watch stream has shown every event up
+     * to it, the stream has missed nothing that happened before then (the
+     * session's proof that the stream is complete). */
+    int64_t answer_rev, answer_at;
 } lk_io;
 
 /* One more of a counter (atomic). */

@@ -108,6 +108,8 @@ static int l_new(lua_State *L)
         lua_pop(L, 1);  /* still referenced by the table */
     }
     cfg.n_endpoints = n;
+    cfg.lock_delay_ms = (int64_t)luaL_optnumber(L, 7, 0);
+    luaL_argcheck(L, cfg.lock_delay_ms >= 0, 7, "lock_delay out of range");
     if (lua_istable(L, 6)) {
         cfg.cacert = opt_string(L, 6, "cacert");
         cfg.cert = opt_string(L, 6, "cert");
@@ -164,7 +166,8 @@ static int copy_string(lua_State *L, int i, char **out, size_t *len)
 
 /* ---- commands: each is handed to the engine, its answer comes as an event ---- */
 
-/* client:lock(name, value, timeout_ms (<0: none), wait, keep, background)
+/* client:lock(name, value, timeout_ms (<0: none), wait, keep, background,
+ * limit (a semaphore's N; 1: a lock))
  * -> id, ownership (owned(), token(), valid_for(): no I/O) */
 static int l_lock(lua_State *L)
 {
@@ -187,6 +190,11 @@ static int l_lock(lua_State *L)
     c->wait = lua_toboolean(L, 5);
     c->keep = lua_toboolean(L, 6);
     c->background = lua_toboolean(L, 7);
+    c->limit = (int)luaL_optinteger(L, 8, 1);
+    if (c->limit < 1 || c->limit > LK_MAX_LIMIT) {
+        lk_cmd_free(c);
+        return luaL_error(L, "locker: limit out of range");
+    }
     submit(L, e, c);
     lua_pushvalue(L, -2);
     return 2;
@@ -205,6 +213,34 @@ static int l_set(lua_State *L)
         return luaL_error(L, "locker: out of memory");
     }
     return submit(L, e, c);
+}
+
+/* client:put(lock_id, key, value) / client:delete(lock_id, key) -> id: a
+ * write of any key, guarded by the lock's key */
+static int guarded_cmd(lua_State *L, lk_cmd_kind kind)
+{
+    lk_engine *e = check_client(L);
+    uint64_t target = check_id(L, 2);
+    luaL_checkstring(L, 3);
+    if (kind == LK_CMD_PUT) luaL_checkstring(L, 4);
+    lk_cmd *c = new_cmd(L, kind);  /* nothing may raise after this but OOM */
+    c->target = target;
+    if (copy_string(L, 3, &c->name, &c->name_len) ||
+        (kind == LK_CMD_PUT && copy_string(L, 4, &c->value, &c->value_len))) {
+        lk_cmd_free(c);
+        return luaL_error(L, "locker: out of memory");
+    }
+    return submit(L, e, c);
+}
+
+static int l_put(lua_State *L)
+{
+    return guarded_cmd(L, LK_CMD_PUT);
+}
+
+static int l_delete(lua_State *L)
+{
+    return guarded_cmd(L, LK_CMD_DELETE);
 }
 
 /* client:release(lock_id) -> id */
@@ -236,6 +272,13 @@ static int l_get(lua_State *L)
     return submit(L, e, name_cmd(L, LK_CMD_GET));
 }
 
+/* client:read(key) -> id: any key's value and mod revision */
+static int l_read(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    return submit(L, e, name_cmd(L, LK_CMD_READ));
+}
+
 /* client:watch(name) -> id: follow name's owner (events carry the id) */
 static int l_watch(lua_State *L)
 {
@@ -244,6 +287,20 @@ static int l_watch(lua_State *L)
     /* known as watched at once, so cached() says "pending", not "not_watched" */
     lk_cache_watch(lk_engine_cache(e), c->name, c->name_len);
     return submit(L, e, c);
+}
+
+/* client:watch_all() -> id: every name under the prefix (events carry the
+ * id and the name); client:unwatch_all() -> id */
+static int l_watch_all(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    return submit(L, e, new_cmd(L, LK_CMD_WATCH_ALL));
+}
+
+static int l_unwatch_all(lua_State *L)
+{
+    lk_engine *e = check_client(L);
+    return submit(L, e, new_cmd(L, LK_CMD_UNWATCH_ALL));
 }
 
 /* client:unwatch(name) -> id */
@@ -440,6 +497,10 @@ static void push_kvs(lua_State *L, const lk_event *ev)
         snprintf(hex, sizeof hex, "%" PRIx64, (uint64_t)kv->lease);
         lua_pushstring(L, hex);
         lua_setfield(L, -2, "lease");
+        if (kv->limit_key) {
+            lua_pushboolean(L, 1);
+            lua_setfield(L, -2, "limit_key");
+        }
         lua_rawseti(L, -2, (int)i + 1);
     }
 }
@@ -474,6 +535,10 @@ static void push_event(lua_State *L, const lk_event *ev)
     if (ev->key) {
         lua_pushlstring(L, ev->key, ev->key_len);
         lua_setfield(L, -2, "key");
+    }
+    if (ev->name) {
+        lua_pushlstring(L, ev->name, ev->name_len);
+        lua_setfield(L, -2, "name");
     }
     if (ev->kvs || ev->list) {
         push_kvs(L, ev);
@@ -648,9 +713,14 @@ static const luaL_Reg client_methods[] = {
     {"lock", l_lock},
     {"set", l_set},
     {"release", l_release},
+    {"put", l_put},
+    {"delete", l_delete},
     {"get", l_get},
+    {"read", l_read},
     {"watch", l_watch},
     {"unwatch", l_unwatch},
+    {"watch_all", l_watch_all},
+    {"unwatch_all", l_unwatch_all},
     {"cached", l_cached},
     {"list", l_list},
     {"wake_listen", l_wake_listen},

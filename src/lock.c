@@ -2,8 +2,15 @@
  * (publish) on every path that grants, keeps or reads ownership:
  *
  *   owned  <=>  etcd showed this lock's own key first (holds), on the
- *               session's current lease, and now < the lease's deadline;
- *               a new owner is told only while renewals are on time.
+ *               session's current lease, now < the lease's deadline, and
+ *               now < the key's last confirmation + the session's trust
+ *               time; a new owner is told only while renewals are on time.
+ *
+ * A key is confirmed by an answer that shows it (as of the moment it was
+ * sent), or by the stream's proof that it missed no event until a later
+ * moment (lk_session.proven_at): renewing the lease confirms the lease,
+ * never the keys. When the stream's proofs are late, a holder reads its
+ * own key.
  *
  * The deadline goes out with the lock's ownership view, so lock:owned() compares
  * it with the clock when asked, whatever this thread is doing.
@@ -12,6 +19,7 @@
  * flight is never abandoned, so a delete can never overtake it). */
 #include "lock.h"
 
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +37,8 @@ typedef enum {
     LS_ACQUIRE,    /* put + owner txn in flight */
     LS_CHECK,      /* predecessor + own key txn in flight */
     LS_WAITING,    /* waiting for the predecessor's deletion */
+    LS_DELAYED,    /* first, but the predecessor vanished without a clean
+                      release: owns after the lock-delay (a check then) */
     LS_HELD,       /* etcd showed our key first; nothing in flight */
     LS_RETRY,      /* a request failed; acquire again at retry_at */
     LS_DELETE      /* deleting the own key; then the lock is over */
@@ -42,6 +52,15 @@ struct lk_lock {
     int64_t lease;          /* lease the key was written on; 0: no key */
     int64_t my_rev;         /* the key's create_revision: the token */
     lk_buf pred;            /* the key we wait to see deleted */
+    int limit;              /* a semaphore's N (owners at once); 1: a lock */
+    lk_buf limit_key;       /* semaphore: prefix/limit/NAME/hex(lease) */
+    lk_buf limit_dir;       /* prefix/limit/NAME/ */
+    lk_map before;          /* semaphore, waiting: the keys older than ours
+                               as of the last check (values: (void *)1) */
+    int pred_clean;         /* the stream showed pred's clean release */
+    int delay_served;       /* the lock-delay ran out: the next check owns */
+    int64_t delay_until;    /* LS_DELAYED */
+    int mark_release;       /* release() of an owned lock: mark it clean */
     int wait, keep;
     int background;         /* keeps trying even when etcd is unreachable */
     int64_t deadline;       /* for the first acquisition; 0: none */
@@ -51,6 +70,8 @@ struct lk_lock {
     int holds;              /* etcd showed our key first, nothing since
                                says otherwise */
     int64_t until;          /* published: owned until then; 0: not owned */
+    int64_t confirmed_at;   /* send time of the last answer showing the key */
+    int64_t answer_sent;    /* send time of the answer being read */
     int64_t seen_rev;       /* newest deletion under dir seen while a
                                request was in flight */
     int resync;             /* the stream had a gap: check once it is back */
@@ -119,6 +140,20 @@ static void report_fail(lk_locks *ls, lk_lock *l, lk_err code,
                  l->name.data, why);
 }
 
+/* When the lock's key was last known to exist: an answer that showed it,
+ * or the stream's proof since (not across a gap in the stream: resync). */
+static int64_t key_confirmed(const lk_locks *ls, const lk_lock *l)
+{
+    int64_t at = l->confirmed_at, proven = ls->session->proven_at;
+    return !l->resync && proven > at ? proven : at;
+}
+
+/* When a holder reads its own key, unless the stream proves it first. */
+static int64_t read_key_at(const lk_locks *ls, const lk_lock *l)
+{
+    return key_confirmed(ls, l) + lk_session_trust_ms(ls->session) * 7 / 10;
+}
+
 /* The one place ownership is decided and published (see the top). A lock
  * that stops being owned says why through code and why (LK_OK, NULL: quietly,
  * as on release). The first grant answers lock(). */
@@ -127,12 +162,15 @@ static void publish(lk_locks *ls, lk_lock *l, lk_err code, const char *why)
     const lk_session *s = ls->session;
     int64_t now = lk_now_ms();
     int64_t until = 0;
+    int64_t key_until = key_confirmed(ls, l) + lk_session_trust_ms(s);
+    int64_t limit = key_until < s->deadline ? key_until : s->deadline;
     if (l->holds && l->lease && l->lease == s->lease && !s->expired &&
-        now < s->deadline && (l->until || lk_session_confirmed(s, now)))
-        until = s->deadline;
+        now < limit && (l->until || lk_session_confirmed(s, now)))
+        until = limit;
     int was = l->until != 0;
     l->until = until;
     lk_ownership_set(l->ownership, until, l->my_rev);
+    if (until) wake_at(ls, read_key_at(ls, l));  /* the tick reads the key then */
     if (was == (until != 0)) return;
     lk_event *ev = lk_event_new(LK_EV_OWNED, l->id);
     if (ev) {
@@ -155,8 +193,10 @@ static void publish(lk_locks *ls, lk_lock *l, lk_err code, const char *why)
  * waits, holding, for a renewal to confirm it). */
 static void became_owner(lk_locks *ls, lk_lock *l)
 {
+    l->pred_clean = l->delay_served = 0;
     l->state = LS_HELD;
     l->holds = 1;
+    l->confirmed_at = l->answer_sent;
     publish(ls, l, LK_OK, NULL);
 }
 
@@ -180,6 +220,9 @@ static void free_lock(lk_lock *l)
     lk_buf_free(&l->key);
     lk_buf_free(&l->value);
     lk_buf_free(&l->pred);
+    lk_buf_free(&l->limit_key);
+    lk_buf_free(&l->limit_dir);
+    lk_map_free(&l->before);
     lk_ownership_unref(l->ownership);
     free(l);
 }
@@ -242,6 +285,14 @@ static void transient(lk_locks *ls, lk_lock *l, lk_err code,
         lk_session_lease_gone(ls->session, msg);  /* reaches this lock too */
         return;
     }
+    if (!l->reported && l->deadline && lk_now_ms() >= l->deadline) {
+        char both[LK_MSG_SIZE];  /* its own bound ran out: that is the news */
+        snprintf(both, sizeof both, "timed out waiting for the lock (%.400s)", msg);
+        report_fail(ls, l, LK_ERR_TIMEOUT, both);
+        l->keep = 0;
+        start_delete(ls, l);
+        return;
+    }
     if (!l->reported && !l->keep) {
         const char *why;
         if (lk_session_failure(ls->session, &why)) {  /* say what else is known */
@@ -272,6 +323,7 @@ static cJSON *lock_answer(lk_req *r, int64_t *rev)
     lk_lock *l = r->owner;
     lk_locks *ls = l->ls;
     l->req = NULL;
+    l->answer_sent = r->sent_at;
     if (l->deadline && !l->reported) wake_at(ls, l->deadline);
     if (l->state == LS_DELETE) {  /* release or timeout came meanwhile */
         start_delete(ls, l);
@@ -294,6 +346,16 @@ static cJSON *lock_answer(lk_req *r, int64_t *rev)
     return root;
 }
 
+/* A request for a lock that lock() still waits for gets only the time the
+ * caller left it (0: the client's request timeout). */
+static int64_t time_left(const lk_locks *ls, const lk_lock *l)
+{
+    if (!l->deadline || l->reported) return 0;
+    int64_t left = l->deadline - lk_now_ms();
+    if (left >= ls->io->cfg.timeout_ms) return 0;
+    return left > 1 ? left : 1;
+}
+
 /* Sends the lock's next txn, whose body the caller built (build_failed:
  * it ran out of memory doing so), and enters state. */
 static void send_txn(lk_locks *ls, lk_lock *l, int build_failed, lk_buf *body,
@@ -306,23 +368,34 @@ static void send_txn(lk_locks *ls, lk_lock *l, int build_failed, lk_buf *body,
     }
     l->state = state;
     l->seen_rev = 0;  /* the answer will reflect every change seen so far */
-    l->req = lk_send(ls->io, LK_PATH_TXN, done, l, body, 0);
+    l->req = lk_send(ls->io, LK_PATH_TXN, done, l, body, time_left(ls, l));
     if (!l->req) transient(ls, l, LK_ERR_NOMEM, "could not start a request");
 }
 
-static void on_refresh(lk_req *r)
-{
-    (void)r;  /* best effort: a lost lock shows up through the stream */
-}
+static void on_set(lk_req *r);
 
-/* Puts our current value into a key that an earlier try left behind. */
-static void refresh_value(lk_locks *ls, lk_lock *l)
+/* Puts the lock's current value into its key, guarded by its token: for
+ * set() (answering command id), or for a key that an earlier try left
+ * behind with an older value (id 0). A failed guard ends the lock. */
+static lk_req *guarded_put(lk_locks *ls, lk_lock *l, uint64_t id)
 {
     lk_buf body = {0};
+    lk_req *r = NULL;
     if (lk_etcd_set_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
                          l->my_rev) ||
-        !lk_send(ls->io, LK_PATH_TXN, on_refresh, NULL, &body, 0))
+        !(r = lk_send(ls->io, LK_PATH_TXN, on_set, ls, &body, 0))) {
         lk_buf_free(&body);
+        return NULL;
+    }
+    r->id = id;
+    r->tag = l->id;
+    r->tag_rev = l->my_rev;
+    return r;
+}
+
+static void refresh_value(lk_locks *ls, lk_lock *l)
+{
+    guarded_put(ls, l, 0);  /* best effort */
 }
 
 /* Whether an answer at revision rev may be older than a deletion the
@@ -338,7 +411,9 @@ static void queue(lk_locks *ls, lk_lock *l);
 static void placed(lk_locks *ls, lk_lock *l, int first, int64_t rev)
 {
     if (first && !outdated(l, rev)) {
-        became_owner(ls, l);
+        became_owner(ls, l);  /* the oldest: within any limit */
+    } else if (l->limit > 1) {
+        check(ls, l);         /* its rank decides, wait or not */
     } else if (!l->wait) {
         report_fail(ls, l, LK_ERR_LOCKED, "held by another owner");
         start_delete(ls, l);
@@ -425,6 +500,17 @@ static void start_acquire(lk_locks *ls, lk_lock *l)
     }
     l->lease = ls->session->lease;
     lk_buf_reset(&l->key);
+    if (l->limit > 1) {  /* a semaphore: its key and limit, then its rank */
+        lk_buf_reset(&l->limit_key);
+        if (lk_key_contender(&l->key, bytes(&l->dir), l->lease) ||
+            lk_key_contender(&l->limit_key, bytes(&l->limit_dir), l->lease)) {
+            lk_buf body = {0};
+            send_txn(ls, l, 1, &body, LS_ACQUIRE, on_acquire);
+            return;
+        }
+        queue(ls, l);
+        return;
+    }
     lk_buf body = {0};
     int failed = lk_key_contender(&l->key, bytes(&l->dir), l->lease) ||
                  lk_etcd_try_body(&body, bytes(&l->key), bytes(&l->value),
@@ -436,9 +522,127 @@ static void start_acquire(lk_locks *ls, lk_lock *l)
 static void queue(lk_locks *ls, lk_lock *l)
 {
     lk_buf body = {0};
-    int failed = lk_etcd_acquire_body(&body, bytes(&l->key), bytes(&l->value),
-                                      l->lease, bytes(&l->dir));
+    int failed = l->limit > 1
+        ? lk_etcd_sem_acquire_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
+                                   bytes(&l->dir), bytes(&l->limit_key), l->limit)
+        : lk_etcd_acquire_body(&body, bytes(&l->key), bytes(&l->value),
+                               l->lease, bytes(&l->dir));
     send_txn(ls, l, failed, &body, LS_ACQUIRE, on_acquire);
+}
+
+/* Lock-delay: the predecessor this lock waited for went without a mark of
+ * a clean release (expired, deleted by someone, or released by a client
+ * that does not mark): the lock is owned only after the delay. */
+static int must_delay(const lk_locks *ls, const lk_lock *l)
+{
+    return ls->io->cfg.lock_delay_ms > 0 && l->state == LS_CHECK && l->pred.len &&
+           !l->pred_clean && !l->delay_served;
+}
+
+/* The lock cannot share its name with contenders of another limit: it
+ * fails with "limit" and its keys go. */
+static void wrong_limit(lk_locks *ls, lk_lock *l, const char *why)
+{
+    drop(ls, l, LK_ERR_LIMIT, why);
+    report_fail(ls, l, LK_ERR_LIMIT, why);
+    l->keep = 0;
+    start_delete(ls, l);
+}
+
+/* The limit the oldest contender (first) asked for: its limit key's value,
+ * 1 when it has none (a plain lock, etcdctl lock), 0 when unreadable. */
+static int oldest_limit(const lk_lock *l, const lk_kv *first, const cJSON *limits)
+{
+    lk_buf want = {0};
+    int n = 1;
+    if (lk_key_contender(&want, bytes(&l->limit_dir), first->lease)) return 0;
+    const cJSON *item;
+    lk_kv kv = {0};
+    cJSON_ArrayForEach(item, limits) {
+        if (lk_etcd_kv(item, &kv)) { n = 0; break; }
+        if (kv.key.len == want.len && memcmp(kv.key.data, want.data, want.len) == 0) {
+            char digits[12];
+            size_t len = kv.value.len < sizeof digits - 1 ? kv.value.len : sizeof digits - 1;
+            memcpy(digits, kv.value.data ? kv.value.data : "", len);
+            digits[len] = '\0';
+            char *end;
+            long v = strtol(digits, &end, 10);
+            n = (len && *end == '\0' && v >= 1 && v <= LK_MAX_LIMIT) ? (int)v : 0;
+            break;
+        }
+    }
+    lk_etcd_kv_free(&kv);
+    lk_buf_free(&want);
+    return n;
+}
+
+/* A semaphore's rank: owned while fewer than limit keys are older than
+ * ours, if the oldest contender asks for the same limit. Waiting, it
+ * remembers the older keys, and only their deletions (seen on the stream)
+ * count down to its turn: one deletion wakes one waiter, never a herd. */
+static void on_sem_check(lk_req *r)
+{
+    lk_lock *l = r->owner;
+    lk_locks *ls = l->ls;
+    int64_t rev;
+    cJSON *root = lock_answer(r, &rev);
+    if (!root) return;
+    const cJSON *older = NULL, *limits = NULL, *item;
+    const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
+    int64_t mine_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
+    if (lk_etcd_kvs(lk_etcd_txn_range(root, 0), &older) ||
+        lk_etcd_kvs(lk_etcd_txn_range(root, 2), &limits)) {
+        cJSON_Delete(root);
+        transient(ls, l, LK_ERR_PROTOCOL, "etcd's answer has a malformed list of keys");
+        return;
+    }
+    if (mine_rev != l->my_rev) {
+        cJSON_Delete(root);
+        lost_key(ls, l, mine_rev ? "its key was replaced"
+                                 : "its key vanished (session lease expired?)");
+        return;
+    }
+    if (outdated(l, rev)) {
+        cJSON_Delete(root);
+        check(ls, l);
+        return;
+    }
+    lk_map_free(&l->before);
+    int ahead = 0, bad = 0, want = l->limit;
+    lk_kv kv = {0};
+    cJSON_ArrayForEach(item, older) {
+        if (lk_etcd_kv(item, &kv) ||
+            lk_map_put(&l->before, kv.key.data, kv.key.len, (void *)1)) {
+            bad = 1;
+            break;
+        }
+        if (ahead++ == 0) want = oldest_limit(l, &kv, limits);
+    }
+    lk_etcd_kv_free(&kv);
+    cJSON_Delete(root);
+    char why[LK_MSG_SIZE];
+    if (bad) {
+        transient(ls, l, LK_ERR_PROTOCOL, "etcd's answer has a malformed key");
+    } else if (want != l->limit) {
+        if (want == 1)
+            snprintf(why, sizeof why, "its oldest contender holds it as a plain lock (limit 1), "
+                                      "not as a semaphore of limit %d", l->limit);
+        else if (want == 0)
+            snprintf(why, sizeof why, "its oldest contender's limit key is unreadable");
+        else
+            snprintf(why, sizeof why, "its contenders share a limit of %d, not %d", want, l->limit);
+        wrong_limit(ls, l, why);
+    } else if (ahead < l->limit) {
+        lk_map_free(&l->before);
+        became_owner(ls, l);
+    } else if (!l->wait) {
+        snprintf(why, sizeof why, "all %d places are held", l->limit);
+        report_fail(ls, l, LK_ERR_LOCKED, why);
+        start_delete(ls, l);
+    } else {
+        drop(ls, l, LK_ERR_LOST, "other owners are ahead of it");
+        l->state = LS_WAITING;
+    }
 }
 
 static void on_check(lk_req *r)
@@ -450,8 +654,10 @@ static void on_check(lk_req *r)
     if (!root) return;
     const cJSON *pred = lk_etcd_first_kv(lk_etcd_txn_range(root, 0));
     const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
+    int64_t limits = lk_etcd_int(lk_etcd_txn_range(root, 2), "count");
     lk_kv kv = {0};
     if (pred && lk_etcd_kv(pred, &kv) == 0) {
+        if (!same(&l->pred, kv.key.data, kv.key.len)) l->pred_clean = 0;
         lk_buf_reset(&l->pred);
         lk_buf_append(&l->pred, kv.key.data, kv.key.len);
     }
@@ -463,6 +669,13 @@ static void on_check(lk_req *r)
                                  : "its key vanished (session lease expired?)");
     } else if (outdated(l, rev)) {
         check(ls, l);
+    } else if (limits > 0) {
+        wrong_limit(ls, l, "its name has semaphore contenders (a limit > 1): a plain lock "
+                           "cannot share it");
+    } else if (!pred && must_delay(ls, l)) {
+        l->state = LS_DELAYED;
+        l->delay_until = lk_now_ms() + ls->io->cfg.lock_delay_ms;
+        wake_at(ls, l->delay_until);
     } else if (!pred) {
         became_owner(ls, l);
     } else {
@@ -471,12 +684,17 @@ static void on_check(lk_req *r)
     }
 }
 
-/* Asks etcd who is just before us, and whether our key still exists. */
+/* Asks etcd who is just before us, and whether our key still exists (a
+ * semaphore: everyone before us, and the limits). */
 static void check(lk_locks *ls, lk_lock *l)
 {
     lk_buf body = {0};
-    int failed = lk_etcd_check_body(&body, bytes(&l->dir), l->my_rev, bytes(&l->key));
-    send_txn(ls, l, failed, &body, LS_CHECK, on_check);
+    int failed = l->limit > 1
+        ? lk_etcd_sem_check_body(&body, bytes(&l->dir), l->my_rev, bytes(&l->key),
+                                 bytes(&l->limit_dir))
+        : lk_etcd_check_body(&body, bytes(&l->dir), l->my_rev, bytes(&l->key),
+                             bytes(&l->limit_dir));
+    send_txn(ls, l, failed, &body, LS_CHECK, l->limit > 1 ? on_sem_check : on_check);
 }
 
 static void on_delete(lk_req *r)
@@ -512,12 +730,26 @@ static void start_delete(lk_locks *ls, lk_lock *l)
         finish(ls, l);
         return;
     }
-    lk_buf body = {0};
-    if (lk_etcd_delete_body(&body, bytes(&l->key)) ||
-        !(l->req = lk_send(ls->io, LK_PATH_DELETE, on_delete, l, &body, 0))) {
+    lk_buf body = {0}, mark = {0};
+    int marked = l->mark_release && ls->io->cfg.lock_delay_ms > 0 && l->limit == 1;
+    if (l->limit > 1) {  /* its contender key and its limit key */
+        if (lk_etcd_delete2_body(&body, bytes(&l->key), bytes(&l->limit_key)) ||
+            !(l->req = lk_send(ls->io, LK_PATH_TXN, on_delete, l, &body, 0))) {
+            lk_buf_free(&body);
+            retry_later(ls, l);
+        }
+        return;
+    }
+    if ((marked ? lk_key_released(&mark, (lk_bytes){ls->io->cfg.prefix, ls->io->cfg.prefix_len},
+                                  bytes(&l->name)) ||
+                  lk_etcd_release_body(&body, bytes(&l->key), l->my_rev, bytes(&mark), l->lease)
+                : lk_etcd_key_body(&body, bytes(&l->key))) ||
+        !(l->req = lk_send(ls->io, marked ? LK_PATH_TXN : LK_PATH_DELETE, on_delete, l,
+                           &body, 0))) {
         lk_buf_free(&body);
         retry_later(ls, l);
     }
+    lk_buf_free(&mark);
 }
 
 /* ---- stray keys ---- */
@@ -591,6 +823,15 @@ static int copy(lk_buf *b, const char *p, size_t n)
     return lk_buf_append(b, p, n);
 }
 
+/* Whether every lock of this client on a name is only deleting what is
+ * left of it (released, timed out): a try-lock then waits its turn. */
+static int only_deleting(const lk_lock *head)
+{
+    for (const lk_lock *p = head; p; p = p->queued)
+        if (p->state != LS_DELETE) return 0;
+    return 1;
+}
+
 static void lock_command(lk_locks *ls, lk_cmd *c)
 {
     const lk_config *cfg = &ls->io->cfg;
@@ -598,7 +839,9 @@ static void lock_command(lk_locks *ls, lk_cmd *c)
     if (!l || copy(&l->name, c->name, c->name_len) ||
         lk_key_dir(&l->dir, (lk_bytes){cfg->prefix, cfg->prefix_len},
                    (lk_bytes){c->name, c->name_len}) ||
-        copy(&l->value, c->value, c->value_len)) {
+        copy(&l->value, c->value, c->value_len) ||
+        lk_key_limit_dir(&l->limit_dir, (lk_bytes){cfg->prefix, cfg->prefix_len},
+                         (lk_bytes){c->name, c->name_len})) {
         if (l) free_lock(l);
         lk_emit_fail(ls->io, c->id, LK_ERR_NOMEM, "out of memory");
         return;
@@ -607,15 +850,20 @@ static void lock_command(lk_locks *ls, lk_cmd *c)
     l->id = c->id;
     l->wait = c->wait;
     l->keep = c->keep;
+    l->limit = c->limit > 1 ? c->limit : 1;
     l->background = c->background;
     l->ownership = c->ownership;
     c->ownership = NULL;
-    if (c->timeout_ms >= 0) {
-        l->deadline = lk_now_ms() + c->timeout_ms;
+    /* a try-lock is bounded too: a lease, a stream, a txn, each within
+     * the request timeout, with room for one failover */
+    int64_t timeout = c->timeout_ms >= 0 ? c->timeout_ms
+                    : !l->wait ? 2 * (int64_t)cfg->timeout_ms : -1;
+    if (timeout >= 0) {
+        l->deadline = lk_now_ms() + timeout;
         wake_at(ls, l->deadline);
     }
     lk_lock *head = lk_map_get(&ls->by_name, l->name.data, l->name.len);
-    if (head && !l->wait) {
+    if (head && !l->wait && !only_deleting(head)) {
         lk_emit_fail(ls->io, l->id, LK_ERR_LOCKED, "lock '%.*s': held by this client",
                      show_len(l), l->name.data);
         free_lock(l);
@@ -647,21 +895,97 @@ static void release_command(lk_locks *ls, lk_cmd *c)
     if (l->release_id) lk_emit_ok(ls->io, l->release_id);
     l->release_id = c->id;
     l->keep = 0;
+    l->mark_release = l->until && lk_now_ms() < l->until;  /* a clean release */
     report_fail(ls, l, LK_ERR_CANCELED, "released before it was acquired");
     if (l->state == LS_DELETE && l->req) return;  /* on its way */
     if (l->state == LS_QUEUED) finish(ls, l);
     else start_delete(ls, l);  /* finishes at once when there is no key */
 }
 
+/* A guarded write (set, or a value refreshed) found the lock's key gone
+ * or replaced: the lock is lost at once, whatever else says it is held. */
+static void guard_failed(lk_locks *ls, const lk_req *r)
+{
+    uint64_t id = r->tag;
+    lk_lock *l = lk_map_get(&ls->by_id, &id, sizeof id);
+    if (!l || l->state == LS_DELETE || !l->lease || l->my_rev != r->tag_rev)
+        return;  /* over, or on another key by now */
+    if (l->req) {  /* its answer decides: make it look again */
+        l->seen_rev = INT64_MAX;
+        return;
+    }
+    lost_key(ls, l, "its key is gone (a write guarded by its token failed)");
+}
+
 static void on_set(lk_req *r)
 {
-    lk_io *io = r->owner;
-    cJSON *root = lk_request_answer(io, r, "set");
+    lk_locks *ls = r->owner;
+    cJSON *root = r->id ? lk_request_answer(ls->io, r, "set") : NULL;
+    if (!r->id) {  /* a refresh: nobody waits for it */
+        lk_err code;
+        char msg[LK_MSG_SIZE];
+        root = lk_answer(r, &code, msg, sizeof msg);
+    }
     if (!root) return;
     int ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"));
     cJSON_Delete(root);
-    if (ok) lk_emit_ok(io, r->id);
-    else lk_emit_fail(io, r->id, LK_ERR_NOT_OWNER, "set: the lock was lost");
+    if (!ok) guard_failed(ls, r);  /* first: set() returns to a lock not owned */
+    if (r->id && ok) lk_emit_ok(ls->io, r->id);
+    else if (r->id) lk_emit_fail(ls->io, r->id, LK_ERR_LOST, "set: the lock was lost "
+                                 "(its key is gone)");
+}
+
+/* lock:put / lock:delete: a write of any key, done only if the lock's key
+ * still exists with its token; a failed guard ends the lock. */
+static void guarded_answer(lk_req *r, const char *what)
+{
+    lk_locks *ls = r->owner;
+    cJSON *root = lk_request_answer(ls->io, r, what);
+    if (!root) return;
+    int ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"));
+    int64_t rev = lk_etcd_revision(root);
+    cJSON_Delete(root);
+    if (!ok) {
+        guard_failed(ls, r);
+        lk_emit_fail(ls->io, r->id, LK_ERR_NOT_OWNER, "%s: the lock was lost (its key "
+                     "is gone): nothing was written", what);
+        return;
+    }
+    lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
+    if (ev) {
+        ev->ok = 1;
+        ev->revision = rev;
+    }
+    lk_emit(ls->io, ev);
+}
+
+static void on_put(lk_req *r) { guarded_answer(r, "put"); }
+static void on_delete_key(lk_req *r) { guarded_answer(r, "delete"); }
+
+static void guarded_command(lk_locks *ls, lk_cmd *c)
+{
+    const char *what = c->kind == LK_CMD_PUT ? "put" : "delete";
+    uint64_t id = c->target;
+    lk_lock *l = lk_map_get(&ls->by_id, &id, sizeof id);
+    if (!l || !l->until || lk_now_ms() >= l->until) {  /* as owned() says */
+        lk_emit_fail(ls->io, c->id, LK_ERR_NOT_OWNER, "%s: the lock is not owned", what);
+        return;
+    }
+    lk_buf body = {0};
+    lk_bytes value = {c->value, c->value_len};
+    lk_req *r = NULL;
+    if (lk_etcd_guarded_body(&body, bytes(&l->key), l->my_rev,
+                             (lk_bytes){c->name, c->name_len},
+                             c->kind == LK_CMD_PUT ? &value : NULL) ||
+        !(r = lk_send(ls->io, LK_PATH_TXN, c->kind == LK_CMD_PUT ? on_put : on_delete_key,
+                      ls, &body, 0))) {
+        lk_buf_free(&body);
+        lk_emit_fail(ls->io, c->id, LK_ERR_NOMEM, "%s: out of memory", what);
+        return;
+    }
+    r->id = c->id;
+    r->tag = l->id;
+    r->tag_rev = l->my_rev;
 }
 
 static void set_command(lk_locks *ls, lk_cmd *c)
@@ -672,17 +996,8 @@ static void set_command(lk_locks *ls, lk_cmd *c)
         lk_emit_fail(ls->io, c->id, LK_ERR_NOT_OWNER, "set: the lock is not owned");
         return;
     }
-    lk_buf body = {0};
-    lk_req *r = NULL;
-    if (copy(&l->value, c->value, c->value_len) ||
-        lk_etcd_set_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
-                         l->my_rev) ||
-        !(r = lk_send(ls->io, LK_PATH_TXN, on_set, ls->io, &body, 0))) {
-        lk_buf_free(&body);
+    if (copy(&l->value, c->value, c->value_len) || !guarded_put(ls, l, c->id))
         lk_emit_fail(ls->io, c->id, LK_ERR_NOMEM, "set: out of memory");
-        return;
-    }
-    r->id = c->id;
 }
 
 void lk_locks_command(lk_locks *ls, lk_cmd *c)
@@ -691,6 +1006,7 @@ void lk_locks_command(lk_locks *ls, lk_cmd *c)
     case LK_CMD_LOCK: lock_command(ls, c); break;
     case LK_CMD_RELEASE: release_command(ls, c); break;
     case LK_CMD_SET: set_command(ls, c); break;
+    case LK_CMD_PUT: case LK_CMD_DELETE: guarded_command(ls, c); break;
     default: lk_emit_fail(ls->io, c->id, LK_ERR_INTERNAL, "unknown command"); break;
     }
     lk_cmd_free(c);
@@ -708,12 +1024,6 @@ int lk_locks_any(const lk_locks *ls)
     return ls->all != NULL || ls->cleaning.count > 0;
 }
 
-int lk_locks_waiting(const lk_locks *ls)
-{
-    for (const lk_lock *l = ls->all; l; l = l->next)
-        if (l->state == LS_WAITING || l->state == LS_CHECK) return 1;
-    return 0;
-}
 
 /* ---- the session's news ---- */
 
@@ -799,6 +1109,11 @@ void lk_locks_changed(lk_locks *ls, const lk_change *ch)
 {
     const lk_kv *kv = ch->kv;
     lk_lock *l = lk_map_get(&ls->by_name, ch->name, ch->name_len);
+    if (ch->marker) {  /* a clean release of kv's value, the contender key */
+        if (l && !ch->deleted && l->pred.len && same(&l->pred, kv->value.data, kv->value.len))
+            l->pred_clean = 1;
+        return;
+    }
     int mine = l && l->lease && same(&l->key, kv->key.data, kv->key.len);
     if (!ch->deleted) {
         if (kv->lease && kv->lease == ls->session->lease &&
@@ -813,10 +1128,36 @@ void lk_locks_changed(lk_locks *ls, const lk_change *ch)
     }
     if (mine) {
         if (kv->mod_rev < l->my_rev) return;  /* an older key of ours */
-        if (l->holds || l->state == LS_WAITING)
+        if (l->holds || l->state == LS_WAITING || l->state == LS_DELAYED)
             lost_key(ls, l, "its key was deleted by someone else");
+    } else if (l->state == LS_WAITING && l->limit > 1) {
+        /* an older key gone: the waiter whose turn it makes checks */
+        if (lk_map_del(&l->before, kv->key.data, kv->key.len) &&
+            l->before.count < (size_t)l->limit)
+            check(ls, l);
     } else if (l->state == LS_WAITING && same(&l->pred, kv->key.data, kv->key.len)) {
         check(ls, l);
+    }
+}
+
+/* An owned lock whose key nothing has confirmed lately: read it when the
+ * stream's proofs are late, stop owning when the trust time has run out
+ * (it owns again when a read shows the key). */
+static void unconfirmed(lk_locks *ls, lk_lock *l, int64_t now)
+{
+    if (l->until && now >= l->until) {
+        char why[128];
+        snprintf(why, sizeof why, "its key was not confirmed for %" PRId64 " ms (the "
+                 "watch stream is silent, or etcd does not answer)",
+                 lk_session_trust_ms(ls->session));
+        publish(ls, l, LK_ERR_UNAVAILABLE, why);
+    } else if (l->until) {
+        wake_at(ls, l->until);
+    }
+    int64_t late = read_key_at(ls, l);
+    if (l->state == LS_HELD && !l->req && l->holds) {
+        if (now >= late) check(ls, l);
+        else wake_at(ls, late);
     }
 }
 
@@ -827,8 +1168,9 @@ int64_t lk_locks_tick(lk_locks *ls, int64_t now)
     for (lk_lock *l = ls->all, *next; l; l = next) {
         next = l->next;
         if (l->deadline && !l->reported) {
-            /* a request in flight decides first: its answer looks again */
-            if (now >= l->deadline && !l->req) {
+            /* the caller's bound: answered now, even with a request in
+             * flight (whose answer then leads to the delete) */
+            if (now >= l->deadline) {
                 const char *why;
                 lk_err cause = lk_session_failure(ls->session, &why);
                 if (l->state == LS_SESSION && cause) {  /* the known cause */
@@ -839,10 +1181,24 @@ int64_t lk_locks_tick(lk_locks *ls, int64_t now)
                     report_fail(ls, l, LK_ERR_TIMEOUT, "timed out waiting for the lock");
                 }
                 l->keep = 0;
-                start_delete(ls, l);
+                if (l->req) {
+                    drop(ls, l, LK_OK, NULL);
+                    l->state = LS_DELETE;
+                } else {
+                    start_delete(ls, l);
+                }
                 continue;
             }
-            if (now < l->deadline) wake_at(ls, l->deadline);
+            wake_at(ls, l->deadline);
+        }
+        if (l->until || (l->holds && l->state == LS_HELD)) unconfirmed(ls, l, now);
+        if (l->state == LS_DELAYED && !l->req) {
+            if (now >= l->delay_until) {
+                l->delay_served = 1;
+                check(ls, l);  /* still first, and its key still there? */
+            } else {
+                wake_at(ls, l->delay_until);
+            }
         }
         if (l->retry_at && !l->req &&
             (l->state == LS_RETRY || l->state == LS_DELETE)) {

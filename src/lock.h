@@ -28,9 +28,6 @@ typedef struct lk_locks {
 void lk_locks_init(lk_locks *ls, lk_io *io, lk_session *session);
 void lk_locks_command(lk_locks *ls, lk_cmd *c);   /* LOCK, SET, RELEASE */
 int lk_locks_any(const lk_locks *ls);
-/* Whether a lock waits for another owner to go (it learns of that from
- * the stream). */
-int lk_locks_waiting(const lk_locks *ls);
 
 /* The session's news. */
 void lk_locks_session_ready(lk_locks *ls);

@@ -9,29 +9,39 @@
 #include <unistd.h>
 
 #include "compat.h"
+#include "clock.h"
+#include "guard.h"
 #include "proc.h"
 
-/* process.spawn(argv, extra_env) -> pid | nil, msg */
-static int l_spawn(lua_State *L)
+/* argv and extra_env (tables of strings at 1 and 2) as NULL-terminated
+ * arrays in userdata on the stack; the tables keep the strings alive. */
+static void check_command(lua_State *L, char ***argv, char ***env)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     int n = (int)lua_rawlen(L, 1);
     luaL_argcheck(L, n > 0, 1, "empty command");
     int m = lua_istable(L, 2) ? (int)lua_rawlen(L, 2) : 0;
-    char **argv = lua_newuserdata(L, sizeof(char *) * (size_t)(n + 1));
-    char **env = lua_newuserdata(L, sizeof(char *) * (size_t)(m + 1));
+    *argv = lua_newuserdata(L, sizeof(char *) * (size_t)(n + 1));
+    *env = lua_newuserdata(L, sizeof(char *) * (size_t)(m + 1));
     for (int i = 0; i < n; i++) {
         lua_rawgeti(L, 1, i + 1);
-        argv[i] = (char *)luaL_checkstring(L, -1);
-        lua_pop(L, 1);  /* the table keeps it alive */
-    }
-    argv[n] = NULL;
-    for (int i = 0; i < m; i++) {
-        lua_rawgeti(L, 2, i + 1);
-        env[i] = (char *)luaL_checkstring(L, -1);
+        (*argv)[i] = (char *)luaL_checkstring(L, -1);
         lua_pop(L, 1);
     }
-    env[m] = NULL;
+    (*argv)[n] = NULL;
+    for (int i = 0; i < m; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        (*env)[i] = (char *)luaL_checkstring(L, -1);
+        lua_pop(L, 1);
+    }
+    (*env)[m] = NULL;
+}
+
+/* process.spawn(argv, extra_env) -> pid | nil, msg */
+static int l_spawn(lua_State *L)
+{
+    char **argv, **env;
+    check_command(L, &argv, &env);
     char err[256];
     pid_t pid = lk_proc_spawn(argv, env, err, sizeof err);
     if (pid < 0) {
@@ -41,6 +51,53 @@ static int l_spawn(lua_State *L)
     }
     lua_pushinteger(L, pid);
     return 1;
+}
+
+static int64_t deadline_arg(lua_State *L, int i)
+{
+    lua_Number s = luaL_checknumber(L, i);
+    luaL_argcheck(L, s == s, i, "seconds, not NaN");
+    if (s < 0) s = 0;
+    if (s > 86400.0 * 365) s = 86400.0 * 365;
+    return lk_now_ms() + (int64_t)(s * 1000);
+}
+
+/* process.supervise(argv, extra_env, seconds) -> guard pid, group, watchdog
+ * | nil, msg: argv under a guard (src/guard.h) whose watchdog fires in
+ * `seconds` unless process.extend moves it. Reap the guard. */
+static int l_supervise(lua_State *L)
+{
+    char **argv, **env;
+    check_command(L, &argv, &env);
+    int64_t deadline = deadline_arg(L, 3);
+    char err[256];
+    lk_guarded g;
+    if (lk_guard_spawn(argv, env, deadline, &g, err, sizeof err) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushinteger(L, g.guard);
+    lua_pushinteger(L, g.group);
+    lua_pushinteger(L, g.watchdog);
+    return 3;
+}
+
+/* process.extend(watchdog, seconds) -> true | nil: the deadline is now +
+ * seconds (nil when the guard is gone) */
+static int l_extend(lua_State *L)
+{
+    int fd = (int)luaL_checkinteger(L, 1);
+    if (lk_guard_extend(fd, deadline_arg(L, 2)) < 0) lua_pushnil(L);
+    else lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* process.close(fd): a watchdog or signal fd no longer needed */
+static int l_close(lua_State *L)
+{
+    close((int)luaL_checkinteger(L, 1));
+    return 0;
 }
 
 /* process.reap(pid) -> nil while it runs | exit status | nil, msg */
@@ -125,6 +182,9 @@ static int l_getpid(lua_State *L)
 
 static const luaL_Reg functions[] = {
     {"spawn", l_spawn},
+    {"supervise", l_supervise},
+    {"extend", l_extend},
+    {"close", l_close},
     {"reap", l_reap},
     {"kill", l_kill},
     {"signals", l_signals},

@@ -1,6 +1,7 @@
 #include "msg.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,6 +41,7 @@ void lk_event_free(lk_event *e)
     if (!e) return;
     free(e->value);
     free(e->key);
+    free(e->name);
     free(e->msg);
     for (size_t i = 0; i < e->n_kvs; i++) {
         free(e->kvs[i].key);
@@ -102,12 +104,17 @@ static void fold(lk_event *old, lk_event *new)
 /* Takes the queue's mutex (the map is used under it alone). */
 int lk_queue_push_latest(lk_queue *q, lk_event *ev)
 {
-    struct { int kind; uint64_t id; } key;
+    /* (kind, id, name): the events of a watch_all fold per name */
+    struct { int kind; uint64_t id; char name[LK_FOLD_NAME]; } key;
     memset(&key, 0, sizeof key);
     key.kind = (int)ev->kind;
     key.id = ev->id;
+    size_t name_len = ev->name_len < LK_FOLD_NAME ? ev->name_len : LK_FOLD_NAME;
+    if (ev->name) memcpy(key.name, ev->name, name_len);
+    size_t key_len = offsetof(__typeof__(key), name) + name_len;
     pthread_mutex_lock(&q->mu);
-    lk_event *old = lk_map_get(&q->latest, &key, sizeof key);
+    lk_event *old = ev->name_len > LK_FOLD_NAME ? NULL  /* too long: never folded */
+                  : lk_map_get(&q->latest, &key, key_len);
     /* nobody is taking them: fold; but a lock's loss is never folded over
      * (whoever owned must hear it lost, even if it owns again since) */
     int loss = old && old->kind == LK_EV_OWNED && !old->owned && old->code;
@@ -124,7 +131,7 @@ int lk_queue_push_latest(lk_queue *q, lk_event *ev)
     q->tail = m;
     q->n++;
     /* no memory for the map entry: the event is queued, just not foldable */
-    (void)lk_map_put(&q->latest, &key, sizeof key, ev);
+    if (ev->name_len <= LK_FOLD_NAME) (void)lk_map_put(&q->latest, &key, key_len, ev);
     pthread_mutex_unlock(&q->mu);
     return was_empty;
 }

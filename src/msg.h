@@ -18,8 +18,16 @@ typedef enum {
     LK_CMD_WATCH,    /* name: follow its owner's value (id names the events) */
     LK_CMD_UNWATCH,  /* name */
     LK_CMD_LIST,     /* every contender key under the prefix (status) */
+    LK_CMD_PUT,      /* target (lock id), name (any key), value: guarded */
+    LK_CMD_DELETE,   /* target (lock id), name (any key): guarded */
+    LK_CMD_READ,     /* name (any key): its value and mod revision */
+    LK_CMD_WATCH_ALL,   /* every name under the prefix (id names the events) */
+    LK_CMD_UNWATCH_ALL,
     LK_CMD_CLOSE
 } lk_cmd_kind;
+
+/* A semaphore's largest limit (owners at once). */
+#define LK_MAX_LIMIT 10000
 
 typedef struct lk_cmd {
     struct lk_cmd *next;
@@ -34,6 +42,7 @@ typedef struct lk_cmd {
     int wait;
     int keep;
     int background;       /* LOCK: nobody waits for the answer; never give up */
+    int limit;            /* LOCK: a semaphore's N; 0 or 1: a plain lock */
     lk_ownership *ownership; /* LOCK only: one reference owned by the command */
 } lk_cmd;
 
@@ -53,6 +62,7 @@ typedef struct lk_event_kv {
     size_t value_len;
     int64_t create_rev;
     int64_t lease;
+    int limit_key;               /* a semaphore contender's limit (value: N) */
 } lk_event_kv;
 
 typedef struct lk_event {
@@ -70,6 +80,8 @@ typedef struct lk_event {
     char *key;           /* a lock's etcd key: when granted (RESULT of a
                             LOCK, OWNED with owned set) */
     size_t key_len;
+    char *name;          /* WATCH of watch_all: the name it is about */
+    size_t name_len;
     int skipped;         /* WATCH, OWNED: older states of the same id folded
                             into this one while nobody took them */
     lk_err code;         /* LK_OK when ok (Lua sees lk_err_name) */
@@ -100,6 +112,7 @@ int lk_queue_push(lk_queue *q, void *msg);
  * and locks plus the losses (one per lease lost). Returns 1 when the queue
  * was empty before. */
 #define LK_FOLD_AFTER 256
+#define LK_FOLD_NAME 512   /* names up to this long fold (locker.MAX_NAME) */
 int lk_queue_push_latest(lk_queue *q, lk_event *ev);
 /* Takes the whole content in order (a list linked by next), or NULL. */
 void *lk_queue_take_all(lk_queue *q);

@@ -14,19 +14,13 @@
 
 extern char **environ;
 
-/* posix_spawn, not fork: the engine thread may hold locks (malloc's) that
- * a forked child could never release. */
-pid_t lk_proc_spawn(char *const argv[], char *const extra_env[], char *err,
-                    size_t err_size)
+char **lk_proc_environ(char *const extra_env[])
 {
     size_t n_env = 0, n_extra = 0;
     while (environ[n_env]) n_env++;
     while (extra_env && extra_env[n_extra]) n_extra++;
     char **envp = calloc(n_env + n_extra + 1, sizeof *envp);
-    if (!envp) {
-        snprintf(err, err_size, "out of memory");
-        return -1;
-    }
+    if (!envp) return NULL;
     size_t k = 0;
     for (size_t i = 0; i < n_env; i++) {
         int replaced = 0;  /* an extra NAME=... overrides the inherited one */
@@ -39,7 +33,19 @@ pid_t lk_proc_spawn(char *const argv[], char *const extra_env[], char *err,
     }
     for (size_t j = 0; j < n_extra; j++) envp[k++] = extra_env[j];
     envp[k] = NULL;
+    return envp;
+}
 
+/* posix_spawn, not fork: the engine thread may hold locks (malloc's) that
+ * a forked child could never release. */
+pid_t lk_proc_spawn(char *const argv[], char *const extra_env[], char *err,
+                    size_t err_size)
+{
+    char **envp = lk_proc_environ(extra_env);
+    if (!envp) {
+        snprintf(err, err_size, "out of memory");
+        return -1;
+    }
     posix_spawnattr_t attr;
     posix_spawnattr_init(&attr);
     sigset_t none, all;

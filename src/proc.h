@@ -7,6 +7,11 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* The current environment with extra "NAME=value" strings added or
+ * overriding (NULL-terminated); a calloc'd array of borrowed strings, or
+ * NULL when out of memory. */
+char **lk_proc_environ(char *const extra_env[]);
+
 /* Starts argv[0] (searched in PATH) with the current environment plus
  * extra "NAME=value" strings (NULL-terminated), default signal handling and
  * an empty signal mask. Returns the pid, or -1 with err filled. */

@@ -8,6 +8,14 @@
 #include "etcd.h"
 #include "keys.h"
 
+/* A decoded value, taken over by an event (never NULL: "" when empty). */
+static char *take_value(lk_buf *b)
+{
+    char *p = b->data ? b->data : calloc(1, 1);
+    *b = (lk_buf){0};
+    return p;
+}
+
 static void on_get(lk_req *r)
 {
     lk_io *io = r->owner;
@@ -40,6 +48,55 @@ static void on_get(lk_req *r)
     lk_etcd_kv_free(&kv);
     cJSON_Delete(root);
     lk_emit(io, ev);
+}
+
+/* read: any key's value and mod revision (absent: has_value 0) */
+static void on_read(lk_req *r)
+{
+    lk_io *io = r->owner;
+    cJSON *root = lk_request_answer(io, r, "read");
+    if (!root) return;
+    const cJSON *kvs;
+    if (lk_etcd_kvs(root, &kvs)) {
+        cJSON_Delete(root);
+        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "read: etcd's answer has \"kvs\" that is not a list");
+        return;
+    }
+    const cJSON *item = cJSON_GetArrayItem(kvs, 0);
+    lk_kv kv = {0};
+    if (item && lk_etcd_kv(item, &kv)) {
+        lk_etcd_kv_free(&kv);
+        cJSON_Delete(root);
+        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "read: malformed key-value in etcd's answer");
+        return;
+    }
+    lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
+    if (ev) {
+        ev->ok = 1;
+        ev->revision = item ? kv.mod_rev : lk_etcd_revision(root);
+        if (item) {
+            ev->has_value = 1;
+            ev->token = kv.create_rev;
+            ev->value_len = kv.value.len;
+            ev->value = take_value(&kv.value);
+        }
+    }
+    lk_etcd_kv_free(&kv);
+    cJSON_Delete(root);
+    lk_emit(io, ev);
+}
+
+static void read_command(lk_io *io, lk_cmd *c)
+{
+    lk_buf body = {0};
+    lk_req *r = NULL;
+    if (lk_etcd_key_body(&body, (lk_bytes){c->name, c->name_len}) ||
+        !(r = lk_send(io, LK_PATH_RANGE, on_read, io, &body, 0))) {
+        lk_buf_free(&body);
+        lk_emit_fail(io, c->id, LK_ERR_NOMEM, "read: out of memory");
+        return;
+    }
+    r->id = c->id;
 }
 
 static void get_command(lk_io *io, lk_cmd *c)
@@ -101,10 +158,13 @@ static void on_list(lk_req *r)
             lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "status: malformed key-value in etcd's answer");
             return;
         }
-        lk_bytes name;  /* not a contender's key (the probe): not listed */
-        if (!lk_key_name((lk_bytes){kv.key.data, kv.key.len}, io->cfg.prefix_len, &name))
+        lk_bytes name, key = {kv.key.data, kv.key.len};
+        int limit_key = 0;  /* neither a contender's key nor a limit (the probe): not listed */
+        if (!lk_key_name(key, io->cfg.prefix_len, &name) &&
+            !(limit_key = lk_key_limit_name(key, io->cfg.prefix_len, &name)))
             continue;
         lk_event_kv *o = &ev->kvs[ev->n_kvs++];
+        o->limit_key = limit_key;
         o->name_off = (size_t)(name.p - kv.key.data);
         o->name_len = name.n;
         o->key = take_buf(&kv.key, &o->key_len);
@@ -133,6 +193,7 @@ static void list_command(lk_io *io, lk_cmd *c)
 void lk_query_command(lk_io *io, lk_cmd *c)
 {
     if (c->kind == LK_CMD_GET) get_command(io, c);
+    else if (c->kind == LK_CMD_READ) read_command(io, c);
     else list_command(io, c);
     lk_cmd_free(c);
 }

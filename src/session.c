@@ -15,12 +15,18 @@
 #define BACKOFF_MAX_MS 5000
 #define KEEPALIVE_RETRY_MS 500
 #define REVOKE_TIMEOUT_MS 2000
-/* A stream that shows nothing for QUIET_MS while a waiter or a watch
- * relies on it (holders do not: their deadline does not depend on it) is
- * asked to prove it is live: a write to the probe key, whose event it must
- * show within ECHO_MS of etcd confirming the write. */
-#define QUIET_MS 5000
-#define ECHO_MS 2000
+/* The stream must prove, every 0.6 trust while anything relies on it,
+ * that it has missed nothing (see proven_at): any answer whose revision
+ * the stream reaches does (on an idle etcd, every renewal); when none
+ * comes, a read of the probe key (its revision), and when the stream is
+ * behind that (etcd is busy elsewhere), a write to it on the session lease,
+ * at most once every WRITE_EVERY_MS (writes cost etcd a disk sync), whose
+ * event the stream must show within trust/4 of etcd confirming it. A
+ * stream that does not is abandoned. Between writes, holders confirm
+ * their keys with reads of their own (lock.c). */
+#define PROVE_EVERY(s) (lk_session_trust_ms(s) * 3 / 5)
+#define ECHO_MS(s) (lk_session_trust_ms(s) / 4 > 200 ? lk_session_trust_ms(s) / 4 : 200)
+#define WRITE_EVERY_MS 5000
 
 static int64_t backoff(int failures)
 {
@@ -64,8 +70,8 @@ static void store(int64_t *field, int64_t v)
 
 static void publish_stream(lk_session *s)
 {
-    store(&s->view.heard_at, s->heard_at);
-    __atomic_store_n(&s->view.stream_up, s->stream_ready && !s->probe_acked_at,
+    store(&s->view.heard_at, s->proven_at);
+    __atomic_store_n(&s->view.stream_up, s->stream_ready && !s->echo_due,
                      __ATOMIC_RELEASE);
 }
 
@@ -212,7 +218,8 @@ static void open_stream(lk_session *s)
     lk_io *io = s->io;
     s->stream_retry_at = 0;
     s->stream_ready = s->stream_progress = s->stream_resync = s->stream_refused = 0;
-    s->probe_acked_at = 0;
+    s->echo_due = 0;
+    s->opened_at = lk_now_ms();
     lk_req *r = lk_req_new(io->http, LK_PATH_WATCH, on_stream_done, s, 0);
     lk_bytes dir = {io->cfg.prefix, io->cfg.prefix_len};
     int64_t start = s->stream_rev && s->stream_rev < INT64_MAX ? s->stream_rev + 1 : 0;
@@ -229,26 +236,72 @@ static void open_stream(lk_session *s)
     lk_count(&io->stats.stream_connects);
 }
 
-/* The stream showed it is live (an event, a progress note, our probe). */
-static void heard(lk_session *s)
+/* ---- proofs that the stream is complete ---- */
+
+/* The stream has shown every event up to etcd's state at time at. */
+static void proven(lk_session *s, int64_t at)
 {
-    s->heard_at = lk_now_ms();
-    s->probe_acked_at = 0;
-    s->next_probe_at = 0;
+    if (at <= s->proven_at) return;
+    s->proven_at = at;
+    if (s->probe && s->probe->sent_at <= at) {  /* it is answered already */
+        lk_req_cancel(s->probe);
+        s->probe = NULL;
+    }
+    if (s->echo_due) s->echo_due = 0;
     publish_stream(s);
+    s->hooks.proven(s->hooks.ctx);
+}
+
+/* The unproven answers that the stream has now reached become proofs. */
+static void settle(lk_session *s)
+{
+    lk_proof *first = &s->pending[0], *last = &s->pending[1];
+    if (last->at && last->rev <= s->stream_rev) {
+        proven(s, last->at);
+        *first = *last = (lk_proof){0, 0};
+    } else if (first->at && first->rev <= s->stream_rev) {
+        proven(s, first->at);
+        *first = *last;
+        *last = (lk_proof){0, 0};
+    }
+}
+
+/* Takes io's newest answer as a proof to come (or one at once, when the
+ * stream is past its revision already: nothing changed since). */
+static void sample(lk_session *s)
+{
+    lk_io *io = s->io;
+    if (io->answer_at <= s->sampled_at) return;
+    s->sampled_at = io->answer_at;
+    lk_proof p = {io->answer_rev, io->answer_at};
+    if (p.at <= s->proven_at) return;
+    if (!s->pending[0].at) s->pending[0] = p;
+    else s->pending[1] = p;
+    settle(s);
+}
+
+/* The stream showed events or progress up to rev. */
+static void reached(lk_session *s, int64_t rev)
+{
+    if (rev > s->stream_rev) s->stream_rev = rev;
+    sample(s);
+    settle(s);
 }
 
 /* Hands one stream event on, with the lock name its key belongs to (the
  * probe key has none). */
 static void publish_change(lk_session *s, const cJSON *ev, const lk_kv *kv)
 {
-    lk_bytes name;
-    if (!lk_key_name((lk_bytes){kv->key.data, kv->key.len}, s->io->cfg.prefix_len, &name))
+    lk_bytes name, key = {kv->key.data, kv->key.len};
+    int marker = 0;
+    if (!lk_key_name(key, s->io->cfg.prefix_len, &name) &&
+        !(marker = lk_key_released_name(key, s->io->cfg.prefix_len, &name)))
         return;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
     lk_change c = {
         .name = name.p,
         .name_len = name.n,
+        .marker = marker,
         .deleted = cJSON_IsString(type) && strcmp(type->valuestring, "DELETE") == 0,
         .kv = kv,
     };
@@ -282,9 +335,12 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
     }
     int64_t header_rev = lk_etcd_revision(res);
     if (lk_etcd_int(res, "compact_revision") > 0) {
-        /* we resumed from a compacted revision: start afresh, look again */
+        /* we resumed from a compacted revision: start afresh, look again;
+         * answers from before the gap prove nothing about it */
         s->stream_rev = 0;
         s->stream_resync = 1;
+        s->pending[0] = s->pending[1] = (lk_proof){0, 0};
+        s->sampled_at = lk_now_ms();
         cJSON_Delete(root);
         s->hooks.resync(s->hooks.ctx);
         return -1;
@@ -309,25 +365,27 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         s->stream_ready = 1;
         s->fail_code = LK_OK;
         if (s->stream_rev == 0) s->stream_rev = header_rev;
-        heard(s);
+        publish_stream(s);
         if (s->lease) s->hooks.ready(s->hooks.ctx);
         s->hooks.stream_ready(s->hooks.ctx);
     } else if (!events) {  /* a progress note: nothing up to header_rev missed */
-        if (header_rev > s->stream_rev) s->stream_rev = header_rev;
         s->stream_progress = 1;
-        heard(s);
+        reached(s, header_rev);
     }
     const cJSON *ev;
     lk_kv kv = {0};
+    int64_t top = 0;
     cJSON_ArrayForEach(ev, events) {
         const cJSON *item = cJSON_GetObjectItemCaseSensitive(ev, "kv");
         if (lk_etcd_kv(item, &kv)) continue;
         lk_count(&s->io->stats.stream_events);
-        if (kv.mod_rev > s->stream_rev) s->stream_rev = kv.mod_rev;
         s->stream_progress = 1;
-        heard(s);
         publish_change(s, ev, &kv);
+        if (kv.mod_rev > top) top = kv.mod_rev;
     }
+    /* after every change of the batch: a deletion is handled before the
+     * stream counts as having shown it */
+    if (top) reached(s, top);
     lk_etcd_kv_free(&kv);
     cJSON_Delete(root);
     return 0;
@@ -339,7 +397,7 @@ static void stream_ended(lk_session *s, int endpoint_fault, int endpoint)
     int was_ready = s->stream_ready;
     s->stream = NULL;
     s->stream_ready = 0;
-    s->probe_acked_at = 0;
+    s->echo_due = 0;
     publish_stream(s);
     if (s->stream_resync) {  /* our decision, to start afresh: at once */
         s->stream_retry_at = lk_now_ms();
@@ -350,10 +408,12 @@ static void stream_ended(lk_session *s, int endpoint_fault, int endpoint)
      * not: a watch canceled at once must not reconnect in a tight loop) */
     s->stream_failures = s->stream_progress ? 1 : s->stream_failures + 1;
     s->stream_retry_at = lk_now_ms() + backoff(s->stream_failures);
-    /* a stream that never got going, or that etcd refused with a reason,
-     * is news for whoever waits for the session; a drop is not (it comes
-     * back by itself) */
-    if (!was_ready || s->stream_refused) {
+    /* a stream that never got going on any member, or that etcd refused
+     * with a reason, is news for whoever waits for the session; a drop is
+     * not (it comes back by itself), nor one member's fault while another
+     * is left to try */
+    if ((!was_ready && s->stream_failures >= s->io->cfg.n_endpoints) ||
+        s->stream_refused) {
         const char *msg;
         lk_err code = lk_session_failure(s, &msg);
         if (code) s->hooks.failed(s->hooks.ctx, code, msg);
@@ -380,54 +440,95 @@ static void on_stream_done(lk_req *r)
                  r->endpoint);
 }
 
-/* ---- proving the stream is live ---- */
+/* ---- asking the stream to prove itself ---- */
+
+static void send_probe(lk_session *s, int write);
 
 static void on_probe(lk_req *r)
 {
     lk_session *s = r->owner;
+    int write = s->probe_write;
     s->probe = NULL;
     lk_err code;
     char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    cJSON *root = lk_answer(r, &code, msg, sizeof msg);  /* noted in io */
     cJSON_Delete(root);
-    if (!root) {  /* no proof either way: ask again later */
-        s->next_probe_at = lk_now_ms() + QUIET_MS;
+    int64_t now = lk_now_ms();
+    if (!root) {  /* no proof either way: ask again soon */
+        if (code == LK_ERR_LEASE_LOST) lk_session_lease_gone(s, msg);
+        s->probe_failures++;
+        s->next_probe_at = now + lk_backoff_ms(s->probe_failures, BACKOFF_MIN_MS,
+                                               PROVE_EVERY(s));
         return;
     }
-    if (s->heard_at >= r->sent_at) return;  /* the stream showed it already */
-    s->probe_acked_at = lk_now_ms();
-    publish_stream(s);
+    s->probe_failures = 0;
+    sample(s);
+    if (s->proven_at >= r->sent_at) return;  /* nothing changed since */
+    if (!write) send_probe(s, 1);             /* the stream is behind: a write */
+    else if (s->stream_ready) {               /* its event is due */
+        s->echo_due = now + ECHO_MS(s);
+        publish_stream(s);
+    }
 }
 
-static void probe(lk_session *s)
+/* A read of the probe key (its revision), or a write to it on the session
+ * lease: the key sits outside every lock's range (no name is empty) and
+ * goes with the lease. */
+static void send_probe(lk_session *s, int write)
 {
     lk_io *io = s->io;
+    int64_t now = lk_now_ms();
+    if (write && (!s->lease || !s->stream_ready)) {
+        lk_session_need(s);  /* a write needs the lease; it is shown by a stream */
+        s->next_probe_at = now + PROVE_EVERY(s) / 4;
+        return;
+    }
+    if (write && s->written_at && now < s->written_at + WRITE_EVERY_MS) {
+        s->next_probe_at = s->written_at + WRITE_EVERY_MS;  /* reads wait too */
+        return;
+    }
+    if (write) s->written_at = now;
     lk_buf key = {0}, body = {0};
-    s->next_probe_at = lk_now_ms() + QUIET_MS;  /* if this comes to nothing */
-    if (lk_key_probe(&key, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len}) ||
-        lk_etcd_put_body(&body, (lk_bytes){key.data, key.len}, (lk_bytes){"", 0}) ||
-        !(s->probe = lk_send_urgent(io, LK_PATH_PUT, on_probe, s, &body, 0)))
-        lk_buf_free(&body);
+    int failed = lk_key_probe(&key, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len}) ||
+                 (write ? lk_etcd_put_body(&body, (lk_bytes){key.data, key.len},
+                                           (lk_bytes){"", 0}, s->lease)
+                        : lk_etcd_count_body(&body, (lk_bytes){key.data, key.len}));
     lk_buf_free(&key);
+    s->probe_write = write;
+    if (failed || !(s->probe = lk_send_urgent(io, write ? LK_PATH_PUT : LK_PATH_RANGE,
+                                              on_probe, s, &body, 0))) {
+        lk_buf_free(&body);
+        s->next_probe_at = now + BACKOFF_MAX_MS;  /* no memory */
+    }
 }
 
-/* Whether the stream has gone silent: probes it when quiet, and gives up
- * on it when it does not show a probe that landed. */
-static int stream_silent(lk_session *s, int64_t now, int64_t *next)
+/* Whether the stream must be given up, and why: it was not created in
+ * time, it did not show a write it owed, or requests left its member. */
+static const char *stream_doubtful(const lk_session *s, int64_t now, int *fault)
 {
-    if (!s->stream_ready) return 0;
-    if (s->probe_acked_at) {
-        if (now >= s->probe_acked_at + ECHO_MS) return 1;
-        *next = s->probe_acked_at + ECHO_MS;
-        return 0;
-    }
-    int64_t due = s->next_probe_at ? s->next_probe_at : s->heard_at + QUIET_MS;
-    if (!s->probe && now >= due) {
-        if (s->hooks.relies(s->hooks.ctx)) probe(s);  /* asked once a QUIET_MS */
-        else s->next_probe_at = now + QUIET_MS;
-    }
-    *next = s->probe ? 0 : s->next_probe_at ? s->next_probe_at : s->heard_at + QUIET_MS;
-    return 0;
+    const lk_req *r = s->stream;
+    *fault = 1;
+    if (!s->stream_ready && now >= s->opened_at + s->io->cfg.timeout_ms)
+        return "etcd did not confirm the watch stream in time";
+    if (s->echo_due && now >= s->echo_due)
+        return "the watch stream went silent";
+    *fault = 0;
+    if (lk_http_current_index(s->io->http) != r->endpoint &&
+        lk_http_endpoint_resting(s->io->http, r->endpoint))
+        return "requests failed over to another member";
+    return NULL;
+}
+
+/* Plans the next proof: when the last one is getting old, a read. */
+static int64_t prove(lk_session *s, int64_t now)
+{
+    if (s->probe) return 0;
+    if (s->echo_due) return s->echo_due;
+    int64_t due = s->proven_at + PROVE_EVERY(s);
+    if (s->next_probe_at > due) due = s->next_probe_at;
+    if (now < due) return due;
+    send_probe(s, 0);
+    return s->probe ? 0 : now + PROVE_EVERY(s);
 }
 
 /* ---- life cycle ---- */
@@ -453,6 +554,11 @@ int lk_session_confirmed(const lk_session *s, int64_t now)
     return s->lease && now < s->jeopardy_at;
 }
 
+int64_t lk_session_trust_ms(const lk_session *s)
+{
+    return s->io->cfg.timeout_ms + s->io->cfg.margin_ms / 2;
+}
+
 int64_t lk_session_tick(lk_session *s, int64_t now)
 {
     int wanted = s->hooks.wanted(s->hooks.ctx);
@@ -471,16 +577,20 @@ int64_t lk_session_tick(lk_session *s, int64_t now)
         else if (now >= s->grant_retry_at) grant(s);
         else SOONER(s->grant_retry_at);
     }
-    int64_t probe_at = 0;
-    if (s->stream && stream_silent(s, now, &probe_at)) {
+    sample(s);
+    int fault;
+    const char *why = s->stream ? stream_doubtful(s, now, &fault) : NULL;
+    if (why) {  /* elsewhere, at once */
         lk_req *r = s->stream;
         int endpoint = r->endpoint;
+        note_failure(s, LK_ERR_UNAVAILABLE, "%s (%s)", why, lk_req_endpoint(r));
         lk_req_cancel(r);
-        note_failure(s, LK_ERR_UNAVAILABLE, "the watch stream went silent");
-        stream_ended(s, 1, endpoint);
-        s->stream_retry_at = now;  /* elsewhere, at once */
+        stream_ended(s, fault, endpoint);
+        s->stream_retry_at = now;
+    } else if (s->stream && !s->stream_ready) {
+        SOONER(s->opened_at + s->io->cfg.timeout_ms);
     }
-    SOONER(probe_at);
+    if (wanted) SOONER(prove(s, now));
     if (!s->stream && s->stream_retry_at) {
         if (!wanted) s->stream_retry_at = s->stream_rev = 0;
         else if (now >= s->stream_retry_at) open_stream(s);

@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-#define LK_WAKE_TICK_MS 1000
+#define LK_WAKE_TICK_MS 250
 
 /* Listens on a fresh unix socket in a new private directory; fills path.
  * The listening fd, or -1 with err filled. */

@@ -2,7 +2,13 @@
  * watch stream (fanned out here by name) and published to the cache. Each
  * watched name keeps its contenders (key, value, create_revision) so that
  * every owner change is known from the stream alone: a new owner, a set by
- * the owner, the owner's key going. Waiter churn changes nothing visible. */
+ * the owner, the owner's key going. Waiter churn changes nothing visible.
+ *
+ * A watch of every name (watch_all) is the same watches, one per name that
+ * has contenders: found by a read of the whole prefix when it starts (and
+ * after a gap), and by the stream's first change of a name not followed
+ * yet (that name is then read, as a new watch is). A name followed only
+ * for watch_all is dropped once it reported "gone". */
 #include "watch.h"
 
 #include "keys.h"
@@ -11,6 +17,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+
+static void discover(lk_watches *ws);
 
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 2000
@@ -50,6 +58,8 @@ struct lk_watch {
     int failures;            /* reads failed in a row (backoff) */
     lk_buf owner_key;        /* as last reported */
     lk_blob *owner_value;    /* NULL: gone */
+    int in_all;              /* reported to watch_all too (id 0: only there) */
+    int all_held;            /* watch_all was last told it is held */
 };
 
 static void clear_contenders(lk_watch *w)
@@ -83,6 +93,22 @@ static void free_watch(lk_watch *w)
     lk_buf_free(&w->owner_key);
     lk_blob_unref(w->owner_value);
     free(w);
+}
+
+/* A new watch of name, not yet read (start_sync reads it); NULL when out
+ * of memory. */
+static lk_watch *new_watch(lk_watches *ws, const char *name, size_t len)
+{
+    lk_watch *w = calloc(1, sizeof *w);
+    if (w) w->ws = ws;
+    if (!w || lk_buf_append(&w->name, name, len) ||
+        lk_key_dir(&w->dir, (lk_bytes){ws->io->cfg.prefix, ws->io->cfg.prefix_len},
+                   (lk_bytes){name, len}) ||
+        lk_map_put(&ws->by_name, name, len, w)) {
+        if (w) free_watch(w);
+        return NULL;
+    }
+    return w;
 }
 
 static contender *find(lk_watch *w, const char *key, size_t len)
@@ -143,6 +169,42 @@ static int same_blob(const lk_blob *a, const lk_blob *b)
     return a->len == b->len && !memcmp(a->data, b->data, a->len);
 }
 
+/* Tells subscription id the state last reported (with the name: for
+ * watch_all). */
+static void emit_state(lk_watches *ws, const lk_watch *w, uint64_t id, int named)
+{
+    const lk_blob *value = w->owner_value;
+    const contender *o = owner(w);
+    lk_event *ev = lk_event_new(LK_EV_WATCH, id);
+    if (!ev) return;
+    ev->ok = 1;
+    ev->revision = w->applied;
+    ev->token = o && value ? o->create_rev : 0;
+    ev->resync = w->resync;
+    if (value) {
+        ev->has_value = 1;
+        ev->value = malloc(value->len + 1);
+        if (ev->value) {
+            memcpy(ev->value, value->data, value->len + 1);
+            ev->value_len = value->len;
+        }
+    }
+    if (named && (ev->name = malloc(w->name.len + 1))) {
+        memcpy(ev->name, w->name.data, w->name.len);
+        ev->name[w->name.len] = '\0';
+        ev->name_len = w->name.len;
+    }
+    lk_emit(ws->io, ev);
+}
+
+/* watch_all hears of a name while it is held, and once when it is gone. */
+static void tell_all(lk_watches *ws, lk_watch *w)
+{
+    if (!w->owner_value && !w->all_held) return;  /* never held, for it */
+    emit_state(ws, w, ws->all_id, 1);
+    w->all_held = w->owner_value != NULL;
+}
+
 /* Emits an event and updates the cache when the owner or its value changed
  * (always for the first event and after a resync). */
 static void report(lk_watches *ws, lk_watch *w)
@@ -161,24 +223,11 @@ static void report(lk_watches *ws, lk_watch *w)
     lk_blob_ref(value);
     int64_t token = o ? o->create_rev : 0;
     lk_cache_set(ws->cache, w->name.data, w->name.len, value, token, w->applied);
-    lk_event *ev = lk_event_new(LK_EV_WATCH, w->id);
-    if (ev) {
-        ev->ok = 1;
-        ev->revision = w->applied;
-        ev->token = token;
-        ev->resync = w->resync;
-        if (value) {
-            ev->has_value = 1;
-            ev->value = malloc(value->len + 1);
-            if (ev->value) {
-                memcpy(ev->value, value->data, value->len + 1);
-                ev->value_len = value->len;
-            }
-        }
-        lk_emit(ws->io, ev);
-    }
+    if (w->id) emit_state(ws, w, w->id, 0);
+    if (w->in_all && ws->all_id) tell_all(ws, w);
     w->reported = 1;
     w->resync = 0;
+    if (!value && !w->id) ws->sweep_due = 1;  /* only watch_all had it: drop */
 }
 
 static void retry_later(lk_watches *ws, lk_watch *w)
@@ -283,10 +332,20 @@ static void on_batch(lk_req *r)
     ws->batch = NULL;
     ws->sync_due = 1;  /* others may have queued up meanwhile */
     cJSON *root = snapshot_answer(r);
+    int discovers = ws->batch_discovers && ws->all_id;
+    ws->batch_discovers = 0;
     if (!root) {
         each_watch(ws, batch_failed);
+        if (discovers) {  /* again, after a pause (as a watch's read) */
+            ws->all_after_gap |= ws->batch_after_gap;
+            ws->all_failures++;
+            ws->all_retry_at = lk_now_ms() +
+                lk_backoff_ms(ws->all_failures, RETRY_MIN_MS, RETRY_MAX_MS);
+            if (!ws->tick_at || ws->all_retry_at < ws->tick_at) ws->tick_at = ws->all_retry_at;
+        }
         return;
     }
+    if (discovers) ws->all_failures = 0;
     each_watch(ws, batch_clear);
     const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
     const cJSON *item;
@@ -298,6 +357,12 @@ static void on_batch(lk_req *r)
             !lk_key_name((lk_bytes){kv.key.data, kv.key.len}, plen, &name))
             continue;
         lk_watch *w = lk_map_get(&ws->by_name, name.p, name.n);
+        if (!w && discovers && (w = new_watch(ws, name.p, name.n))) {
+            w->in_all = 1;  /* found: read by this very answer */
+            w->state = WS_SYNCING;
+            w->batched = 1;
+            w->resync = ws->batch_after_gap;  /* its history may be missing */
+        }
         if (w && w->batched) apply(w, 0, &kv);
     }
     lk_etcd_kv_free(&kv);
@@ -336,6 +401,15 @@ static void sync_one(lk_watches *ws, lk_watch *w)
     if (!w->req) retry_later(ws, w);
 }
 
+/* watch_all wants to know every name: the next read is of the whole
+ * prefix, once the stream is ready (names it finds become watches). */
+static void discover(lk_watches *ws)
+{
+    ws->all_discover = 1;
+    ws->sync_due = 1;
+    if (!ws->session->stream_ready) lk_session_need_stream(ws->session);
+}
+
 static void join_batch(lk_watches *ws, lk_watch *w)
 {
     (void)ws;
@@ -364,8 +438,8 @@ static void sync_waiting(lk_watches *ws)
                 n_waiting++;
             }
         }
-    if (n_waiting == 0) return;
-    if (n_waiting == 1) {
+    if (n_waiting == 0 && !ws->all_discover) return;
+    if (n_waiting == 1 && !ws->all_discover) {
         sync_one(ws, first);
         return;
     }
@@ -376,41 +450,108 @@ static void sync_waiting(lk_watches *ws)
         ws->sync_due = 1;  /* try again on the next turn */
         return;
     }
+    ws->batch_discovers = ws->all_discover;
+    ws->batch_after_gap = ws->all_after_gap;
+    ws->all_discover = ws->all_after_gap = 0;
     each_watch(ws, join_batch);
 }
 
 static void watch_command(lk_watches *ws, lk_cmd *c)
 {
     lk_watch *w = lk_map_get(&ws->by_name, c->name, c->name_len);
-    if (w) {  /* one subscription per name; the binding fans out */
+    if (w && w->id) {  /* one subscription per name; the binding fans out */
         lk_emit_fail(ws->io, c->id, LK_ERR_INTERNAL, "name is already watched");
         return;
     }
-    w = calloc(1, sizeof *w);
-    if (w) w->ws = ws;
-    if (!w || lk_buf_append(&w->name, c->name, c->name_len) ||
-        lk_key_dir(&w->dir, (lk_bytes){ws->io->cfg.prefix, ws->io->cfg.prefix_len},
-                   (lk_bytes){c->name, c->name_len}) ||
-        lk_map_put(&ws->by_name, c->name, c->name_len, w)) {
-        if (w) free_watch(w);
+    if (w) {  /* followed for watch_all already: its state is known */
+        w->id = c->id;
+        if (w->reported) {
+            lk_cache_set(ws->cache, w->name.data, w->name.len, w->owner_value,
+                         owner(w) && w->owner_value ? owner(w)->create_rev : 0, w->applied);
+            emit_state(ws, w, w->id, 0);
+        }
+        return;
+    }
+    if (!(w = new_watch(ws, c->name, c->name_len))) {
         lk_emit_fail(ws->io, c->id, LK_ERR_NOMEM, "watch: out of memory");
         return;
     }
     w->id = c->id;
+    w->in_all = ws->all_id != 0;
     start_sync(ws, w);  /* the binding already marked the name in the cache */
 }
 
 static void unwatch_command(lk_watches *ws, lk_cmd *c)
 {
-    lk_watch *w = lk_map_del(&ws->by_name, c->name, c->name_len);
-    if (w) free_watch(w);  /* the binding already dropped it from the cache */
+    lk_watch *w = lk_map_get(&ws->by_name, c->name, c->name_len);
+    if (w && w->in_all && ws->all_id) {
+        w->id = 0;  /* watch_all still follows it */
+        if (w->reported && !w->owner_value) ws->sweep_due = 1;
+    } else if (w) {
+        lk_map_del(&ws->by_name, c->name, c->name_len);
+        free_watch(w);  /* the binding already dropped it from the cache */
+    }
+    lk_emit_ok(ws->io, c->id);
+}
+
+static void join_all(lk_watches *ws, lk_watch *w)
+{
+    w->in_all = 1;
+    w->all_held = 0;
+    if (w->reported) tell_all(ws, w);
+}
+
+static void watch_all_command(lk_watches *ws, lk_cmd *c)
+{
+    if (ws->all_id) {
+        lk_emit_fail(ws->io, c->id, LK_ERR_INTERNAL, "every name is already watched");
+        return;
+    }
+    ws->all_id = c->id;
+    each_watch(ws, join_all);  /* what is known already, at once */
+    discover(ws);
+}
+
+/* Drops the watches that only watch_all wanted and that have nothing to
+ * report (gone), or all of them when watch_all ends. */
+static void sweep(lk_watches *ws)
+{
+    ws->sweep_due = 0;
+    lk_map *m = &ws->by_name;
+    for (size_t i = 0; i < m->n_slots; i++) {
+        lk_map_entry *en = m->slots[i];
+        while (en) {
+            lk_watch *w = en->value;
+            en = en->next;  /* before w's entry may go */
+            if (w->id) continue;
+            if (ws->all_id && !(w->state == WS_LIVE && w->reported && !w->owner_value))
+                continue;
+            lk_map_del(m, w->name.data, w->name.len);
+            free_watch(w);
+        }
+    }
+}
+
+static void unwatch_all_command(lk_watches *ws, lk_cmd *c)
+{
+    ws->all_id = 0;
+    ws->all_discover = 0;
+    lk_map *m = &ws->by_name;
+    for (size_t i = 0; i < m->n_slots; i++)
+        for (lk_map_entry *en = m->slots[i]; en; en = en->next)
+            ((lk_watch *)en->value)->in_all = 0;
+    sweep(ws);
     lk_emit_ok(ws->io, c->id);
 }
 
 void lk_watches_command(lk_watches *ws, lk_cmd *c)
 {
-    if (c->kind == LK_CMD_WATCH) watch_command(ws, c);
-    else unwatch_command(ws, c);
+    switch (c->kind) {
+    case LK_CMD_WATCH: watch_command(ws, c); break;
+    case LK_CMD_WATCH_ALL: watch_all_command(ws, c); break;
+    case LK_CMD_UNWATCH_ALL: unwatch_all_command(ws, c); break;
+    default: unwatch_command(ws, c); break;
+    }
     lk_cmd_free(c);
 }
 
@@ -434,9 +575,16 @@ static int push_pending(lk_watch *w, int deleted, const lk_kv *kv)
 
 void lk_watches_changed(lk_watches *ws, const lk_change *ch)
 {
+    if (ch->marker) return;  /* a lock's business, no contender */
     int deleted = ch->deleted;
     const lk_kv *kv = ch->kv;
     lk_watch *w = lk_map_get(&ws->by_name, ch->name, ch->name_len);
+    if (!w && ws->all_id && !deleted && (w = new_watch(ws, ch->name, ch->name_len))) {
+        w->in_all = 1;  /* a name watch_all did not know: read it (its read
+                           is newer than this change) */
+        start_sync(ws, w);
+        return;
+    }
     if (!w) return;
     if (w->state == WS_SYNCING) {
         if (push_pending(w, deleted, kv)) {  /* cannot buffer: read again */
@@ -482,6 +630,10 @@ void lk_watches_resync(lk_watches *ws)
             w->batched = 0;
             w->resync = 1;
         }
+    if (ws->all_id) {  /* names that appeared in the gap */
+        discover(ws);
+        ws->all_after_gap = 1;
+    }
 }
 
 int64_t lk_watches_tick(lk_watches *ws, int64_t now)
@@ -498,6 +650,13 @@ int64_t lk_watches_tick(lk_watches *ws, int64_t now)
                     ws->tick_at = w->retry_at;
             }
     }
+    if (ws->all_retry_at && now >= ws->all_retry_at) {
+        ws->all_retry_at = 0;
+        if (ws->all_id) discover(ws);
+    } else if (ws->all_retry_at && (!ws->tick_at || ws->all_retry_at < ws->tick_at)) {
+        ws->tick_at = ws->all_retry_at;
+    }
+    if (ws->sweep_due) sweep(ws);
     if (ws->sync_due) sync_waiting(ws);
     return ws->tick_at;
 }
@@ -513,7 +672,7 @@ void lk_watches_init(lk_watches *ws, lk_io *io, lk_session *session,
 
 int lk_watches_any(const lk_watches *ws)
 {
-    return ws->by_name.count > 0;
+    return ws->by_name.count > 0 || ws->all_id;
 }
 
 void lk_watches_close(lk_watches *ws)

@@ -5,7 +5,11 @@
 -- fence. Appends to EVENTS (one line per write, O_APPEND, so lines of all
 -- contenders interleave whole; times are locker.now(), CLOCK_MONOTONIC):
 --   B pid ttl t              started
---   A pid token t            lock() returned the lock
+--   C pid timeout margin N   its client's request timeout and margin (s),
+--                            and N: the lock's limit (CHAOS_LIMIT, > 1: a
+--                            semaphore of N holders)
+--   A pid token t key        lock() returned the lock (key: lock:key(), the
+--                            etcd key, which the checker may delete)
 --   E pid code t             lock() failed (timeout, unavailable, ...)
 --   S pid token t1 t2        owned() was true between t1 and t2
 --   L pid token t            owned() (or token()) said the lock was lost
@@ -14,7 +18,10 @@
 -- t_write" (the fence: the file order is the order in which the fence saw
 -- the writes; sometimes after a short sleep, so that a stop can come
 -- between the check and the write). It uses a client of its own with the
--- endpoints in a shuffled order, a TTL of TTL s and 1 s requests. It exits by
+-- endpoints in a shuffled order, a TTL of TTL s, 1 s requests and the
+-- default margin (min(2, TTL/5)), and holds the lock for 0.1 to 1.3 s, one
+-- time in four for 1.5 to 4 s (long enough for a foreign delete behind a
+-- silent stream to show in its samples). It exits by
 -- itself when PARENT_PID is no longer its parent or at UNTIL (locker.now()),
 -- so that nothing outlives a chaos run that died.
 local locker = require "locker"
@@ -58,18 +65,23 @@ end
 local event, fence = appender(events_path), appender(fence_path)
 local fmt = string.format
 
-local client = assert(locker.new{ endpoints = endpoints, prefix = "/chaos/", ttl = ttl, timeout = 1 })
+local timeout, margin = 1, math.min(2, ttl / 5)
+local limit = tonumber(os.getenv("CHAOS_LIMIT") or "1") or 1  -- > 1: a semaphore
+local client = assert(locker.new{ endpoints = endpoints, prefix = "/chaos/", ttl = ttl, timeout = timeout,
+                                  margin = margin })
 event(fmt("B %s %d %.6f\n", pid, ttl, now()))
+event(fmt("C %s %.3f %.3f %d\n", pid, timeout, margin, limit))
 
 while not orphaned() do
-    local lock, _, code = client:lock("chaos", pid, { timeout = 2 + random() * 4 })
+    local lock, _, code = client:lock("chaos", pid, { timeout = 2 + random() * 4,
+                                                       limit = limit > 1 and limit or nil })
     if not lock then
         event(fmt("E %s %s %.6f\n", pid, tostring(code), now()))
         locker.sleep(random() * 0.2)
     else
         local token = lock:token()
-        event(fmt("A %s %s %.6f\n", pid, tostring(token), now()))
-        local hold_until = now() + 0.1 + random() * 1.2
+        event(fmt("A %s %s %.6f %s\n", pid, tostring(token), now(), tostring(lock:key())))
+        local hold_until = now() + (random() < 0.25 and 1.5 + random() * 2.5 or 0.1 + random() * 1.2)
         while true do  -- a sample after every sleep, also one a stop stretched
             local t1 = now()
             local ok = lock:owned()

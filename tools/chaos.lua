@@ -1,4 +1,8 @@
--- chaos.lua [--seconds N] [--contenders N] [--seed N] [--min-acquisitions N] [--keep]
+-- chaos.lua [--seconds N] [--contenders N] [--limit N] [--seed N] [--min-acquisitions N] [--keep]
+--
+-- With --limit N (> 1) the contenders share a semaphore of N holders
+-- (N + 3 of them unless told), and the checker looks for more than N
+-- owners at one moment instead of two.
 -- chaos.lua --check DIR   (only the checker, on the files a --keep run left)
 -- A mutual-exclusion checker for the lock library. Starts a 3-member etcd
 -- cluster (tools/cluster-up), N contender processes (tools/chaos-contender.lua)
@@ -8,18 +12,33 @@
 --   member   SIGKILL an etcd member (the leader, more than half the time;
 --            one member down at most), restart it in place a moment later
 --   kill     SIGKILL a contender (the holder, mostly), start a new one
+--   delete   delete the holder's key (a foreign delete, as etcdctl would:
+--            the exact key its A line names, straight to a member, only
+--            while all three run), at random moments; its holder must see
+--            owned() false within its client's timeout + margin
 --   proxy    only with $LOCKER_FAULTPROXY (a fault-injecting TCP proxy):
 --            every contender reaches each member through a proxy of its own;
 --            a contender's proxies blackhole (a partition longer than its
 --            TTL), cut its connections, refuse them, drop its lease
---            keepalives, or delay etcd's answers
+--            keepalives, or delay etcd's answers; or mute: its watch
+--            streams stay open but silent (mute /v3/watch) for longer than
+--            its trust time (timeout + margin/2), mostly on the holder and
+--            then mostly with a delete of its key during the mute
+--   While no foreign delete has been noticed by 30% of the run, a fault
+--   is a delete when one can be (with the proxy: a muted one, by 50%), so
+--   that every run sees one.
 -- Then it is the fence: it replays the contenders' fence writes in file
 -- order, accepting a write iff its token is >= the highest seen, and looks
 -- for violations: (a) token reuse: an accepted write of the highest token
 -- by another process than its first writer, or one token held by two
--- processes; (b) overlapping ownership: for each (process, token), the
+-- processes; (b) owned after a foreign delete: the holder's last
+-- owned()==true sample later than its client's timeout + margin (plus
+-- 0.25 s: the sample's width, the delete's way to etcd) after the delete
+-- was sent; (c) overlapping ownership: for each (process, token), the
 -- interval [min t1, max t2] of its owned()==true samples; two intervals
--- with different tokens that overlap. Prints a table; exits 1 on a
+-- with different tokens that overlap, except where a foreign delete of the
+-- older token's key explains it within that bound (counted apart, as
+-- expected). Prints a table; exits 1 on a
 -- violation, a contender crash, or too few acquisitions (a run that proved
 -- nothing), 2 on bad usage, 130 when interrupted (SIGINT, SIGTERM). Every
 -- process it started is killed by pid at the end, its data removed (kept
@@ -32,7 +51,7 @@ local fmt = string.format
 
 -- ------------------------------------------------------------- options --
 
-local opts = { seconds = 60, contenders = 4, seed = nil, min_acquisitions = nil, keep = false }
+local opts = { seconds = 60, contenders = nil, limit = 1, seed = nil, min_acquisitions = nil, keep = false }
 do
     local i = 1
     while i <= #arg do
@@ -44,7 +63,8 @@ do
         elseif key == "check" and arg[i + 1] then
             opts.check = arg[i + 1]
             i = i + 1
-        elseif key and opts[key] ~= nil or key == "seed" or key == "min_acquisitions" then
+        elseif key and opts[key] ~= nil or key == "seed" or key == "min_acquisitions"
+            or key == "contenders" then
             local v = tonumber(arg[i + 1])
             if not v or v < 0 or v ~= math.floor(v) then
                 io.stderr:write(("chaos: %s needs a whole number\n"):format(a))
@@ -54,13 +74,20 @@ do
             i = i + 1
         else
             io.stderr:write(("chaos: unknown argument '%s'\n"):format(a),
-                "usage: chaos.lua [--seconds N] [--contenders N] [--seed N] [--min-acquisitions N] [--keep]\n",
+                "usage: chaos.lua [--seconds N] [--contenders N] [--limit N] [--seed N] [--min-acquisitions N]"
+                .. " [--keep]\n",
                 "       chaos.lua --check DIR\n")
             os.exit(2)
         end
         i = i + 1
     end
 end
+if opts.limit < 1 then
+    io.stderr:write("chaos: --limit must be at least 1\n")
+    os.exit(2)
+end
+-- a semaphore of N: N + 3 contenders, so that some always wait
+opts.contenders = opts.contenders or (opts.limit > 1 and opts.limit + 3 or 4)
 if opts.contenders < 2 then
     io.stderr:write("chaos: --contenders must be at least 2\n")
     os.exit(2)
@@ -180,11 +207,21 @@ if faultproxy then
         fault_order[#fault_order + 1] = k
     end
 end
+fault_order[#fault_order + 1] = "foreign delete (live stream)"
+if faultproxy then
+    for _, k in ipairs({ "mute holder's watch stream", "mute waiter's watch stream",
+                         "foreign delete (muted stream)" }) do
+        fault_order[#fault_order + 1] = k
+    end
+end
 local faults = {}        -- kind -> count
 for _, k in ipairs(fault_order) do faults[k] = 0 end
 local timers = {}        -- { at =, fn = }
 local crashes = {}       -- lines about contenders that died by themselves
 local holder = {}        -- pid (string) -> token, from the events so far
+local holder_key = {}    -- pid (string) -> the etcd key of its lock
+local deleted = {}       -- "pid token" -> true: its key was deleted by us
+local deletes = { gone = 0, unanswered = 0, noticed = 0, muted = 0 }  -- as the run goes
 local restarting = nil   -- { name, pid, out, at, tries } while a member restarts
 local sigfd
 
@@ -354,10 +391,10 @@ local function start_contender()
     for _, e in ipairs(endpoints) do argv[#argv + 1] = e end
     -- the log path travels in the environment (process.spawn's extra env)
     if process.spawn then
-        c.pid = assert(process.spawn(argv, { "CHAOS_LOG=" .. c.log }))
+        c.pid = assert(process.spawn(argv, { "CHAOS_LOG=" .. c.log, "CHAOS_LIMIT=" .. opts.limit }))
         procs[c.pid] = { what = "contender" }
     else
-        argv[3] = 'exec "$0" "$@" >' .. quote(c.log) .. ' 2>&1'
+        argv[3] = 'CHAOS_LIMIT=' .. opts.limit .. ' exec "$0" "$@" >' .. quote(c.log) .. ' 2>&1'
         c.pid = spawn("contender", argv)
     end
     contenders[#contenders + 1] = c
@@ -425,8 +462,11 @@ local function follow_events()
         local kind, pid, token = line:match("^(%u) (%d+) (%S+)")
         if kind == "A" then
             holder[pid] = token
+            holder_key[pid] = line:match("^A %d+ %S+ %S+ (%S+)$")
         elseif kind == "R" or kind == "L" then
+            if kind == "L" and deleted[pid .. " " .. token] then deletes.noticed = deletes.noticed + 1 end
             holder[pid] = nil
+            holder_key[pid] = nil
         end
         last = pos
     end
@@ -500,8 +540,108 @@ local function fault_proxy(kind, cmd, undo, secs)
     end)
 end
 
+local b64chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function base64(str)
+    local out = {}
+    for i = 1, #str, 3 do
+        local a, b, c = str:byte(i, i + 2)
+        local n = a * 65536 + (b or 0) * 256 + (c or 0)
+        local q = {}
+        for k = 1, 4 do
+            local v = math.floor(n / 64 ^ (4 - k)) % 64
+            q[k] = b64chars:sub(v + 1, v + 1)
+        end
+        if not c then q[4] = "=" end
+        if not b then q[3] = "=" end
+        out[#out + 1] = table.concat(q)
+    end
+    return table.concat(out)
+end
+
+-- Deletes contender c's lock key (the one its last A line named) with one
+-- deleterange sent straight to a running member, as a foreign client
+-- would; notes "D pid token t_sent t_answered live|muted" in the events
+-- when etcd deleted it. Only while every member runs (so that the request
+-- does not wait for an election); false when it was not sent.
+local function delete_key(c, why)
+    local pid = tostring(c.pid)
+    local token, key = holder[pid], holder_key[pid]
+    if not (token and key) or c.dead or c.killing or restarting then return false end
+    for _, n in ipairs(member_names) do
+        if not members[n].up then return false end
+    end
+    local m = members[member_names[random(#member_names)]]
+    local mode = c.muted and "muted" or "live"
+    local t_sent = now()
+    local out = sh(("curl -s -m 3 -X POST -d '{\"key\":\"%s\"}' %s/v3/kv/deleterange")
+        :format(base64(key), m.url))
+    local t_answered = now()
+    local n = out:match('"deleted":"(%d+)"')
+    if not out:match('"header"') then
+        deletes.unanswered = deletes.unanswered + 1
+        log("delete %s of contender %d (%s): no answer from %s: %s", key, c.pid, why, m.name, out)
+    elseif n == "1" then
+        local f = assert(io.open(events_path, "a"))
+        f:write(fmt("D %s %s %.6f %.6f %s\n", pid, token, t_sent, t_answered, mode))
+        f:close()
+        deleted[pid .. " " .. token] = true
+        if mode == "muted" then deletes.muted = deletes.muted + 1 end
+        count("foreign delete (" .. mode .. " stream)")
+        log("deleted %s, contender %d's key (token %s, %s; %s stream) in %.3f s", key, c.pid, token, why,
+            mode, t_answered - t_sent)
+    else
+        deletes.gone = deletes.gone + 1
+        log("delete %s of contender %d (%s): already gone", key, c.pid, why)
+    end
+    return true
+end
+
+local function fault_delete()
+    local list = {}
+    for _, c in ipairs(live_contenders()) do
+        if holder[tostring(c.pid)] and holder_key[tostring(c.pid)] and not c.killing then list[#list + 1] = c end
+    end
+    local c = pick(list)
+    return c ~= nil and delete_key(c, "at random")
+end
+
+-- Mutes the watch streams of one contender (the holder, mostly) for longer
+-- than its trust time; with p_delete (when it holds the lock then), its
+-- key is deleted at a random moment of the mute.
+local function fault_mute(p_delete)
+    local c, was_holder = victim(0.85, function(x) return not x.stopped and not x.proxied end)
+    if not c then return false end
+    local trust = 1 + math.min(2, c.ttl / 5) / 2
+    local secs = trust + 0.8 + random() * 2.5
+    c.proxied, c.muted = true, true
+    for _, p in ipairs(c.proxies) do p:send("mute /v3/watch") end
+    count(was_holder and "mute holder's watch stream" or "mute waiter's watch stream")
+    local at = was_holder and random() < p_delete and 0.2 + random() * (secs - 0.4)
+    log("proxy mute /v3/watch for contender %d (%s) for %.1f s%s", c.pid, was_holder and "holder" or "waiter",
+        secs, at and fmt(", deleting its key %.1f s in", at) or "")
+    if at then
+        after(at, function()
+            if not c.dead and holder[tostring(c.pid)] then delete_key(c, "during a mute") end
+        end)
+    end
+    after(secs, function()
+        if not c.dead then
+            for _, p in ipairs(c.proxies) do p:send("unmute /v3/watch") end
+        end
+        c.proxied, c.muted = false, false
+    end)
+    return true
+end
+
 local function inject()
+    -- every run sees a noticed foreign delete (behind a muted stream too)
+    local elapsed = (now() - (run_end - opts.seconds)) / opts.seconds
+    if faultproxy and deletes.muted == 0 and elapsed > 0.5 and fault_mute(1) then return end
+    if deletes.noticed == 0 and elapsed > 0.3 and fault_delete() then return end
     local r = random()
+    if r < 0.1 and fault_delete() then return end
+    if faultproxy and r >= 0.1 and r < 0.22 and fault_mute(0.7) then return end
+    r = random()  -- the other kinds
     if faultproxy then
         if r < 0.12 then
             return fault_proxy("partition", "blackhole", "pass", function(c) return c.ttl + 0.5 + random() * 2 end)
@@ -535,14 +675,20 @@ local function report(ev, fence, interrupted)
     for _, k in ipairs(fault_order) do total_faults = total_faults + faults[k] end
     local rows = {}
     local function row(label, n, note)
-        rows[#rows + 1] = fmt("  %-36s %8d%s", label, n, note and ("   " .. note) or "")
+        rows[#rows + 1] = fmt("  %-38s %8d%s", label, n, note and ("   " .. note) or "")
     end
+    local function rowf(label, secs, note)  -- a duration, in s
+        rows[#rows + 1] = fmt("  %-38s %8.3f%s", label, secs, note and ("   " .. note) or "")
+    end
+    local del = fence.deletes
     print("")
     if opts.check then
         print("chaos: the files in " .. opts.check)
     else
-        print(fmt("chaos: %d s, %d contenders (ttl 2-3 s), 3 etcd members, seed %d%s",
-                  opts.seconds, opts.contenders, opts.seed, faultproxy and ", behind fault proxies" or ""))
+        print(fmt("chaos: %d s, %d contenders (ttl 2-3 s)%s, 3 etcd members, seed %d%s",
+                  opts.seconds, opts.contenders,
+                  opts.limit > 1 and fmt(" for a semaphore of %d", opts.limit) or "",
+                  opts.seed, faultproxy and ", behind fault proxies" or ""))
     end
     row("contenders started", ev.started)
     row("acquisitions", ev.acquired)
@@ -553,17 +699,50 @@ local function report(ev, fence, interrupted)
     if not opts.check then
         for _, k in ipairs(fault_order) do row("fault: " .. k, faults[k]) end
         row("faults injected", total_faults)
+        if deletes.gone > 0 then row("delete: key gone already (no fault)", deletes.gone) end
+        if deletes.unanswered > 0 then row("delete: no answer (not counted)", deletes.unanswered) end
+    end
+    local bound = del.bound_lo and (del.bound_lo == del.bound_hi and fmt("%.2f", del.bound_lo)
+        or fmt("%.2f-%.2f", del.bound_lo, del.bound_hi))
+    row("foreign deletes", del.count, fmt("(%d live stream, %d muted stream)", del.live, del.muted))
+    if del.count > 0 then
+        row("  noticed: owned() false while held", del.noticed)
+        row("  released before noticing", del.released_first)
+        local w = del.worst
+        rowf("  worst owned-after-delete delay", w.delay,
+             fmt("s (pid %s, %s stream; bound timeout + margin %s s, + %.2f s allowed)",
+                 w.pid, w.mode, bound, fence_checker.allowance))
+        if del.worst_noticed then
+            rowf("  slowest notice (owned() false)", del.worst_noticed.noticed_after,
+                 fmt("s after the delete (%s stream)", del.worst_noticed.mode))
+        end
+        rowf("  slowest delete request", del.worst_request, "s")
     end
     row("fence: writes accepted", fence.accepted)
     row("fence: stale writes rejected", fence.rejected)
+    row("overlaps after a foreign delete", fence.expected_overlaps,
+        fence.expected_overlaps > 0 and fmt("(expected, within the bound; longest %.3f s)", fence.worst_expected)
+        or nil)
     row("violations: token reuse", fence.reuse)
-    row("violations: overlapping ownership", fence.overlaps)
+    row("violations: owned after foreign delete", del.late)
+    if fence.limit > 1 then
+        row("most owners at one moment", fence.most, fmt("(limit %d)", fence.limit))
+        row("violations: more owners than the limit", fence.overlaps)
+    else
+        row("violations: overlapping ownership", fence.overlaps)
+    end
     if #crashes > 0 then row("contenders that died by themselves", #crashes) end
     for _, r in ipairs(rows) do print(r) end
     for _, v in ipairs(fence.violations) do print(v) end
     for _, c in ipairs(crashes) do print("CRASH " .. c) end
-    print(fmt("chaos: acquisitions=%d faults=%d accepted=%d rejected=%d violations=%d crashes=%d",
-              ev.acquired, total_faults, fence.accepted, fence.rejected, #fence.violations, #crashes))
+    print(fmt("chaos: acquisitions=%d faults=%d accepted=%d rejected=%d violations=%d crashes=%d "
+              .. "deletes=%d muted_deletes=%d noticed=%d expected_overlaps=%d worst_delay_ms=%d bound_ms=%d "
+              .. "limit=%d most_owners=%d",
+              ev.acquired, total_faults, fence.accepted, fence.rejected, #fence.violations, #crashes,
+              del.count, del.muted, del.noticed, fence.expected_overlaps,
+              math.floor((del.worst and del.worst.delay or 0) * 1000 + 0.5),
+              math.floor(((del.bound_hi or 0) + fence_checker.allowance) * 1000 + 0.5),
+              fence.limit, fence.most))
     local failed = {}
     if #fence.violations > 0 then failed[#failed + 1] = fmt("%d violations", #fence.violations) end
     if #crashes > 0 then failed[#failed + 1] = fmt("%d contenders crashed", #crashes) end

@@ -11,6 +11,11 @@
  *   drop PATH        swallow (never forward, never answer) each HTTP/1.1
  *                    request whose path starts with PATH
  *   undrop PATH      end that rule
+ *   mute PATH        a silent stream: each connection whose last request
+ *                    path starts with PATH stays open, its request goes to
+ *                    etcd, but nothing etcd sends on it reaches the client
+ *                    (read and discarded), from now on
+ *   unmute PATH      end that rule (data discarded meanwhile stays lost)
  *   delay MS         hold server->client data MS ms (0: no delay)
  *   stats            print "conns=N accepted=N dropped=N"
  * EOF on stdin ends it. Single-threaded, poll()-based, libc only.
@@ -46,13 +51,14 @@ struct conn {
     struct buf to_srv, to_cli, head;
     struct chunk *delayed, *last;
     int state, drop;            /* request parser; drop: swallow this one */
+    char path[256];             /* the last request's path (for mute) */
     long long body;             /* request body bytes still to come */
 };
 
 static struct conn *conns[MAXCONN];
 static int nconns, lfd = -1, lport, blackhole, delay_ms;
-static char *rules[MAXRULES];
-static int nrules;
+static char *rules[MAXRULES], *mutes[MAXRULES];
+static int nrules, nmutes;
 static long accepted, dropped;
 static struct addrinfo *target;
 
@@ -192,6 +198,10 @@ static void client_data(struct conn *c, const char *p, size_t n)
             if (!strncmp(sp1 + 1, rules[r], strlen(rules[r])) && sp1 + 1 + strlen(rules[r]) <= sp2)
                 c->drop = 1;
         dropped += c->drop;
+        size_t plen = (size_t)(sp2 - sp1 - 1);
+        if (plen >= sizeof c->path) plen = sizeof c->path - 1;
+        memcpy(c->path, sp1 + 1, plen);
+        c->path[plen] = 0;
         to_server(c, h, end, c->drop);
         p += end - old; n -= end - old;
         c->head.n = 0;
@@ -204,9 +214,16 @@ raw:    /* not a request we understand: forward it and the rest as they are */
     c->head.n = 0;
 }
 
+static int muted(const struct conn *c)
+{
+    for (int r = 0; r < nmutes; r++)
+        if (!strncmp(c->path, mutes[r], strlen(mutes[r]))) return 1;
+    return 0;
+}
+
 static void server_data(struct conn *c, const char *p, size_t n)
 {
-    if (blackhole) return;
+    if (blackhole || muted(c)) return;
     if (delay_ms <= 0 && !c->delayed) { buf_add(&c->to_cli, p, n); return; }
     struct chunk *k = malloc(sizeof *k + n);
     if (!k) { perror("faultproxy"); exit(1); }
@@ -236,6 +253,11 @@ static void command(char *cmd)
     } else if (!strcmp(cmd, "undrop") && arg) {
         for (int r = 0; r < nrules; r++)
             if (!strcmp(rules[r], arg)) { free(rules[r]); rules[r--] = rules[--nrules]; }
+    } else if (!strcmp(cmd, "mute") && arg && *arg && nmutes < MAXRULES) {
+        mutes[nmutes++] = strdup(arg);
+    } else if (!strcmp(cmd, "unmute") && arg) {
+        for (int r = 0; r < nmutes; r++)
+            if (!strcmp(mutes[r], arg)) { free(mutes[r]); mutes[r--] = mutes[--nmutes]; }
     } else if (!strcmp(cmd, "delay") && arg) {
         delay_ms = atoi(arg);
     } else if (!strcmp(cmd, "stats")) {

@@ -12,7 +12,9 @@ local USAGE = {
 usage: locker [options] COMMAND [ARGS]
 
 commands:
-  lock NAME [VALUE] -- CMD [ARGS...]   run CMD while holding NAME
+  lock [-n N] NAME [VALUE] -- CMD...   run CMD while holding NAME (-n: one of N)
+  elect NAME VALUE -- CMD [ARGS...]    run CMD while leader of NAME
+  elect --observe NAME                 print a line per change of NAME's leader
   hold NAME VALUE                      hold NAME until interrupted
   get NAME                             print the owner's value
   watch NAME                           print a line per change of NAME's owner
@@ -36,12 +38,13 @@ a secured etcd (see README, "Connecting to a secured etcd"):
 
 `locker COMMAND --help` tells more about each command.]],
     lock = [[
-usage: locker lock [--wait-timeout S] [--grace S] NAME [VALUE] -- CMD [ARGS...]
+usage: locker lock [-n N] [--wait-timeout S] [--grace S] NAME [VALUE] -- CMD [ARGS...]
 
 Waits until NAME is held (VALUE defaults to ""; --wait-timeout S gives up
 after S seconds, exit 4), then runs CMD with LOCKER_TOKEN (the fencing token)
 and LOCKER_KEY (the etcd key) in its environment, and releases the lock when
-CMD ends.
+CMD ends. With -n N (or --limit N), NAME is a semaphore: up to N holders at
+once, each running its CMD; every contender must ask for the same N.
 
 CMD is stopped before anyone else can own NAME: it gets SIGTERM as soon as
 the session's lease renewals are late (ttl/3 before the local deadline, where
@@ -53,6 +56,19 @@ is refused. Once signalled, CMD is stopped even if renewals resume.
 SIGINT/SIGTERM to locker are passed to CMD; while locker still waits for
 NAME they end the wait (nothing stays queued) with exit 130 / 143.
 Exits with CMD's exit status (128 + N when signal N ended it).]],
+    elect = [[
+usage: locker elect [--wait-timeout S] [--grace S] NAME VALUE -- CMD [ARGS...]
+       locker elect --observe NAME
+
+Campaigns for leadership of NAME, proclaiming VALUE (the keys are those of
+etcdctl elect and Go's concurrency.Election: each side sees the other's
+leader), then runs CMD while leader, exactly as `locker lock` does: CMD is
+stopped before leadership can pass to anyone else, and killed with its
+process group if locker dies or stops.
+
+--observe prints one line per change of NAME's leader until interrupted:
+  TIME NAME = VALUE (token N)     a new leader or proclamation
+  TIME NAME no leader             nobody leads]],
     hold = [[
 usage: locker hold NAME VALUE
 
@@ -96,9 +112,10 @@ end
 
 -- Splits arguments into options (--name value, --flag) and words; "--"
 -- ends option parsing and the rest is kept as is.
-local FLAGS = { json = true, help = true, ["insecure-skip-tls-verify"] = true }
+local FLAGS = { json = true, help = true, observe = true, ["insecure-skip-tls-verify"] = true }
 local KNOWN_OPTIONS = { endpoints = true, prefix = true, ttl = true, timeout = true,
                         json = true, grace = true, ["wait-timeout"] = true, help = true,
+                        observe = true, limit = true,
                         cacert = true, cert = true, key = true, user = true,
                         ["insecure-skip-tls-verify"] = true }
 local function parse(args)
@@ -112,6 +129,10 @@ local function parse(args)
             break
         elseif a == "-h" then
             opts.help = true
+        elseif a == "-n" then  -- a semaphore's limit, as consul lock -n
+            i = i + 1
+            if args[i] == nil then return nil, "option -n needs a value" end
+            opts.limit = args[i]
         elseif a:sub(1, 2) == "--" then
             local k, v = a:match("^%-%-([%w-]+)=(.*)$")
             if not k then
@@ -275,13 +296,13 @@ local function stamp()
     return os.date("%H:%M:%S", math.floor(t)) .. (".%03d"):format(math.floor(t % 1 * 1000))
 end
 
-function commands.watch(client, _opts, words)
-    if #words ~= 1 then return usage_error("watch", "watch takes exactly one NAME") end
-    local name = words[1]
+-- Prints a line per change of NAME's owner until SIGINT/SIGTERM; gone:
+-- what a line says when there is none ("gone", "no leader").
+local function follow(client, name, gone)
     local done = false
     local w = client:watch(name, function(value, ev)
         if value == nil then
-            io.stdout:write(("%s %s gone%s\n"):format(stamp(), name, ev.resync and " (resync)" or ""))
+            io.stdout:write(("%s %s %s%s\n"):format(stamp(), name, gone, ev.resync and " (resync)" or ""))
         else
             io.stdout:write(("%s %s = %s (%s)\n"):format(stamp(), name, value,
                 ev.resync and "resync" or "token " .. tostring(ev.token)))
@@ -292,6 +313,21 @@ function commands.watch(client, _opts, words)
     sched.loop(function() return done end)
     w:cancel()
     return 0
+end
+
+function commands.watch(client, _opts, words)
+    if #words ~= 1 then return usage_error("watch", "watch takes exactly one NAME") end
+    return follow(client, words[1], "gone")
+end
+
+function commands.elect(client, opts, words, rest, spec)
+    if opts.observe then
+        if rest or #words ~= 1 then
+            return usage_error("elect", "elect --observe takes exactly one NAME")
+        end
+        return follow(client, words[1], "no leader")
+    end
+    return commands.lock(client, opts, words, rest, spec, "elect")
 end
 
 function commands.status(client, opts, words)
@@ -305,17 +341,34 @@ function commands.status(client, opts, words)
         local cjson = require "cjson"
         local out = {}
         for i, e in ipairs(list) do
+            local holders = {}
+            for j, h in ipairs(e.holders) do
+                holders[j] = { value = h.value, token = tostring(h.token), lease = h.lease }
+            end
             out[i] = { name = e.name, value = e.value, token = tostring(e.token),
-                       lease = e.lease, waiters = e.waiters }
+                       lease = e.lease, waiters = e.waiters, limit = e.limit, holders = holders }
         end
         io.stdout:write(cjson.encode({ prefix = client.prefix, locks = out }), "\n")
         return 0
     end
-    local rows = { { "NAME", "VALUE", "TOKEN", "LEASE", "WAITERS" } }
-    for _, e in ipairs(list) do
-        local v = e.value:gsub("[%c\128-\255]", "?")
+    -- a semaphore (limit > 1) gets a line per holder, its NAME on the
+    -- first, and the table a LIMIT column (only then: a table of plain
+    -- locks keeps its columns)
+    local sems = false
+    for _, e in ipairs(list) do sems = sems or e.limit > 1 end
+    local rows = { { "NAME", "VALUE", "TOKEN", "LEASE", "WAITERS", sems and "LIMIT" or nil } }
+    local function shown(value)
+        local v = value:gsub("[%c\128-\255]", "?")
         if #v > 40 then v = v:sub(1, 37) .. "..." end
-        rows[#rows + 1] = { e.name, v, tostring(e.token), e.lease, tostring(e.waiters) }
+        return v
+    end
+    for _, e in ipairs(list) do
+        for j, h in ipairs(e.holders) do
+            local first = j == 1
+            rows[#rows + 1] = { first and e.name or "", shown(h.value), tostring(h.token), h.lease,
+                                first and tostring(e.waiters) or "",
+                                sems and (first and tostring(e.limit) or "") or nil }
+        end
     end
     local width = {}
     for _, row in ipairs(rows) do
@@ -326,7 +379,7 @@ function commands.status(client, opts, words)
         for i, cell in ipairs(row) do
             cells[i] = i < #row and cell .. (" "):rep(width[i] - #cell) or cell
         end
-        io.stdout:write(table.concat(cells, "  "), "\n")
+        io.stdout:write((table.concat(cells, "  "):gsub("%s+$", "")), "\n")
     end
     if #list == 0 then io.stdout:write("(no locks under ", client.prefix, ")\n") end
     return 0
@@ -355,12 +408,18 @@ end
 
 local SIGNAL_NAMES = { [2] = "SIGINT", [15] = "SIGTERM" }
 
-function commands.lock(client, opts, words, rest)
+-- as: "lock", or "elect" (an election is a lock whose value is the
+-- leader's: the same keys as etcdctl elect, so the same supervision)
+function commands.lock(client, opts, words, rest, _, as)
+    as = as or "lock"
     if not rest or #rest == 0 then
-        return usage_error("lock", "lock needs a command after --")
+        return usage_error(as, as .. " needs a command after --")
+    end
+    if as == "elect" and #words ~= 2 then
+        return usage_error(as, "elect takes NAME and VALUE before --")
     end
     if #words < 1 or #words > 2 then
-        return usage_error("lock", "lock takes NAME and an optional VALUE before --")
+        return usage_error(as, "lock takes NAME and an optional VALUE before --")
     end
     -- Between jeopardy (renewals late) and the local deadline there are
     -- ttl/3 seconds: all the grace CMD can have without outliving the lease.
@@ -370,27 +429,34 @@ function commands.lock(client, opts, words, rest)
     if opts.grace ~= nil then
         grace = tonumber(opts.grace)
         if not grace or grace ~= grace or grace < 0 then
-            return usage_error("lock", "--grace takes seconds (a number >= 0)")
+            return usage_error(as, "--grace takes seconds (a number >= 0)")
         end
         if grace > limit then
-            return usage_error("lock", ("--grace %s is over the limit of ttl/3 = %.3g s (ttl %d s): "
+            return usage_error(as, ("--grace %s is over the limit of ttl/3 = %.3g s (ttl %d s): "
                 .. "CMD could still run when the lease expires and another owner takes %s")
                 :format(opts.grace, limit, ttl, words[1]))
         end
     end
     local wait_timeout = opts["wait-timeout"] and tonumber(opts["wait-timeout"])
     if opts["wait-timeout"] and not (wait_timeout and wait_timeout >= 0) then
-        return usage_error("lock", "--wait-timeout takes seconds (a number >= 0)")
+        return usage_error(as, "--wait-timeout takes seconds (a number >= 0)")
+    end
+    local sem = opts.limit
+    local n = sem and tonumber(sem)
+    if sem and (as == "elect" or not n or n ~= math.floor(n) or n < 1 or n > locker.MAX_LIMIT) then
+        return usage_error(as, as == "elect" and "an election has one leader: no -n"
+            or ("-n takes a whole number of holders from 1 to %d"):format(locker.MAX_LIMIT))
     end
     local name, value = words[1], words[2] or ""
     local lock, child, status      -- status: CMD's, once reaped
+    local group, watchdog          -- CMD's process group; its guard's watchdog
     local kill_at                  -- when CMD gets SIGKILL (once stopping)
     local stopping = false         -- CMD got SIGTERM: it is stopped, come what may
     local interrupted              -- a signal to locker before CMD ran
 
     on_signals(function(sig)
         if child then
-            if status == nil then process.kill(child, sig) end
+            if status == nil then process.kill(-group, sig) end
         elseif not interrupted then
             -- still waiting: closing the client revokes the session lease,
             -- so a queued key goes at once, and the waiting lock() returns
@@ -410,12 +476,12 @@ function commands.lock(client, opts, words, rest)
         local owned_left = lock:valid_for()
         if owned_left and owned_left < left then left = owned_left end
         local delay = math.max(0, math.min(grace, left))
-        process.kill(child, "TERM")
+        process.kill(-group, "TERM")
         if delay > 0 then
             kill_at = t + delay
             say(("%s: stopping the command (SIGTERM, SIGKILL in %.3g s)"):format(why, delay))
         else
-            process.kill(child, "KILL")
+            process.kill(-group, "KILL")
             say(("%s: stopping the command (SIGTERM, SIGKILL now%s)"):format(why,
                 left <= 0 and ": the lease's local deadline has passed" or ""))
         end
@@ -423,6 +489,7 @@ function commands.lock(client, opts, words, rest)
 
     local lock_opts = {
         timeout = wait_timeout,
+        limit = n,
         on_change = function(owned, _, why)
             if not owned and child then
                 stop(("lost the lock on %s%s"):format(name, why and " (" .. why .. ")" or ""))
@@ -441,14 +508,22 @@ function commands.lock(client, opts, words, rest)
         say(explain(msg, code))
         return code == "timeout" and 4 or 3
     end
-    local err
-    child, err = process.spawn(rest, {
+    -- How long CMD may run from now without another word from us: until
+    -- ownership's local deadline. CMD runs under a guard process that kills
+    -- its group when we die (SIGKILL) or stay silent past that deadline
+    -- (SIGSTOP), see src/guard.h.
+    local function owned_for()
+        local left = client:session().valid_for or 0
+        local owned_left = lock:valid_for() or 0
+        return math.max(0, math.min(left, owned_left))
+    end
+    child, group, watchdog = process.supervise(rest, {
         "LOCKER_TOKEN=" .. tostring(lock:token()),
         "LOCKER_KEY=" .. tostring(lock:key()),
-    })
+    }, owned_for())
     if not child then
         lock:release()
-        say(err)
+        say(group)
         return 127
     end
     -- A child's end is not pollable: look every 50 ms, and at once when
@@ -459,11 +534,12 @@ function commands.lock(client, opts, words, rest)
             if status then return end
             local t = locker.now()
             if kill_at and t >= kill_at then
-                process.kill(child, "KILL")
+                process.kill(-group, "KILL")
                 kill_at = nil
             end
             local session = client:session()
             if not stopping then
+                process.extend(watchdog, owned_for())
                 if not lock:owned() then
                     stop("lost the lock on " .. name)
                 elseif session.state ~= "ok" then
@@ -481,6 +557,7 @@ function commands.lock(client, opts, words, rest)
         end
     end)
     sched.loop(function() return status ~= nil end)
+    process.close(watchdog)
     lock:release()
     return status
 end

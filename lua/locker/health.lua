@@ -263,6 +263,42 @@ end
 
 local evaluate
 
+-- Brings the value in etcd up to st.current (the latest the record
+-- computed) while its lock is owned. st.published is the value the lock
+-- carries: the one it was taken with, or set last. A lock waiting for its
+-- name, or re-taking it after a loss (keep), takes it with that value, and
+-- a value can only be set while owned: a value computed meanwhile is set
+-- here once it is owned. One run at a time per record: a call during a run
+-- makes the run look again when it ends (a set that failed because the
+-- lock was lost meanwhile is tried again if the lock was re-taken since).
+local function publish(self, st)
+    if st.publishing then st.publish_again = true return end
+    st.publishing = true
+    repeat
+        st.publish_again = false
+        while not self.stopped do
+            local lock, value = st.lock, st.current
+            if not lock or st.published == value or not lock:owned() then break end
+            local ok, set, msg, code = sched.pcall(lock.set, lock, value)
+            if ok and set then
+                if lock == st.lock then st.published = value end
+                st.publish_error = nil
+            else
+                if not ok then msg = tostring(set) end
+                -- not_owner: lost meanwhile; its next "held" publishes again
+                if lock == st.lock and code ~= "not_owner" and msg ~= st.publish_error
+                    and not self.stopped then
+                    st.publish_error = msg
+                    self:_log({ kind = "record", name = st.name, state = "error", reason = msg },
+                        "record %s: could not publish its value: %s", st.name, msg)
+                end
+                break
+            end
+        end
+    until not st.publish_again or self.stopped
+    st.publishing = false
+end
+
 local function acquire(self, st)
     local value = current_value(self, st)
     if not value then return end
@@ -276,9 +312,11 @@ local function acquire(self, st)
                         token = st.token },
                 "record %s: %s%s", st.name, owned and "held" or "lost",
                 owned and (" (token " .. tostring(st.token) .. ")") or "")
+            -- taken with the value it carried: a newer one goes in now
+            if owned and st.published ~= st.current then sched.spawn(publish, self, st) end
         end,
     })
-    st.current = value
+    st.current, st.published = value, value
     self:_log({ kind = "record", name = st.name, state = "acquiring" },
         "record %s: acquiring", st.name)
 end
@@ -378,9 +416,9 @@ local function run_checks(self, st)
         if passed and type(value) == "string" and value ~= st.current then
             st.value = value
             st.current = value
-            if st.lock and st.lock:owned() then st.lock:set(value) end
         end
         evaluate(self, st)
+        publish(self, st)   -- a value not yet in etcd (new, or a set that failed)
         sched.sleep(r.every)
     end
 end

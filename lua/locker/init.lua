@@ -17,6 +17,8 @@ local _M = { _VERSION = "0.1.0" }
 -- gateway request (etcd refuses requests over 1.5 MiB; base64 adds a third).
 _M.MAX_NAME = 512
 _M.MAX_VALUE = 1024 * 1024
+_M.MAX_KEY = 4096
+_M.MAX_LIMIT = 10000  -- a semaphore's largest limit (lock{limit = N})
 --- Every code a failure can carry (`nil, msg, code`), as the engine names
 -- them: the one vocabulary (see the README's list).
 _M.errors = {}
@@ -69,6 +71,22 @@ local function check_name(where, name)
     end
 end
 
+-- A key of the caller's own (lock:put, lock:delete, client:read): any
+-- etcd key but one under the lock prefix, whose keys are the locks'.
+local function check_key(where, key, prefix)
+    if type(key) ~= "string" then
+        error(("%s: key must be a string (got %s)"):format(where, type(key)), 3)
+    end
+    if key == "" then error(where .. ": key is empty", 3) end
+    if #key > _M.MAX_KEY then
+        error(("%s: key is %d bytes, the limit is %d"):format(where, #key, _M.MAX_KEY), 3)
+    end
+    if prefix and key:sub(1, #prefix) == prefix then
+        error(("%s: key %q is under the lock prefix %q, where only locks write"):format(
+            where, key, prefix), 3)
+    end
+end
+
 local function check_value(where, value)
     if type(value) ~= "string" then
         error(("%s: value must be a string (got %s)"):format(where, type(value)), 3)
@@ -102,7 +120,7 @@ end
 
 local function settle(self)
     if next(self._pending) == nil and next(self._locks) == nil
-        and next(self._watching) == nil then
+        and next(self._watching) == nil and not self._all then
         busy[self] = nil
     end
 end
@@ -179,10 +197,14 @@ end
 
 -- One engine subscription per watched name, fanned out to its watchers.
 deliver = function(sub, raw)
-    local ev = { name = sub.name, value = raw.value, token = raw.token,
+    local ev = { name = raw.name or sub.name, value = raw.value, token = raw.token,
                  revision = raw.revision, resync = raw.resync == true,
                  skipped = raw.skipped }
-    sub.last = ev
+    if sub.all then  -- watch_all: the latest state of each name held
+        sub.held[ev.name] = ev.value ~= nil and ev or nil
+    else
+        sub.last = ev
+    end
     sub.changed = core.time()
     for w in pairs(sub.watchers) do push(w, ev) end
 end
@@ -234,6 +256,15 @@ function Watch:cancel()
     end_watch(self, "watch canceled", "canceled")
     local client, sub = self.client, self._sub
     sub.watchers[self] = nil
+    if sub.all then
+        if next(sub.watchers) == nil and not client._closed then
+            client._all = nil
+            client._subs[sub.id] = nil
+            client._core:unwatch_all()
+            settle(client)
+        end
+        return true
+    end
     if next(sub.watchers) == nil and not sub.followed and not client._closed then
         client._watching[sub.name] = nil
         client._subs[sub.id] = nil
@@ -271,6 +302,33 @@ function Client:watch(name, fn)
     sub.watchers[w] = true
     retain(self)
     if sub.last then push(w, sub.last) end  -- the current state, as others saw it
+    return w
+end
+
+--- Follows every name under the client's prefix: fn(value, ev) with
+-- ev.name, first for each name held now, then on every change of any
+-- name's owner (value nil: nobody holds it any more), as client:watch does
+-- for one name, over the same stream. Without fn, w:next() / w:events().
+function Client:watch_all(fn)
+    if fn ~= nil and type(fn) ~= "function" then
+        error("client:watch_all: fn must be a function (got " .. type(fn) .. ")", 2)
+    end
+    if self._closed then return nil, "client is closed", "closed" end
+    local sub = self._all
+    if not sub then
+        sub = { all = true, watchers = {}, held = {} }
+        sub.id = self._core:watch_all()
+        self._all = sub
+        self._subs[sub.id] = sub
+    end
+    local w = setmetatable({ client = self, _sub = sub, _fn = fn,
+                             _queue = not fn and {} or nil }, Watch)
+    sub.watchers[w] = true
+    retain(self)
+    local names = {}
+    for name in pairs(sub.held) do names[#names + 1] = name end
+    table.sort(names)
+    for _, name in ipairs(names) do push(w, sub.held[name]) end  -- as others saw it
     return w
 end
 
@@ -316,6 +374,20 @@ function Client:cached(name)
     return self._core:cached(name)
 end
 
+-- Runs a lock's on_change, checked where it is handed over (it may run
+-- long after the engine queued it): true only while the lock is owned at
+-- this moment, false only after a true was told.
+local function tell_owned(lock, owned, msg, code)
+    if owned then
+        if lock._told or not lock:owned() then return end
+        lock._told = true
+    else
+        if not lock._told then return end
+        lock._told = false
+    end
+    return lock._on_change(owned, lock, msg, code)
+end
+
 -- Hands each of the engine's events to whoever waits for it (quiet:
 -- answers only, no callback starts).
 local function route(self, evs, quiet)
@@ -338,7 +410,7 @@ local function route(self, evs, quiet)
             local lock = self._locks[ev.id]
             if lock and ev.key then lock._key = ev.key end
             if lock and lock._on_change then
-                sched.call_in_order(lock, lock._on_change, ev.owned, lock, ev.msg, ev.code)
+                sched.call_in_order(lock, tell_owned, lock, ev.owned, ev.msg, ev.code)
             end
         end
     end
@@ -362,7 +434,7 @@ end
 -- directory. Once connected, client:wake_accept() hands the connection to
 -- the engine and removes the path; the engine then writes a byte on it
 -- whenever events start waiting (client:dispatch() takes them), and one at
--- least every second while it runs. One per client.
+-- least every 0.25 s while it runs. One per client.
 function Client:wake_socket()
     return self._core:wake_listen()
 end
@@ -373,60 +445,157 @@ function Client:wake_accept()
 end
 
 local lock_opts = { timeout = true, wait = true, keep = true, on_change = true,
-                    background = true }
+                    background = true, limit = true }
 
---- Takes the lock NAME with VALUE; waits until owned (see opts).
--- @return Lock, or nil, message, code ("timeout", "locked", "unavailable", ...)
-function Client:lock(name, value, opts)
-    check_name("client:lock", name)
+-- lock() and campaign(): where names the call in errors; mt is the
+-- metatable of what it returns (Lock, Leader). Called as a tail call, so
+-- that errors at level 3 point at the caller's line.
+local function acquire(self, where, mt, name, value, opts)
+    check_name(where, name)
     if value == nil then value = "" end
-    check_value("client:lock", value)
+    check_value(where, value)
     opts = opts or {}
-    if type(opts) ~= "table" then error("client:lock: opts must be a table", 2) end
-    check_keys("client:lock", opts, lock_opts)
+    if type(opts) ~= "table" then error(where .. ": opts must be a table", 3) end
+    check_keys(where, opts, lock_opts)
     local timeout = opts.timeout
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
-        fail_opt("client:lock", "timeout", "a number of seconds >= 0", timeout)
+        fail_opt(where, "timeout", "a number of seconds >= 0", timeout)
     end
     for _, k in ipairs({ "wait", "keep", "background" }) do
         if opts[k] ~= nil and type(opts[k]) ~= "boolean" then
-            fail_opt("client:lock", k, "a boolean", opts[k])
+            fail_opt(where, k, "a boolean", opts[k])
         end
     end
     if opts.on_change ~= nil and type(opts.on_change) ~= "function" then
-        fail_opt("client:lock", "on_change", "a function", opts.on_change)
+        fail_opt(where, "on_change", "a function", opts.on_change)
+    end
+    local limit = opts.limit
+    if limit ~= nil then
+        if mt ~= Lock then error(where .. ": an election has one leader: it takes no limit", 3) end
+        if type(limit) ~= "number" or limit ~= floor(limit) or limit < 1 or limit > _M.MAX_LIMIT then
+            fail_opt(where, "limit", "a whole number from 1 to " .. _M.MAX_LIMIT, limit)
+        end
     end
     if opts.background and (opts.keep ~= true or opts.wait == false or timeout) then
-        error("client:lock: a background lock keeps trying: it needs keep = true, "
-              .. "and takes no wait or timeout", 2)
+        error(where .. ": a background lock keeps trying: it needs keep = true, "
+              .. "and takes no wait or timeout", 3)
     end
     if self._closed then return nil, "client is closed", "closed" end
-    if not opts.background then check_can_wait("client:lock") end
+    if not opts.background then check_can_wait(where) end
     local timeout_ms = (timeout == nil or timeout == huge) and -1 or floor(timeout * 1000)
     -- under a millisecond there is no time to wait: one try, as wait = false
     local wait = opts.wait ~= false and timeout_ms ~= 0
     if timeout_ms == 0 then timeout_ms = -1 end  -- one try needs no deadline
-    local id, status = self._core:lock(name, value, timeout_ms, wait,
-                                       opts.keep == true, opts.background == true)
-    local lock = setmetatable({
-        client = self, name = name, _id = id, _own = status,
-        _on_change = opts.on_change,
-    }, Lock)
-    self._locks[id] = lock
-    retain(self)
-    if opts.background then return lock end
-    local ev = await(self, id)
-    if ev.ok then
-        lock._key = ev.key
-        return lock
+    local deadline = timeout_ms >= 0 and core.now() + timeout_ms / 1000
+    while true do
+        local id, status = self._core:lock(name, value, timeout_ms, wait,
+                                           opts.keep == true, opts.background == true, limit or 1)
+        local lock = setmetatable({
+            client = self, name = name, _id = id, _own = status,
+            _on_change = opts.on_change,
+        }, mt)
+        self._locks[id] = lock
+        retain(self)
+        if opts.background then return lock end
+        local ev = await(self, id)
+        -- the grant is checked where it is handed over: this coroutine may
+        -- resume long after it came (a busy caller), when it has ended
+        if ev.ok and status:owned() then
+            lock._key = ev.key
+            return lock
+        end
+        self._locks[id] = nil
+        lock._released = true
+        if ev.ok then self._core:release(id) end  -- what is left of it goes
+        settle(self)
+        if not ev.ok then
+            if ev.code == "locked" and wait ~= (opts.wait ~= false) then
+                return nil, ev.msg, "timeout"  -- asked to wait, for no time at all
+            end
+            return nil, ev.msg, ev.code
+        end
+        local left = deadline and deadline - core.now()
+        if not wait or (left and left < 0.001) then
+            return nil, ("lock '%s': granted, but its ownership ended before lock() "
+                         .. "could return (the caller was busy, or etcd stopped "
+                         .. "confirming it)"):format(name), "lost"
+        end
+        timeout_ms = left and floor(left * 1000) or -1  -- again, in the time left
     end
-    self._locks[id] = nil
-    lock._released = true
-    settle(self)
-    if ev.code == "locked" and wait ~= (opts.wait ~= false) then
-        return nil, ev.msg, "timeout"  -- asked to wait, for no time at all
+end
+
+--- Takes the lock NAME with VALUE; waits until owned (see opts).
+-- @return Lock, or nil, message, code ("timeout", "locked", "unavailable", ...)
+function Client:lock(name, value, opts)
+    return acquire(self, "client:lock", Lock, name, value, opts)
+end
+
+-- -------------------------------------------------------------- election --
+-- An election is a lock whose value is the leader's proclamation: the
+-- same keys (prefix NAME "/" hex(lease)) as etcdctl elect and Go's
+-- concurrency.Election, so either side sees the other's leader.
+
+local set_value  -- function(lock, where, value): lock:set, leader:proclaim (below)
+
+local Leader = setmetatable({}, { __index = Lock })
+Leader.__index = Leader
+Leader.__close = Lock.release
+
+--- Campaigns for leadership of NAME with VALUE; waits until leader (opts as
+-- for lock: timeout, wait = false, keep, on_change).
+-- @return Leader (proclaim, resign, owned, token, valid_for, key, put,
+-- delete), or nil, message, code
+function Client:campaign(name, value, opts)
+    if value == nil then
+        error("client:campaign: value must be a string (got nil): it is what the "
+              .. "leader proclaims", 2)
     end
-    return nil, ev.msg, ev.code
+    return acquire(self, "client:campaign", Leader, name, value, opts)
+end
+
+--- NAME's current leader: value, token (its create revision), revision
+-- (etcd's, of the answer); nil when there is none; nil, message, code.
+function Client:leader(name)
+    check_name("client:leader", name)
+    if self._closed then return nil, "client is closed", "closed" end
+    check_can_wait("client:leader")
+    local ev = await(self, self._core:get(name))
+    if not ev.ok then return nil, ev.msg, ev.code end
+    if ev.value == nil then return nil end
+    return ev.value, ev.token, ev.revision
+end
+
+--- Every change of NAME's leader, in order, "no leader" included: a watch
+-- (fn(value, ev), or w:next() / w:events() without fn), resuming across
+-- reconnects and compaction like client:watch.
+function Client:observe(name, fn)
+    check_name("client:observe", name)
+    if fn ~= nil and type(fn) ~= "function" then
+        error("client:observe: fn must be a function (got " .. type(fn) .. ")", 2)
+    end
+    return self:watch(name, fn)
+end
+
+--- The leader proclaims a new value (guarded by its token, as lock:set).
+function Leader:proclaim(value)
+    return set_value(self, "leader:proclaim", value)
+end
+
+--- Gives up leadership (the key is deleted at once). Idempotent.
+function Leader:resign()
+    return self:release()
+end
+
+--- Any etcd key's value (outside the lock prefix: what lock:put writes).
+-- @return value, revision (the key's mod revision) | nil, revision (no such
+-- key; etcd's revision) | nil, message, code
+function Client:read(key)
+    check_key("client:read", key, nil)
+    if self._closed then return nil, "client is closed", "closed" end
+    check_can_wait("client:read")
+    local ev = await(self, self._core:read(key))
+    if not ev.ok then return nil, ev.msg, ev.code end
+    return ev.value, ev.revision
 end
 
 --- The value of NAME's owner, or nil when nobody holds it.
@@ -451,27 +620,38 @@ end
 
 --- Every name under the client's prefix that has contenders, sorted by
 -- name: { name =, value = <owner's>, token =, lease = <owner's, hex>,
--- waiters = <contenders behind the owner> }. One request.
+-- waiters = <contenders behind the owners>, limit = <N: a semaphore's,
+-- 1: a lock>, holders = { { value =, token =, lease = }, ... } (the N
+-- oldest, oldest first) }. The limit is the oldest contender's. One request.
 function Client:status()
     if self._closed then return nil, "client is closed", "closed" end
     check_can_wait("client:status")
     local ev = await(self, self._core:list())
     if not ev.ok then return nil, ev.msg, ev.code end
-    local by_name, list = {}, {}
-    for _, kv in ipairs(ev.kvs) do  -- contender keys only; kv.name from the engine
-        local e = by_name[kv.name]
-        if not e then
-            e = { name = kv.name, contenders = 0 }
-            by_name[kv.name] = e
-            list[#list + 1] = e
-        end
-        e.contenders = e.contenders + 1
-        if not e.token or kv.create_revision < e.token then
-            e.token, e.value, e.lease = kv.create_revision, kv.value, kv.lease
+    local by_name, list, limits = {}, {}, {}
+    for _, kv in ipairs(ev.kvs) do  -- contender and limit keys; kv.name from the engine
+        if kv.limit_key then
+            limits[kv.name .. "\0" .. kv.lease] = tonumber(kv.value)
+        else
+            local e = by_name[kv.name]
+            if not e then
+                e = { name = kv.name, contenders = {} }
+                by_name[kv.name] = e
+                list[#list + 1] = e
+            end
+            e.contenders[#e.contenders + 1] = { value = kv.value, token = kv.create_revision,
+                                                lease = kv.lease }
         end
     end
     for _, e in ipairs(list) do
-        e.waiters = e.contenders - 1
+        local all = e.contenders
+        table.sort(all, function(a, b) return a.token < b.token end)
+        local oldest = all[1]
+        e.token, e.value, e.lease = oldest.token, oldest.value, oldest.lease
+        e.limit = limits[e.name .. "\0" .. oldest.lease] or 1
+        e.holders = {}
+        for i = 1, math.min(e.limit, #all) do e.holders[i] = all[i] end
+        e.waiters = #all - #e.holders
         e.contenders = nil
     end
     table.sort(list, function(a, b) return a.name < b.name end)
@@ -494,6 +674,10 @@ function Client:close()
     for id, lock in pairs(self._locks) do
         lock._released = true
         self._locks[id] = nil
+    end
+    if self._all then
+        for w in pairs(self._all.watchers) do end_watch(w, "client is closed", "closed") end
+        self._all = nil
     end
     for name, sub in pairs(self._watching) do
         for w in pairs(sub.watchers) do end_watch(w, "client is closed", "closed") end
@@ -561,8 +745,8 @@ end
 
 --- Changes the value while holding the lock (guarded by the token).
 -- @return true, or nil, message, code ("not_owner", ...)
-function Lock:set(value)
-    check_value("lock:set", value)
+set_value = function(self, where, value)
+    check_value(where, value)
     if self.client._closed then return nil, "client is closed", "closed" end
     if self._released then
         return nil, ("lock '%s': released"):format(self.name), "not_owner"
@@ -570,8 +754,44 @@ function Lock:set(value)
     if not self:owned() then
         return nil, ("lock '%s': not owned"):format(self.name), "not_owner"
     end
-    check_can_wait("lock:set")
+    check_can_wait(where)
     return answer(await(self.client, self.client._core:set(self._id, value)))
+end
+
+function Lock:set(value)
+    return set_value(self, "lock:set", value)
+end
+
+-- lock:put / lock:delete: a write of any key outside the lock prefix, done
+-- by etcd only if this lock's key still exists with its token (one txn).
+local function guarded(self, what, key, value)
+    local where = "lock:" .. what
+    check_key(where, key, self.client.prefix)
+    if value ~= nil or what == "put" then check_value(where, value) end
+    if self.client._closed then return nil, "client is closed", "closed" end
+    if self._released or not self:owned() then
+        return nil, ("lock '%s': %s: not owned%s"):format(self.name, what,
+            self._released and " (released)" or ""), "not_owner"
+    end
+    check_can_wait(where)
+    local engine = self.client._core
+    local ev = await(self.client, what == "put" and engine:put(self._id, key, value)
+                                                  or engine:delete(self._id, key))
+    if not ev.ok then return nil, ("lock '%s': %s"):format(self.name, ev.msg), ev.code end
+    return ev.revision
+end
+
+--- Writes key = value (no lease) only while this lock is owned: etcd checks
+-- the lock's key in the same txn.
+-- @return revision | nil, message, code ("not_owner": nothing was written)
+function Lock:put(key, value)
+    return guarded(self, "put", key, value)
+end
+
+--- Deletes key only while this lock is owned (as put).
+-- @return revision | nil, message, code ("not_owner": nothing was deleted)
+function Lock:delete(key)
+    return guarded(self, "delete", key)
 end
 
 --- Releases the lock (its key is deleted at once). Idempotent.
@@ -604,7 +824,8 @@ Lock.__close = Lock.release
 
 local new_opts = { endpoints = true, prefix = true, ttl = true, timeout = true,
                    margin = true, cacert = true, cert = true, key = true,
-                   insecure = true, proxy_env = true, user = true, password = true }
+                   insecure = true, proxy_env = true, user = true, password = true,
+                   lock_delay = true }
 
 -- TLS and authentication options, checked now: a file that cannot be read
 -- is named at once, not at the first request. Never echoes a password.
@@ -711,10 +932,15 @@ function _M.new(opts)
     if type(margin) ~= "number" or not (margin >= 0 and margin <= ttl / 2) then
         fail_opt("locker.new", "margin", "a number of seconds from 0 to ttl/2", margin)
     end
+    local lock_delay = opts.lock_delay
+    if lock_delay == nil then lock_delay = 0 end
+    if type(lock_delay) ~= "number" or not (lock_delay >= 0 and lock_delay <= 3600) then
+        fail_opt("locker.new", "lock_delay", "a number of seconds from 0 to 3600", lock_delay)
+    end
     local secure = secure_opts(opts, eps)
     -- whole milliseconds, at least one (0 would mean no limit to libcurl)
     local c, msg, code = core.new(eps, prefix, ttl, ceil(timeout * 1000),
-                                  floor(margin * 1000), secure)
+                                  floor(margin * 1000), secure, floor(lock_delay * 1000))
     if not c then return nil, msg, code end
     local self = setmetatable({
         _core = c, _pending = {}, _locks = {}, _watching = {}, _subs = {},

@@ -21,14 +21,14 @@ local locker = require "locker"
 local sched = require "locker.sched"
 local health = require "locker.health"
 local semaphore = require "ngx.semaphore"
+local status = require "locker.ngx_status"
 
 local ngx = ngx
 local type, pairs, ipairs, tostring, error, select, xpcall = type, pairs, ipairs, tostring, error, select, xpcall
-local pcall, setmetatable, getmetatable = pcall, setmetatable, getmetatable
-local concat, sort = table.concat, table.sort
+local pcall, setmetatable = pcall, setmetatable
 local unpack = table.unpack or unpack
 local traceback = debug.traceback
-local floor, ceil, min = math.floor, math.ceil, math.min
+local ceil, min = math.ceil, math.min
 
 local _M = { _VERSION = locker._VERSION }
 
@@ -37,7 +37,10 @@ local settings = {}     -- stale_after, retry_after, pending
 local followed = {}     -- name -> true
 local holds = {}        -- name -> { lock =, value = }
 local healths = {}      -- { path =, h = }
-local disp = { started = false, running = false, alive_at = nil, wakeups = 0, ticks_missed = 0 }
+local disp = { started = false, running = false, alive_at = nil, wakeups = 0, ticks_missed = 0,
+               dirty = true, published_at = 0, noted_at = 0 }
+local status_dict       -- ngx.shared[opts.status_dict], or nil
+local news = {}         -- the session's state and stream, as last logged
 
 -- --------------------------------------------------------------- backend --
 -- How locker's waits, wake-ups and spawns are done inside nginx.
@@ -102,17 +105,29 @@ function backend.spawn(fn, ...)
     return true
 end
 
+-- The worker is exiting: health loops end (their records go with the
+-- lease at close). Idempotent.
+local function stop_healths()
+    for _, e in ipairs(healths) do e.h:stop({ release = false }) end
+end
+
 -- Sleeps in steps, and returns early when the worker is exiting (so that
--- loops that sleep let the worker go).
+-- loops that sleep let the worker go). Even then it yields once: a loop
+-- around it that does not look at exiting() must not spin without ever
+-- letting the dispatcher run (a worker stuck "shutting down" at 100 %).
 function backend.sleep(seconds)
     if not YIELDABLE[ngx.get_phase()] then
         backend.blocked("locker.sleep")
     end
     local deadline = sched.now() + seconds
     repeat
-        if ngx.worker.exiting() then return end
+        if ngx.worker.exiting() then
+            stop_healths()
+            ngx.sleep(0.001)
+            return
+        end
         local left = deadline - sched.now()
-        if left <= 0 then return end
+        if left < 0.001 then return end  -- ngx.sleep(0) would only warn
         ngx.sleep(min(left, 0.5))
     until false
 end
@@ -129,7 +144,73 @@ local function log(level, ...)
 end
 
 local STALL_S = 3   -- no tick for this long: the engine thread is stuck
+                    -- (the engine ticks every 0.25 s: a read that times
+                    -- out, which ngx_lua logs as an error, means that)
+local NOTE_S = 0.25 -- how often the session's news are looked at
 local POLL_S = 0.2  -- the fallback's period, without the wake-up socket
+
+-- Operational news, once per change and at warn / notice, never per tick
+-- or per request: the session's state (jeopardy, lost: renewals failing)
+-- and whether the watch stream shows life (no sign of it, a message or a
+-- progress answer, for quiet_after: etcd unreachable or stopped, as far as
+-- this worker can tell; the records it follows go stale).
+local function quiet_after()
+    return min(settings.stale_after, math.max(3, 2 * client.timeout + 1))
+end
+
+local function stream_age()
+    local age
+    for _, name in ipairs(client:names()) do
+        local _, _, _, a = client:cached(name)
+        if type(a) == "number" and (not age or a < age) then age = a end
+    end
+    return age
+end
+
+local function note_news(now)
+    if now - disp.noted_at < NOTE_S then return end
+    disp.noted_at = now
+    local s = client:session()
+    if not s then return end
+    if s.state ~= news.state then
+        if news.state ~= nil or s.state ~= "none" then
+            local bad = s.state == "jeopardy" or s.state == "lost"
+            log(bad and ngx.WARN or ngx.NOTICE, "session ", s.state,
+                bad and " (renewals are failing; records held here may go)" or "",
+                s.lease and (", lease " .. s.lease) or "")
+        end
+        news.state, disp.dirty = s.state, true
+    end
+    local age = stream_age()
+    local quiet = age and age > quiet_after()
+    if age and quiet ~= (news.quiet or false) then
+        if quiet then
+            log(ngx.WARN, ("etcd's watch stream showed no sign of life for %.1f s (etcd unreachable from %s?): "
+                .. "followed records go stale"):format(age, tostring(s.endpoint)))
+        else
+            log(ngx.NOTICE, "etcd's watch stream is live again on ", tostring(s.endpoint))
+        end
+        news.quiet, disp.dirty = quiet, true
+    end
+end
+
+-- This worker's part of the instance's status page, in the shared dict.
+local function publish(r)
+    local ok, err = status.publish(status_dict, status.render(r or _M.report()))
+    disp.published_at, disp.dirty = ngx.now(), false
+    if not ok and not disp.publish_failed then
+        log(ngx.WARN, "status_dict: cannot store this worker's status: ", tostring(err))
+    end
+    disp.publish_failed = not ok
+end
+
+-- What follows every dispatch: news, and the status slot when it changed
+-- or is a second old.
+local function after_dispatch()
+    local now = ngx.now()
+    note_news(now)
+    if status_dict and (disp.dirty or now - disp.published_at >= 1) then publish() end
+end
 
 -- The fallback when the wake-up socket cannot be had (or broke): dispatch
 -- every POLL_S from a timer, so waits and callbacks go on, later.
@@ -137,6 +218,7 @@ local function poll_dispatch(premature)
     if premature or not client or client:closed() or ngx.worker.exiting() then return end
     local fine, e = xpcall(client.dispatch, traceback, client)
     if not fine then report(e) end
+    after_dispatch()
     local ok, err = ngx.timer.at(POLL_S, poll_dispatch)
     if not ok then log(ngx.ERR, "cannot re-arm the polling dispatcher: ", err) end
 end
@@ -149,10 +231,11 @@ local function fall_back(why)
 end
 
 -- The dispatcher: one ngx timer per worker reading the wake-up socket.
--- Each byte means "events are waiting" or is the engine's tick (at least
--- one a second); either way it delivers what waits. It notices that the
--- worker is exiting within 0.25 s (its own read timeout),
--- and then returns, so reloads never leave a worker "shutting down".
+-- Each byte means "events are waiting" or is the engine's tick (every
+-- 0.25 s); either way it delivers what waits. It notices that the worker
+-- is exiting within a tick, and then returns, so reloads never leave a
+-- worker "shutting down". Its read timeout (STALL_S) is not a tick: an
+-- idle worker logs nothing.
 local function dispatcher(premature)
     if premature or not client or client:closed() then return end
     local ok, path = pcall(client.wake_socket, client)
@@ -171,12 +254,13 @@ local function dispatcher(premature)
     end
     disp.running = true
     disp.alive_at = ngx.now()
-    sock:settimeout(250)  -- exiting() is noticed within 0.25 s
+    sock:settimeout(STALL_S * 1000)
     local warned = false
     while true do
         local fine, e = xpcall(client.dispatch, traceback, client)
         if not fine then report(e) end
         if ngx.worker.exiting() or client:closed() then break end
+        after_dispatch()
         local data, rerr = sock:receiveany(256)
         if data then
             disp.wakeups = disp.wakeups + 1
@@ -186,7 +270,7 @@ local function dispatcher(premature)
                 warned = false
             end
         elseif rerr == "timeout" then
-            if not warned and ngx.now() - disp.alive_at > STALL_S then
+            if not warned then
                 log(ngx.WARN, "engine thread has not ticked for ", STALL_S, " s")
                 warned = true
             end
@@ -199,10 +283,7 @@ local function dispatcher(premature)
     end
     disp.running = false
     sock:close()
-    if ngx.worker.exiting() then
-        -- let loops that sleep end; the records go with the lease at close
-        for _, e in ipairs(healths) do e.h:stop({ release = false }) end
-    end
+    if ngx.worker.exiting() then stop_healths() end
 end
 
 -- ------------------------------------------------------------------- api --
@@ -214,7 +295,8 @@ local function need_client(where)
     return client
 end
 
-local own_opts = { stale_after = true, retry_after = true, pending = true, names = true }
+local own_opts = { stale_after = true, retry_after = true, pending = true, names = true,
+                   status_dict = true }
 
 --- Makes this worker's client (in init_worker_by_lua*). opts: what
 -- locker.new takes (endpoints, prefix, ttl, timeout, margin, cacert, cert,
@@ -222,7 +304,8 @@ local own_opts = { stale_after = true, retry_after = true, pending = true, names
 -- state: stale_after (seconds, default max(10, 2 * ttl)), retry_after
 -- (seconds for 503's Retry-After, default ttl), pending ("closed" or
 -- "open", default "closed"), and names (a list to follow from the start,
--- so the first request finds them known).
+-- so the first request finds them known), and status_dict (the name of a
+-- lua_shared_dict for the status page of every worker: see status()).
 function _M.init(opts)
     local phase = ngx.get_phase()
     if phase ~= "init_worker" then
@@ -234,6 +317,14 @@ function _M.init(opts)
     local copts = {}
     for k, v in pairs(opts) do
         if not own_opts[k] then copts[k] = v end
+    end
+    if opts.status_dict ~= nil then
+        status_dict = type(opts.status_dict) == "string" and ngx.shared[opts.status_dict]
+        if not status_dict then
+            error("locker.ngx.init: status_dict: no lua_shared_dict named " .. tostring(opts.status_dict)
+                  .. " (declare one in the http block: lua_shared_dict " .. tostring(opts.status_dict)
+                  .. " 1m;)", 2)
+        end
     end
     sched.use(backend)
     locker.on_error(function(msg) log(ngx.ERR, msg) end)
@@ -253,7 +344,7 @@ function _M.init(opts)
     end
     local ok, err = ngx.timer.at(0, dispatcher)
     if not ok then error("locker.ngx.init: cannot start the dispatcher: " .. tostring(err), 2) end
-    disp.started = true
+    disp.started, disp.started_at = true, ngx.now()
     return client
 end
 
@@ -314,6 +405,7 @@ function _M.hold(name, value, opts)
     local lock = client:lock(name, value, {
         background = true, keep = true,
         on_change = function(owned, _, msg)
+            disp.dirty = true
             log(owned and ngx.NOTICE or ngx.WARN, "record ", name, owned and " held" or
                 (" lost: " .. tostring(msg)))
         end,
@@ -342,7 +434,10 @@ function _M.health(path, opts)
     local spec, err = health.load(path)
     if not spec then error("locker.ngx.health: " .. tostring(err), 2) end
     local h = health.start(client, spec, {
-        log = function(line) log(ngx.NOTICE, "health: ", line) end,
+        log = function(line)
+            disp.dirty = true
+            log(ngx.NOTICE, "health: ", line)
+        end,
     })
     healths[#healths + 1] = { path = path, h = h }
     return h
@@ -356,13 +451,14 @@ function _M.get(name) return need_client("get"):get(name) end
 -- record this worker holds vanishes at once), no callback runs. Idempotent.
 function _M.close()
     if not client then return true end
-    for _, e in ipairs(healths) do e.h:stop({ release = false }) end
+    stop_healths()
+    if status_dict then status.withdraw(status_dict, ngx.worker.id(), ngx.worker.pid()) end
     return client:close()
 end
 
 -- ---------------------------------------------------------------- status --
 
-local ARRAY = {}  -- metatable of lists that are arrays even when empty
+local ARRAY = status.ARRAY  -- lists that are arrays even when empty
 
 --- What this worker knows, as a table: session, records (every name it
 -- follows or watches, with state, owner value, token, revision, age of
@@ -401,105 +497,18 @@ function _M.report()
 end
 
 
--- A small JSON encoder (no dependency): strings, numbers, booleans,
--- tables (arrays when they have a [1] or are empty lists of records).
-local function json(v, buf)
-    local t = type(v)
-    if t == "string" then
-        buf[#buf + 1] = '"' .. v:gsub('[%c"\\]', function(ch)
-            return ("\\u%04x"):format(ch:byte())
-        end) .. '"'
-    elseif t == "number" then
-        if v ~= v or v == math.huge or v == -math.huge then buf[#buf + 1] = "null"
-        elseif v == floor(v) and v < 2^53 and v > -2^53 then buf[#buf + 1] = ("%d"):format(v)
-        else buf[#buf + 1] = ("%.17g"):format(v) end
-    elseif t == "boolean" then
-        buf[#buf + 1] = tostring(v)
-    elseif t == "table" then
-        if v[1] ~= nil or getmetatable(v) == ARRAY then
-            buf[#buf + 1] = "["
-            for i = 1, #v do
-                if i > 1 then buf[#buf + 1] = "," end
-                json(v[i], buf)
-            end
-            buf[#buf + 1] = "]"
-        else
-            local keys = {}
-            for k in pairs(v) do keys[#keys + 1] = tostring(k) end
-            sort(keys)
-            buf[#buf + 1] = "{"
-            for i, k in ipairs(keys) do
-                if i > 1 then buf[#buf + 1] = "," end
-                json(k, buf)
-                buf[#buf + 1] = ":"
-                json(v[k], buf)
-            end
-            buf[#buf + 1] = "}"
-        end
-    else
-        buf[#buf + 1] = "null"
-    end
-    return buf
-end
-_M.json = function(v) return concat(json(v, {})) end
-
-local function esc(s)
-    return (tostring(s):gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;",
-                                           ['"'] = "&quot;" }))
-end
-
-local function ago(wall)
-    if not wall then return "" end
-    return ("%.1f s ago"):format(ngx.now() - wall)
-end
-
---- A content handler: this worker's report() as JSON for "Accept:
--- application/json", otherwise a small HTML page.
+--- A content handler: the status of the nginx instance, whichever worker
+-- serves it: every worker's report() (see locker.ngx_status), as JSON for
+-- "Accept: application/json", otherwise a small HTML page.
 function _M.status()
     local r = _M.report()
-    local accept = ngx.var.http_accept or ""
-    if accept:find("application/json", 1, true) then
-        ngx.header.content_type = "application/json"
-        ngx.say(_M.json(r))
-        return
+    if not status_dict then
+        return status.serve({ status.render(r) }, r.worker, false)
     end
-    ngx.header.content_type = "text/html; charset=utf-8"
-    local b = { "<!DOCTYPE html><html><head><title>locker</title><style>",
-                "body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}",
-                ".up{color:#070}.gone{color:#a00}.stale,.pending{color:#a60}</style></head><body>",
-                ("<h1>locker, worker %s (pid %s)</h1>"):format(esc(r.worker), esc(r.pid)) }
-    local s = r.session
-    b[#b + 1] = ("<p>session: <b>%s</b>, lease %s, valid for %s s, endpoint %s, stream %s</p>")
-        :format(esc(s.state), esc(s.lease or "none"), esc(s.valid_for and ("%.1f"):format(s.valid_for) or "-"),
-                esc(s.endpoint or "-"), s.stream and "live" or "down")
-    b[#b + 1] = "<h2>records</h2><table><tr><th>name</th><th>state</th><th>owner</th>"
-                .. "<th>token</th><th>last change</th><th>stream age</th></tr>"
-    for _, e in ipairs(r.records) do
-        b[#b + 1] = ("<tr><td>%s</td><td class=%s>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>")
-            :format(esc(e.name), esc(e.state), esc(e.state), esc(e.value or "-"), esc(e.token or "-"),
-                    esc(ago(e.changed)), esc(e.age and ("%.1f s"):format(e.age) or "-"))
-    end
-    b[#b + 1] = "</table>"
-    if #r.holds > 0 then
-        b[#b + 1] = "<h2>held by this worker</h2><table>"
-            .. "<tr><th>name</th><th>value</th><th>owned</th><th>token</th></tr>"
-        for _, h in ipairs(r.holds) do
-            b[#b + 1] = ("<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>")
-                :format(esc(h.name), esc(h.value), h.owned and "yes" or "no", esc(h.token or "-"))
-        end
-        b[#b + 1] = "</table>"
-    end
-    for _, e in ipairs(r.health) do
-        b[#b + 1] = ("<h2>health %s</h2><table><tr><th>record</th><th>held</th><th>check</th><th>reason</th></tr>")
-            :format(esc(e.path))
-        for name, st in pairs(e.state.records) do
-            b[#b + 1] = ("<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>")
-                :format(esc(name), st.held and "yes" or "no", esc(st.check), esc(st.reason or ""))
-        end
-        b[#b + 1] = "</table>"
-    end
-    b[#b + 1] = "</body></html>"
-    ngx.say(concat(b))
+    publish(r)  -- this worker's part is as fresh as the request
+    return status.serve(status.collect(status_dict, ngx.worker.count()), r.worker, true)
 end
+
+_M.json = status.json
 
 return _M
