@@ -173,7 +173,7 @@ bench: deps ## speed and memory table against a throwaway etcd (a few minutes)
 	@$(MAKE) --no-print-directory all $(BUILD)/floor
 	@$(LUA_ENV) FLOOR=$(BUILD)/floor sh tools/with-etcd $(LUA) bench/bench.lua
 
-chaos: deps ## mutual exclusion under faults: 15 minutes against a 3-member etcd (CHAOS_ARGS="--limit 3": a semaphore)
+chaos: deps ## mutual exclusion under faults: 15 minutes against a 3-member etcd (CHAOS_ARGS="--election", "--limit 3": a semaphore)
 	@$(MAKE) --no-print-directory all $(BUILD)/faultproxy
 	@$(LUA_ENV) LOCKER_FAULTPROXY=$(BUILD)/faultproxy $(LUA) tools/chaos.lua --seconds 900 $(CHAOS_ARGS)
 

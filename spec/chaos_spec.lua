@@ -2,7 +2,9 @@
 -- 3-member etcd cluster while it stops and kills contenders and kills etcd
 -- members (the leader too), deletes holders' keys as an outsider would, and
 -- with $LOCKER_FAULTPROXY partitions them and mutes their watch streams,
--- then checks the fence log and the contenders' owned() samples.
+-- then checks the fence log and the contenders' owned() samples, and
+-- replays etcd's history against the guarded writes and the reports of a
+-- watch_all observer. Runs: a lock, an election, a semaphore.
 -- LOCKER_CHAOS_SECONDS (60) sets how long it runs.
 local helper = require "helper"
 
@@ -30,6 +32,13 @@ local function chaos(seconds, extra)
     assert.equal(0, figure("violations"), out)
     assert.equal(0, figure("crashes"), out)
     assert.is_true(figure("acquisitions") >= math.max(5, math.floor(seconds / 6)), out)
+    -- etcd's own history was read and replayed: holders made guarded
+    -- writes (every one from an owner), and the watch_all observer's
+    -- reports (every one etcd's owner at its revision) ended in "nobody"
+    assert.matches("history=ok", summary, 1, true)
+    assert.is_true(figure("guarded") >= 1, out)
+    assert.is_true(figure("reports") >= 1, out)
+    assert.matches("observer saw the name free at the end%s+1", out)
     return out, code, figure
 end
 
@@ -42,6 +51,12 @@ describe("mutual exclusion under chaos", function()
         -- that its holder stopped owning within its bound
         assert.is_true(figure("deletes") >= 1, out)
         assert.is_true(figure("worst_delay_ms") <= figure("bound_ms"), out)
+        assert.equal(0, code, out)
+    end)
+
+    it("never lets two leaders lead an election at once, proclaims included", function()
+        local out, code = chaos(math.floor(SECONDS / 2), "--election")
+        assert.matches("campaigning", out, 1, true)
         assert.equal(0, code, out)
     end)
 

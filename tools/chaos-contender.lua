@@ -14,6 +14,12 @@
 --   S pid token t1 t2        owned() was true between t1 and t2
 --   L pid token t            owned() (or token()) said the lock was lost
 --   R pid token t ok|code    released
+--   G pid token t ok|code    a guarded write (lock:put of DATA_KEY, value
+--                            "token pid") came back: written or refused
+--   O pid name token rev t V an observer's watch_all report: NAME's owner
+--                            at etcd revision REV (token 0, V "-": nobody
+--                            holds it), V its value
+--   K pid what t             an observer's watch_all: resync or skipped N
 -- and to FENCE, after each owned sample but the last of a hold, "token pid
 -- t_write" (the fence: the file order is the order in which the fence saw
 -- the writes; sometimes after a short sleep, so that a stop can come
@@ -24,6 +30,14 @@
 -- silent stream to show in its samples). It exits by
 -- itself when PARENT_PID is no longer its parent or at UNTIL (locker.now()),
 -- so that nothing outlives a chaos run that died.
+-- While it holds the lock it sometimes (p 0.3 per sample) writes DATA_KEY
+-- with lock:put, a guarded write that etcd makes only while its key
+-- exists: the checker replays etcd's history to see that every one that
+-- was made came from an owner (tools/chaos-history.lua).
+-- CHAOS_PRIMITIVE=election: it campaigns (client:campaign) instead of
+-- locking, and its leader sometimes proclaims a new value ("pid+n").
+-- CHAOS_ROLE=observer: it takes no lock, and follows the prefix with
+-- client:watch_all, writing O and K lines for what it reports.
 local locker = require "locker"
 local now = locker.now
 
@@ -67,14 +81,35 @@ local fmt = string.format
 
 local timeout, margin = 1, math.min(2, ttl / 5)
 local limit = tonumber(os.getenv("CHAOS_LIMIT") or "1") or 1  -- > 1: a semaphore
+local election = os.getenv("CHAOS_PRIMITIVE") == "election"
+local DATA_KEY = "/chaos-data/fence"
 local client = assert(locker.new{ endpoints = endpoints, prefix = "/chaos/", ttl = ttl, timeout = timeout,
                                   margin = margin })
 event(fmt("B %s %d %.6f\n", pid, ttl, now()))
 event(fmt("C %s %.3f %.3f %d\n", pid, timeout, margin, limit))
 
+if os.getenv("CHAOS_ROLE") == "observer" then
+    local w = assert(client:watch_all(function(value, ev)
+        if ev.resync then event(fmt("K %s resync %.6f\n", pid, now())) end
+        if ev.skipped then event(fmt("K %s skipped=%d %.6f\n", pid, ev.skipped, now())) end
+        event(fmt("O %s %s %s %s %.6f %s\n", pid, ev.name, tostring(ev.token or 0), tostring(ev.revision),
+                  now(), value or "-"))
+    end))
+    while not orphaned() do locker.sleep(0.2) end
+    w:cancel()
+    client:close()
+    os.exit(0)
+end
+
+local proclaimed = 0
 while not orphaned() do
-    local lock, _, code = client:lock("chaos", pid, { timeout = 2 + random() * 4,
-                                                       limit = limit > 1 and limit or nil })
+    local opts = { timeout = 2 + random() * 4, limit = limit > 1 and limit or nil }
+    local lock, _, code
+    if election then
+        lock, _, code = client:campaign("chaos", pid, opts)
+    else
+        lock, _, code = client:lock("chaos", pid, opts)
+    end
     if not lock then
         event(fmt("E %s %s %.6f\n", pid, tostring(code), now()))
         locker.sleep(random() * 0.2)
@@ -97,6 +132,14 @@ while not orphaned() do
             -- lands here makes a stale write, which the fence must refuse
             if random() < 0.3 then locker.sleep(random() * 0.2) end
             fence(fmt("%s %s %.6f\n", tostring(tok), pid, now()))
+            if random() < 0.3 then  -- a guarded write: etcd checks our key
+                local rev, _, pcode = lock:put(DATA_KEY, fmt("%s %s", tostring(tok), pid))
+                event(fmt("G %s %s %.6f %s\n", pid, tostring(tok), now(), rev and "ok" or tostring(pcode)))
+            end
+            if election and random() < 0.1 then
+                proclaimed = proclaimed + 1
+                lock:proclaim(fmt("%s+%d", pid, proclaimed))
+            end
             locker.sleep(0.01 + random() * 0.04)
         end
         local ok, _, rcode = lock:release()

@@ -26,7 +26,7 @@ local function parse_events(path)
     local ev = { started = 0, acquired = 0, failures = {}, failure_order = {}, lost = 0,
                  released = 0, release_failures = 0, samples = 0, wide = 0, intervals = {},
                  token_pids = {}, bounds = {}, ttls = {}, deletes = {}, lost_at = {}, released_at = {},
-                 limit = 1 }
+                 limit = 1, guard_refused = 0 }
     local by_key = {}
     ev.by_key = by_key
     local function saw_token(token, pid)
@@ -63,6 +63,8 @@ local function parse_events(path)
         elseif kind == "L" then
             ev.lost = ev.lost + 1
             ev.lost_at[pid .. " " .. a] = tonumber(b)
+        elseif kind == "G" then  -- a guarded write etcd refused (the history checks the rest)
+            if c ~= "ok" then ev.guard_refused = ev.guard_refused + 1 end
         elseif kind == "R" then
             ev.released = ev.released + 1
             ev.released_at[pid .. " " .. a] = tonumber(b)

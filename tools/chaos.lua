@@ -1,5 +1,8 @@
--- chaos.lua [--seconds N] [--contenders N] [--limit N] [--seed N] [--min-acquisitions N] [--keep]
+-- chaos.lua [--seconds N] [--contenders N] [--limit N] [--election] [--seed N] [--min-acquisitions N]
+--           [--keep]
 --
+-- With --election the contenders campaign (client:campaign) instead of
+-- locking, and their leaders proclaim new values now and then.
 -- With --limit N (> 1) the contenders share a semaphore of N holders
 -- (N + 3 of them unless told), and the checker looks for more than N
 -- owners at one moment instead of two.
@@ -40,7 +43,13 @@
 -- older token's key explains it within that bound (counted apart, as
 -- expected). Prints a table; exits 1 on a
 -- violation, a contender crash, or too few acquisitions (a run that proved
--- nothing), 2 on bad usage, 130 when interrupted (SIGINT, SIGTERM). Every
+-- nothing), 2 on bad usage, 130 when interrupted (SIGINT, SIGTERM).
+-- Besides the contenders, one observer process follows the prefix with
+-- client:watch_all (the faults hit it as a waiter), and holders make
+-- guarded writes (lock:put); at the end, once every holder is gone, the
+-- second checker (tools/chaos-history.lua) replays etcd's own history:
+-- every guarded write came from an owner, every observer report named the
+-- owner of its revision, and the observer ends seeing nobody. Every
 -- process it started is killed by pid at the end, its data removed (kept
 -- with --keep). Run it from the project's root with the project's Lua
 -- environment (LUA_PATH, LUA_CPATH), as make chaos does.
@@ -51,7 +60,8 @@ local fmt = string.format
 
 -- ------------------------------------------------------------- options --
 
-local opts = { seconds = 60, contenders = nil, limit = 1, seed = nil, min_acquisitions = nil, keep = false }
+local opts = { seconds = 60, contenders = nil, limit = 1, seed = nil, min_acquisitions = nil, keep = false,
+               election = false }
 do
     local i = 1
     while i <= #arg do
@@ -60,6 +70,8 @@ do
         key = key and key:gsub("-", "_")
         if key == "keep" then
             opts.keep = true
+        elseif key == "election" then
+            opts.election = true
         elseif key == "check" and arg[i + 1] then
             opts.check = arg[i + 1]
             i = i + 1
@@ -74,8 +86,8 @@ do
             i = i + 1
         else
             io.stderr:write(("chaos: unknown argument '%s'\n"):format(a),
-                "usage: chaos.lua [--seconds N] [--contenders N] [--limit N] [--seed N] [--min-acquisitions N]"
-                .. " [--keep]\n",
+                "usage: chaos.lua [--seconds N] [--contenders N] [--limit N] [--election] [--seed N]"
+                .. " [--min-acquisitions N] [--keep]\n",
                 "       chaos.lua --check DIR\n")
             os.exit(2)
         end
@@ -224,6 +236,8 @@ local deleted = {}       -- "pid token" -> true: its key was deleted by us
 local deletes = { gone = 0, unanswered = 0, noticed = 0, muted = 0 }  -- as the run goes
 local restarting = nil   -- { name, pid, out, at, tries } while a member restarts
 local sigfd
+local observed = {}      -- observer pid (string) -> { token =, t = } of its last report
+local run_timers, await_observer, check_history
 
 local function log(...)
     io.stdout:write(fmt("[%7.2f] ", now() - t0), fmt(...), "\n")
@@ -369,8 +383,9 @@ end
 
 local events_path, fence_path
 
-local function start_contender()
-    local c = { ttl = random(2, 3), proxies = {} }
+-- role: "contender" (the default) or "observer" (watch_all, no lock).
+local function start_contender(role)
+    local c = { ttl = random(2, 3), proxies = {}, role = role or "contender" }
     local endpoints = {}
     for _, n in ipairs(member_names) do
         if faultproxy then
@@ -384,18 +399,20 @@ local function start_contender()
     local seed = random(1, 1073741823)
     local me = read_file("/proc/self/stat"):match("^(%d+)")
     local n = #contenders + 1
-    c.log = ("%s/contender%d.log"):format(dir, n)
+    c.log = ("%s/%s%d.log"):format(dir, c.role, n)
     local argv = { "sh", "-c", 'exec "$0" "$@" >"$CHAOS_LOG" 2>&1', lua, here .. "/chaos-contender.lua",
                    events_path, fence_path, tostring(c.ttl), tostring(seed), me,
                    fmt("%.3f", run_end + 60) }
     for _, e in ipairs(endpoints) do argv[#argv + 1] = e end
     -- the log path travels in the environment (process.spawn's extra env)
+    local env = { "CHAOS_LOG=" .. c.log, "CHAOS_LIMIT=" .. opts.limit, "CHAOS_ROLE=" .. c.role,
+                  "CHAOS_PRIMITIVE=" .. (opts.election and "election" or "lock") }
     if process.spawn then
-        c.pid = assert(process.spawn(argv, { "CHAOS_LOG=" .. c.log, "CHAOS_LIMIT=" .. opts.limit }))
-        procs[c.pid] = { what = "contender" }
+        c.pid = assert(process.spawn(argv, env))
+        procs[c.pid] = { what = c.role }
     else
-        argv[3] = 'CHAOS_LIMIT=' .. opts.limit .. ' exec "$0" "$@" >' .. quote(c.log) .. ' 2>&1'
-        c.pid = spawn("contender", argv)
+        argv[3] = table.concat(env, " ", 2) .. ' exec "$0" "$@" >' .. quote(c.log) .. ' 2>&1'
+        c.pid = spawn(c.role, argv)
     end
     contenders[#contenders + 1] = c
     return c
@@ -441,7 +458,7 @@ local function check_contenders()
                                         c.pid, tostring(status), tail)
             log("contender %d exited by itself (status %s); starting another", c.pid, tostring(status))
             bury(c)
-            start_contender()
+            start_contender(c.role)
         end
     end
 end
@@ -460,6 +477,8 @@ local function follow_events()
     local last = 1
     for line, pos in text:gmatch("([^\n]*)\n()") do
         local kind, pid, token = line:match("^(%u) (%d+) (%S+)")
+        local opid, otoken, ot = line:match("^O (%d+) chaos (%d+) %d+ (%S+)")
+        if opid then observed[opid] = { token = otoken, t = tonumber(ot) } end
         if kind == "A" then
             holder[pid] = token
             holder_key[pid] = line:match("^A %d+ %S+ %S+ (%S+)$")
@@ -518,7 +537,7 @@ local function fault_contender()
     kill_wait(c.pid, 10)
     bury(c)
     count(was_holder and "kill holder" or "kill waiter")
-    local n = start_contender()
+    local n = start_contender(c.role)
     log("SIGKILL contender %d (%s); started %d", c.pid, was_holder and "holder" or "waiter", n.pid)
 end
 
@@ -666,11 +685,62 @@ local function inject()
     end
 end
 
+-- Runs the timers that are due, in time order.
+run_timers = function()
+    local due = {}
+    for i = #timers, 1, -1 do
+        if timers[i].at <= now() then
+            due[#due + 1] = timers[i]
+            table.remove(timers, i)
+        end
+    end
+    table.sort(due, function(a, b) return a.at < b.at end)
+    for _, t in ipairs(due) do t.fn() end
+end
+
+-- After the contenders were killed: the faults still under way end (their
+-- timers run), and the observer must report the name free once the last
+-- lease ran out (ttl) plus its own timeout + margin, with 3 s to spare;
+-- whether it did (no observer alive: false).
+await_observer = function()
+    local since = now()
+    local deadline = since + 6 + 3 + 1 + 0.6 + 3  -- a fault still under way lasts 6 s at most
+    while now() < deadline do
+        follow_events()
+        run_timers()
+        poll_restart()
+        for pid, rep in pairs(observed) do
+            local c
+            for _, x in ipairs(contenders) do
+                if tostring(x.pid) == pid and not x.dead then c = x end
+            end
+            if c and rep.token == "0" and rep.t > since and not c.stopped then return true end
+        end
+        locker.sleep(0.05)
+    end
+    return false
+end
+
+local history = dofile(here .. "/chaos-history.lua")
+
+-- Reads etcd's history from a running member and checks it; the figures,
+-- or { error = why } when it cannot be read.
+check_history = function()
+    for _, n in ipairs(member_names) do
+        if members[n].up then
+            local evs, err = history.fetch(members[n].url, sh)
+            if not evs then return { error = err, violations = {} } end
+            return history.check(evs, events_path, opts.limit)
+        end
+    end
+    return { error = "no etcd member runs", violations = {} }
+end
+
 -- ------------------------------------------------------------- checker --
 
 local fence_checker = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/chaos-fence.lua")
 
-local function report(ev, fence, interrupted)
+local function report(ev, fence, interrupted, hist)
     local total_faults = 0
     for _, k in ipairs(fault_order) do total_faults = total_faults + faults[k] end
     local rows = {}
@@ -685,9 +755,10 @@ local function report(ev, fence, interrupted)
     if opts.check then
         print("chaos: the files in " .. opts.check)
     else
-        print(fmt("chaos: %d s, %d contenders (ttl 2-3 s)%s, 3 etcd members, seed %d%s",
+        print(fmt("chaos: %d s, %d contenders (ttl 2-3 s)%s%s, 1 observer, 3 etcd members, seed %d%s",
                   opts.seconds, opts.contenders,
                   opts.limit > 1 and fmt(" for a semaphore of %d", opts.limit) or "",
+                  opts.election and " campaigning" or "",
                   opts.seed, faultproxy and ", behind fault proxies" or ""))
     end
     row("contenders started", ev.started)
@@ -731,20 +802,36 @@ local function report(ev, fence, interrupted)
     else
         row("violations: overlapping ownership", fence.overlaps)
     end
+    local hv = hist and hist.violations or {}
+    if hist and hist.error then
+        rows[#rows + 1] = "  etcd's history: not checked: " .. hist.error
+    elseif hist then
+        row("etcd's history: events replayed", hist.events)
+        row("guarded writes made (etcd)", hist.puts, fmt("(%d refused: not_owner or lost)", ev.guard_refused or 0))
+        row("violations: guarded write by a non-owner", hist.bad_puts)
+        row("owner changes (etcd)", hist.owner_changes)
+        row("watch_all reports checked", hist.reports,
+            fmt("(%d observers, %d resyncs, %d changes folded)", hist.observers, hist.resyncs, hist.skipped))
+        row("violations: report not etcd's owner", hist.bad_reports)
+        row("observer saw the name free at the end", hist.converged and 1 or 0)
+    end
     if #crashes > 0 then row("contenders that died by themselves", #crashes) end
     for _, r in ipairs(rows) do print(r) end
     for _, v in ipairs(fence.violations) do print(v) end
+    for _, v in ipairs(hv) do print(v) end
     for _, c in ipairs(crashes) do print("CRASH " .. c) end
     print(fmt("chaos: acquisitions=%d faults=%d accepted=%d rejected=%d violations=%d crashes=%d "
               .. "deletes=%d muted_deletes=%d noticed=%d expected_overlaps=%d worst_delay_ms=%d bound_ms=%d "
-              .. "limit=%d most_owners=%d",
-              ev.acquired, total_faults, fence.accepted, fence.rejected, #fence.violations, #crashes,
+              .. "limit=%d most_owners=%d guarded=%d reports=%d history=%s",
+              ev.acquired, total_faults, fence.accepted, fence.rejected, #fence.violations + #hv, #crashes,
               del.count, del.muted, del.noticed, fence.expected_overlaps,
               math.floor((del.worst and del.worst.delay or 0) * 1000 + 0.5),
               math.floor(((del.bound_hi or 0) + fence_checker.allowance) * 1000 + 0.5),
-              fence.limit, fence.most))
+              fence.limit, fence.most, hist and hist.puts or 0, hist and hist.reports or 0,
+              hist and (hist.error and "unread" or "ok") or "none"))
     local failed = {}
-    if #fence.violations > 0 then failed[#failed + 1] = fmt("%d violations", #fence.violations) end
+    if #fence.violations + #hv > 0 then failed[#failed + 1] = fmt("%d violations", #fence.violations + #hv) end
+    if hist and hist.error then failed[#failed + 1] = "etcd's history could not be checked" end
     if #crashes > 0 then failed[#failed + 1] = fmt("%d contenders crashed", #crashes) end
     if interrupted then failed[#failed + 1] = "interrupted" end
     if ev.acquired < opts.min_acquisitions then
@@ -807,6 +894,7 @@ local function main()
     end
     run_end = now() + opts.seconds
     for _ = 1, opts.contenders do start_contender() end
+    start_contender("observer")
     local next_fault = now() + 2 + random() * 2
     local stopped_by_signal = false
     while now() < run_end do
@@ -816,15 +904,7 @@ local function main()
             break
         end
         follow_events()
-        local due = {}
-        for i = #timers, 1, -1 do
-            if timers[i].at <= now() then
-                due[#due + 1] = timers[i]
-                table.remove(timers, i)
-            end
-        end
-        table.sort(due, function(a, b) return a.at < b.at end)
-        for _, t in ipairs(due) do t.fn() end
+        run_timers()
         poll_restart()
         check_contenders()
         if now() >= next_fault then
@@ -833,7 +913,16 @@ local function main()
         end
         locker.sleep(0.05)
     end
-    -- no more faults: stop everyone, then read what they wrote
+    -- no more faults: stop the contenders, let the observer see their
+    -- leases run out, then read what everyone wrote
+    for _, c in ipairs(contenders) do
+        if not c.dead and c.role ~= "observer" then
+            c.killing = true
+            kill_wait(c.pid)
+            bury(c)
+        end
+    end
+    local converged = stopped_by_signal or await_observer()
     for _, c in ipairs(contenders) do
         if not c.dead then
             c.killing = true
@@ -842,7 +931,12 @@ local function main()
         end
     end
     local ev, fence = fence_checker.check(events_path, fence_path, t0)
-    return report(ev, fence, stopped_by_signal), stopped_by_signal
+    local hist
+    if not stopped_by_signal then
+        hist = check_history()
+        if not converged then log("the observer did not report the name free within its bound") end
+    end
+    return report(ev, fence, stopped_by_signal, hist), stopped_by_signal
 end
 
 if opts.check then  -- times relative to the first event
