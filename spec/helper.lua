@@ -14,9 +14,16 @@ if run_tmp and run_tmp ~= "" then
     local self_stat = io.open("/proc/self/stat")
     local pid = self_stat and self_stat:read("*a"):match("^%d+") or "0"
     if self_stat then self_stat:close() end
+    -- busted may load this file again for each spec file, in one process,
+    -- so the counter starts again: a name already there is skipped
     function os.tmpname()  -- luacheck: ignore 122 (replaced on purpose)
-        made = made + 1
-        local path = ("%s/%s-%d"):format(run_tmp, pid, made)
+        local path
+        repeat
+            made = made + 1
+            path = ("%s/%s-%d"):format(run_tmp, pid, made)
+            local there = io.open(path)
+            if there then there:close() end
+        until not there
         assert(io.open(path, "w")):close()
         return path
     end
