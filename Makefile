@@ -65,7 +65,8 @@ $(PROCESS): $(PROC_OBJS)
 
 # Debian packages the build and the tests need (idempotent; sudo when not root).
 DEPS_DEB = gcc make pkg-config curl procps iproute2 libcurl4-openssl-dev libcjson-dev \
-           lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client openssl
+           lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client openssl \
+           python3-prometheus-client
 # nginx's Lua module links OpenResty's LuaJIT (luajit2): Debian's luajit and
 # libluajit-5.1-dev conflict with it, so they are never asked for
 NGINX_DEB = luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua wrk
@@ -81,7 +82,7 @@ deps: ## install the Debian packages needed to build and test
 
 lint: ## the thread boundary, the engine's layers, the rockspec's file list, luacheck
 	@b=$$(grep -l -E '#include *[<"](lua|lauxlib|lualib|compat)\.h' src/*.c | tr '\n' ' '); \
-	 test "$$b" = "src/lcore.c src/lprocess.c " || { echo "lint: only the bindings may include lua.h: $$b"; exit 1; }
+	 test "$$b" = "src/lcore.c src/lmetrics.c src/lprocess.c " || { echo "lint: only the bindings may include lua.h: $$b"; exit 1; }
 	@sh tools/lint-layers
 	@for f in src/*.c lua/locker/*.lua; do grep -q "\"$$f\"" rockspec/*.rockspec || \
 	   { echo "lint: $$f is not in the rockspec"; exit 1; }; done

@@ -27,7 +27,7 @@ build = {
             sources = {
                 "src/auth.c", "src/b64.c", "src/backoff.c", "src/buf.c", "src/cache.c",
                 "src/engine.c", "src/errors.c", "src/etcd.c", "src/http.c", "src/io.c", "src/keys.c",
-                "src/lcore.c", "src/lock.c", "src/map.c", "src/msg.c", 
+                "src/lcore.c", "src/lmetrics.c", "src/lock.c", "src/map.c", "src/metrics.c", "src/msg.c",
                 "src/query.c", "src/session.c", "src/tls.c", "src/wake.c", "src/watch.c",
             },
             defines = { "_GNU_SOURCE" },
@@ -41,6 +41,7 @@ build = {
         },
         ["locker"] = "lua/locker/init.lua",
         ["locker.sched"] = "lua/locker/sched.lua",
+        ["locker.metrics"] = "lua/locker/metrics.lua",
         ["locker.health"] = "lua/locker/health.lua",
         ["locker.cli"] = "lua/locker/cli.lua",
         ["locker.ngx"] = "lua/locker/ngx.lua",

@@ -174,7 +174,7 @@ describe("semaphore", function()
         local pids = {}
         for i = 1, 5 do
             pids[i] = helper.spawn(("LOCKER_ENDPOINTS=%s LOCKER_PREFIX=%s %s bin/locker %s > %s.out%d 2>&1")
-                :format(etcd.endpoint, prefix, helper.lua, cmd, dir, i))
+                :format(etcd.endpoint, prefix, helper.lua, cmd, dir, i), true)
         end
         helper.wait_until("the 5 commands to run", function()
             for _, p in ipairs(pids) do if helper.alive(p) then return false end end

@@ -255,6 +255,29 @@ void lk_engine_stats(const lk_engine *e, lk_stats *out)
     out->authentications = __atomic_load_n(&e->io.stats.authentications, __ATOMIC_RELAXED);
 }
 
+/* Requests left a failed endpoint: news for on_event. */
+static void failed_over(void *ctx, int from, int to)
+{
+    lk_io *io = ctx;
+    char why[512];
+    snprintf(why, sizeof why, "requests go to %s now", io->cfg.endpoints[to]);
+    lk_note(io, "failover", io->cfg.endpoints[from], why);
+}
+
+void lk_engine_metrics(const lk_engine *e, lk_metrics *out)
+{
+    lk_metrics_read(&e->io.metrics, out);
+}
+
+void lk_engine_delivered(lk_engine *e, const lk_event *ev)
+{
+    lk_metrics *m = &e->io.metrics;
+    if (ev->skipped > 0) lk_metric_add(&m->folded, ev->skipped);
+    if (ev->kind == LK_EV_NOTE) __atomic_sub_fetch(&e->io.notes_pending, 1, __ATOMIC_RELAXED);
+    if (ev->kind == LK_EV_WATCH && ev->made_us)
+        lk_hist_observe(&m->delivery_seconds, lk_now_us() - ev->made_us);
+}
+
 int64_t lk_engine_lease(const lk_engine *e)
 {
     return __atomic_load_n(&e->session.view.lease, __ATOMIC_ACQUIRE);
@@ -388,6 +411,8 @@ static int ensure_started(lk_engine *e, char *err, size_t err_size)
         snprintf(err, err_size, "cannot initialise libcurl");
         return -1;
     }
+    lk_http_set_metrics(e->io.http, &e->io.metrics);
+    lk_http_on_failover(e->io.http, failed_over, &e->io);
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);

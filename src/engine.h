@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "msg.h"
 
 typedef struct lk_engine lk_engine;
@@ -54,6 +55,10 @@ struct lk_cache *lk_engine_cache(lk_engine *e);
 
 /* A snapshot of the counters (any thread). */
 void lk_engine_stats(const lk_engine *e, lk_stats *out);
+/* A copy of the metrics (metrics.h), read without disturbing the engine. */
+void lk_engine_metrics(const lk_engine *e, lk_metrics *out);
+/* The Lua thread has an event in hand: the delivery metrics (any thread). */
+void lk_engine_delivered(lk_engine *e, const lk_event *ev);
 
 /* The session lease ID, 0 when there is none (any thread). */
 int64_t lk_engine_lease(const lk_engine *e);

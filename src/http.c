@@ -21,6 +21,9 @@ struct lk_http {
     char **endpoints;          /* borrowed from the engine's config */
     int n_endpoints;
     int current;               /* the endpoint requests go to first */
+    lk_metrics *metrics;       /* NULL: nothing counted */
+    lk_failover_fn on_failover;
+    void *failover_ctx;
     int64_t *down_until;       /* per endpoint: failed, rests until then */
     int *fails;                /* per endpoint: failures in a row */
     long connect_timeout_ms;
@@ -86,6 +89,17 @@ lk_http *lk_http_new(const lk_config *cfg, long connect_timeout_ms)
 CURLM *lk_http_multi(lk_http *h)
 {
     return h->multi;
+}
+
+void lk_http_set_metrics(lk_http *h, lk_metrics *m)
+{
+    h->metrics = m;
+}
+
+void lk_http_on_failover(lk_http *h, lk_failover_fn fn, void *ctx)
+{
+    h->on_failover = fn;
+    h->failover_ctx = ctx;
 }
 
 void lk_http_set_guard(lk_http *h, const lk_http_guard *g)
@@ -259,7 +273,13 @@ void lk_http_endpoint_failed(lk_http *h, int i)
 {
     h->fails[i]++;
     h->down_until[i] = lk_now_ms() + lk_backoff_ms(h->fails[i], DOWN_MIN_MS, DOWN_MAX_MS);
-    if (h->current == i) h->current = pick_endpoint(h, i);
+    int moved = h->current == i;
+    if (moved) h->current = pick_endpoint(h, i);
+    if (moved && h->current != i && h->on_failover) h->on_failover(h->failover_ctx, i, h->current);
+    if (h->metrics) {
+        lk_metric_add(&h->metrics->failovers[i < LK_METRIC_ENDPOINTS ? i : LK_METRIC_ENDPOINTS - 1], 1);
+        lk_metric_set(&h->metrics->current_endpoint, h->current);
+    }
 }
 
 static void endpoint_ok(lk_http *h, int i)
@@ -402,6 +422,7 @@ static void enqueue(lk_req *r)
 int lk_req_start(lk_req *r)
 {
     lk_http *h = r->http;
+    r->started_us = lk_now_us();
     if (r->timeout_ms > 0) r->deadline = lk_now_ms() + r->timeout_ms;  /* queue time counts */
     if (counted(r) && (h->n_counted >= LK_MAX_REQUESTS || h->queue)) {
         enqueue(r);
@@ -472,9 +493,23 @@ int lk_http_endpoint_resting(const lk_http *h, int i)
     return i >= 0 && i < h->n_endpoints && h->down_until[i] > lk_now_ms();
 }
 
+/* Counts a finished request: by kind and result, and (not a stream) how
+ * long it took from lk_req_start, retries and queueing included. */
+static void count_done(const lk_req *r)
+{
+    lk_metrics *m = r->http->metrics;
+    if (!m) return;
+    lk_rq_kind kind = lk_rq_kind_of(r->path);
+    int failed = r->result != CURLE_OK || r->status < 200 || r->status >= 300 || r->fail_code;
+    lk_metric_add(&m->requests[kind][failed], 1);
+    if (!r->on_line && r->started_us)
+        lk_hist_observe(&m->request_seconds[kind], lk_now_us() - r->started_us);
+}
+
 /* Ends a request: on_done, then free. */
 static void finish(lk_req *r)
 {
+    count_done(r);
     unlink_req(r);
     r->on_done(r);
     free_req(r);
@@ -580,7 +615,8 @@ static void fail_req(lk_req *r, CURLcode rc, lk_err code, const char *msg)
     r->fail_code = code;
     free(r->fail_msg);
     r->fail_msg = strdup(msg);
-    snprintf(r->error, sizeof r->error, "%s", msg);
+    /* cut to fit: the whole message stays in fail_msg */
+    snprintf(r->error, sizeof r->error, "%.*s", (int)sizeof r->error - 1, msg);
     finish(r);
 }
 

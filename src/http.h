@@ -15,6 +15,7 @@
 #include "buf.h"
 #include "config.h"
 #include "errors.h"
+#include "metrics.h"
 
 /* Ordinary requests in flight at once; more wait in a queue of our own.
  * Streams and urgent requests (lease renewals) never wait: they are not
@@ -55,6 +56,7 @@ struct lk_req {
     int queued;              /* waiting for a free slot, not yet sent */
     int64_t queued_at;       /* ms: when it started waiting */
     int64_t sent_at;         /* ms: when it was last handed to libcurl */
+    int64_t started_us;      /* us: when lk_req_start took it (metrics) */
     int64_t deadline;        /* ms: when its whole timeout runs out */
     int too_big;             /* the answer passed LK_MAX_ANSWER */
     int received;            /* some of the answer came (this attempt) */
@@ -90,6 +92,12 @@ typedef struct lk_http_guard {
  * the lk_http. */
 lk_http *lk_http_new(const lk_config *cfg, long connect_timeout_ms);
 void lk_http_set_guard(lk_http *h, const lk_http_guard *g);
+/* Where finished requests and failovers are counted (NULL: nowhere); it
+ * must outlive the lk_http. */
+void lk_http_set_metrics(lk_http *h, lk_metrics *m);
+/* Called when endpoint `from` failed and requests go to `to` first now. */
+typedef void (*lk_failover_fn)(void *ctx, int from, int to);
+void lk_http_on_failover(lk_http *h, lk_failover_fn fn, void *ctx);
 /* The token sent with every request from now on (NULL: none); copied. */
 int lk_http_set_token(lk_http *h, const char *token);
 /* Which token requests go out with now: it changes with each new one. */

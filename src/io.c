@@ -18,8 +18,9 @@ void lk_count(int64_t *counter)
 void lk_emit(lk_io *io, lk_event *ev)
 {
     if (!ev) return;
-    int was_empty = ev->kind == LK_EV_RESULT ? lk_queue_push(io->events, ev)
-                                             : lk_queue_push_latest(io->events, ev);
+    /* answers and news are each worth telling; states fold to the latest */
+    int was_empty = ev->kind == LK_EV_RESULT || ev->kind == LK_EV_NOTE
+                  ? lk_queue_push(io->events, ev) : lk_queue_push_latest(io->events, ev);
     if (was_empty) {
         uint64_t one = 1;
         ssize_t n = write(io->event_fd, &one, sizeof one);
@@ -27,6 +28,31 @@ void lk_emit(lk_io *io, lk_event *ev)
         int wake = __atomic_load_n(&io->wake_fd, __ATOMIC_ACQUIRE);
         if (wake >= 0) lk_wake_signal(wake);
     }
+}
+
+static char *dup_str(const char *s, size_t *len)
+{
+    *len = s ? strlen(s) : 0;
+    return s ? strdup(s) : NULL;
+}
+
+void lk_note(lk_io *io, const char *what, const char *endpoint, const char *why)
+{
+    if (__atomic_add_fetch(&io->notes_pending, 1, __ATOMIC_RELAXED) > LK_MAX_NOTES) {
+        __atomic_sub_fetch(&io->notes_pending, 1, __ATOMIC_RELAXED);
+        lk_metric_add(&io->metrics.folded, 1);
+        return;
+    }
+    lk_event *ev = lk_event_new(LK_EV_NOTE, 0);
+    if (!ev) {
+        __atomic_sub_fetch(&io->notes_pending, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    ev->ok = 1;
+    ev->name = dup_str(what, &ev->name_len);
+    ev->key = dup_str(endpoint, &ev->key_len);
+    if (why) ev->msg = strdup(why);
+    lk_emit(io, ev);
 }
 
 void lk_emit_ok(lk_io *io, uint64_t id)
@@ -48,6 +74,7 @@ void lk_emit_fail(lk_io *io, uint64_t id, lk_err code,
     va_end(ap);
     ev->code = code;
     ev->msg = strdup(msg);
+    if (code > 0 && code < LK_ERR_COUNT) lk_metric_add(&io->metrics.errors[code], 1);
     lk_emit(io, ev);
 }
 

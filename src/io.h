@@ -14,6 +14,7 @@
 #include "clock.h"
 #include "config.h"
 #include "http.h"
+#include "metrics.h"
 #include "msg.h"
 
 #define LK_MSG_SIZE 512
@@ -27,6 +28,8 @@ typedef struct lk_io {
     int wake_fd;               /* the wake-up socket (wake.h), -1: none;
                                   set by the Lua thread (atomic) */
     lk_stats stats;            /* atomics: read by the Lua thread */
+    lk_metrics metrics;        /* the same, in detail (metrics.h) */
+    int notes_pending;         /* NOTE events not yet taken (atomic) */
     /* The newest answer etcd gave (by send time): its header revision, and
      * when its request left. etcd's state when the request left was at
      * most that revision; once the watch stream has shown every event up
@@ -43,6 +46,12 @@ void lk_count(int64_t *counter);
  * latest state matters), so events nobody takes stay bounded. When the
  * queue was empty, the event fd and the wake-up socket are signalled. */
 void lk_emit(lk_io *io, lk_event *ev);
+/* News for the Lua side's on_event (LK_EV_NOTE): what, the endpoint it
+ * concerns (or NULL) and why (or NULL). At most LK_MAX_NOTES wait untaken;
+ * more are dropped (counted as folded): news must not pile up while
+ * nobody dispatches. */
+#define LK_MAX_NOTES 64
+void lk_note(lk_io *io, const char *what, const char *endpoint, const char *why);
 /* A result event for request id: ok, or failed with code and message. */
 void lk_emit_ok(lk_io *io, uint64_t id);
 void lk_emit_fail(lk_io *io, uint64_t id, lk_err code,

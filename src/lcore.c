@@ -15,6 +15,7 @@
 #include "cache.h"
 #include "clock.h"
 #include "engine.h"
+#include "lmetrics.h"
 
 #define CLIENT_MT "locker.core.client"
 #define OWNERSHIP_MT "locker.core.ownership"
@@ -23,6 +24,8 @@
 typedef struct {
     lk_engine *engine;   /* NULL once closed (and freed) */
     lk_stats final;      /* the counters when it was closed */
+    lk_metrics final_metrics;   /* and the metrics (zeros until then) */
+    int n_endpoints;
 } client_box;
 
 typedef struct {
@@ -124,6 +127,8 @@ static int l_new(lua_State *L)
     }
     client_box *b = lua_newuserdata(L, sizeof *b);
     b->engine = NULL;  /* closed until made: __gc sees a consistent box */
+    memset(&b->final_metrics, 0, sizeof b->final_metrics);
+    b->n_endpoints = n;
     luaL_setmetatable(L, CLIENT_MT);
     char err[256];
     b->engine = lk_engine_new(&cfg, err, sizeof err);
@@ -428,6 +433,18 @@ static int l_stats(lua_State *L)
     return 1;
 }
 
+/* client:metrics() -> the engine's metrics (lmetrics.c); after close,
+ * the last ones */
+static int l_metrics(lua_State *L)
+{
+    client_box *b = check_box(L);
+    lk_metrics m;
+    if (b->engine) lk_engine_metrics(b->engine, &m);
+    else m = b->final_metrics;
+    lk_push_metrics(L, &m, b->n_endpoints);
+    return 1;
+}
+
 /* client:lease() -> the session lease ID in hex (as etcdctl shows it), or nil */
 static int l_lease(lua_State *L)
 {
@@ -509,7 +526,8 @@ static void push_event(lua_State *L, const lk_event *ev)
 {
     lua_createtable(L, 0, 8);
     lua_pushstring(L, ev->kind == LK_EV_OWNED ? "owned"
-                    : ev->kind == LK_EV_WATCH ? "watch" : "result");
+                    : ev->kind == LK_EV_WATCH ? "watch"
+                    : ev->kind == LK_EV_NOTE ? "note" : "result");
     lua_setfield(L, -2, "kind");
     lua_pushnumber(L, (lua_Number)ev->id);
     lua_setfield(L, -2, "id");
@@ -571,6 +589,7 @@ static void push_events(lua_State *L, lk_engine *e)
     int i = 0;
     while (ev) {
         lk_event *next = ev->next;
+        lk_engine_delivered(e, ev);
         push_event(L, ev);
         lua_rawseti(L, -2, ++i);
         lk_event_free(ev);
@@ -602,6 +621,7 @@ static int l_close(lua_State *L)
     if (e) {
         lk_engine_close(e);
         lk_engine_stats(e, &b->final);
+        lk_engine_metrics(e, &b->final_metrics);
     }
     push_events(L, e);
     lk_engine_free(e);
@@ -726,6 +746,7 @@ static const luaL_Reg client_methods[] = {
     {"wake_listen", l_wake_listen},
     {"wake_accept", l_wake_accept},
     {"stats", l_stats},
+    {"metrics", l_metrics},
     {"fd", l_fd},
     {"lease", l_lease},
     {"session", l_session},

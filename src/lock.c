@@ -49,6 +49,8 @@ struct lk_lock {
     uint64_t id;
     lock_state state;
     lk_buf name, dir, key, value;
+    int64_t asked_us;       /* when lock() asked (the acquire-wait metric) */
+    int waiting;            /* counted in the locks-waiting gauge */
     int64_t lease;          /* lease the key was written on; 0: no key */
     int64_t my_rev;         /* the key's create_revision: the token */
     lk_buf pred;            /* the key we wait to see deleted */
@@ -117,10 +119,20 @@ static void attach_key(lk_event *ev, const lk_lock *l)
     }
 }
 
+/* lock() is answered, or the lock is over: it waits no more. */
+static void stop_waiting(lk_locks *ls, lk_lock *l)
+{
+    if (!l->waiting) return;
+    l->waiting = 0;
+    lk_metric_add(&ls->io->metrics.locks_waiting, -1);
+}
+
 static void report_ok(lk_locks *ls, lk_lock *l)
 {
     if (l->reported) return;
     l->reported = 1;
+    stop_waiting(ls, l);
+    lk_hist_observe(&ls->io->metrics.acquire_seconds, lk_now_us() - l->asked_us);
     l->deadline = 0;
     lk_event *ev = lk_event_new(LK_EV_RESULT, l->id);
     if (!ev) return;
@@ -136,6 +148,7 @@ static void report_fail(lk_locks *ls, lk_lock *l, lk_err code,
     if (l->reported) return;
     l->reported = 1;
     l->deadline = 0;
+    stop_waiting(ls, l);
     lk_emit_fail(ls->io, l->id, code, "lock '%.*s': %s", show_len(l),
                  l->name.data, why);
 }
@@ -172,6 +185,11 @@ static void publish(lk_locks *ls, lk_lock *l, lk_err code, const char *why)
     lk_ownership_set(l->ownership, until, l->my_rev);
     if (until) wake_at(ls, read_key_at(ls, l));  /* the tick reads the key then */
     if (was == (until != 0)) return;
+    lk_metrics *m = &ls->io->metrics;
+    lk_metric_add(&m->locks_held, until ? 1 : -1);
+    if (until) lk_metric_add(&m->acquisitions, 1);
+    else if (code > 0 && code < LK_ERR_COUNT) lk_metric_add(&m->losses[code], 1);
+    else lk_metric_add(&m->releases, 1);
     lk_event *ev = lk_event_new(LK_EV_OWNED, l->id);
     if (ev) {
         ev->owned = until != 0;
@@ -232,6 +250,7 @@ static void finish(lk_locks *ls, lk_lock *l)
 {
     cancel_req(l);
     drop(ls, l, LK_OK, NULL);
+    stop_waiting(ls, l);
     if (l->release_id) lk_emit_ok(ls->io, l->release_id);
     uint64_t id = l->id;
     lk_map_del(&ls->by_id, &id, sizeof id);
@@ -871,6 +890,9 @@ static void lock_command(lk_locks *ls, lk_cmd *c)
     }
     uint64_t id = l->id;
     lk_map_put(&ls->by_id, &id, sizeof id, l);
+    l->asked_us = lk_now_us();
+    l->waiting = 1;
+    lk_metric_add(&ls->io->metrics.locks_waiting, 1);
     l->next = ls->all;
     if (ls->all) ls->all->prev = l;
     ls->all = l;

@@ -49,8 +49,11 @@ typedef struct lk_cmd {
 typedef enum {
     LK_EV_RESULT,    /* the answer to request id: ok, or code + msg; value/token */
     LK_EV_OWNED,     /* lock id's ownership changed: owned, token, code + msg */
-    LK_EV_WATCH      /* watch id's owner value: value (has_value 0: gone),
+    LK_EV_WATCH,     /* watch id's owner value: value (has_value 0: gone),
                         token, revision, resync */
+    LK_EV_NOTE       /* news of the engine (id 0): name = what happened
+                        ("failover", "reconnect", "resync", "jeopardy",
+                        "renewed_late"), key = the endpoint, msg = why */
 } lk_event_kind;
 
 /* One key-value of a LIST answer. */
@@ -82,6 +85,8 @@ typedef struct lk_event {
     size_t key_len;
     char *name;          /* WATCH of watch_all: the name it is about */
     size_t name_len;
+    int64_t made_us;     /* WATCH: when the engine read it (lk_now_us);
+                            the delivery metric ends where Lua gets it */
     int skipped;         /* WATCH, OWNED: older states of the same id folded
                             into this one while nobody took them */
     lk_err code;         /* LK_OK when ok (Lua sees lk_err_name) */

@@ -105,6 +105,23 @@ void lk_session_init(lk_session *s, lk_io *io, const lk_session_hooks *hooks)
 
 /* etcd confirmed that the lease lives for ttl seconds from sent_at (when
  * the request left): the only place the deadline moves on. */
+/* The session-state gauge, and each entry into jeopardy counted. */
+static void note_state(lk_session *s, int64_t now)
+{
+    lk_metrics *m = &s->io->metrics;
+    int st = !s->lease ? (s->leased_once ? LK_SESSION_EXPIRED : LK_SESSION_NONE)
+             : s->expired || now >= s->deadline ? LK_SESSION_EXPIRED
+             : now >= s->jeopardy_at ? LK_SESSION_JEOPARDY : LK_SESSION_LIVE;
+    if (st == s->metric_state) return;
+    if (st == LK_SESSION_JEOPARDY) {
+        lk_metric_add(&m->jeopardy, 1);
+        lk_note(s->io, "jeopardy", NULL, "lease renewals are late: owned locks end at the deadline "
+                "unless one comes");
+    }
+    s->metric_state = st;
+    lk_metric_set(&m->session_state, st);
+}
+
 static void confirmed(lk_session *s, int64_t sent_at, int64_t ttl)
 {
     if (ttl > s->io->cfg.ttl) ttl = s->io->cfg.ttl;  /* never trust more */
@@ -113,6 +130,9 @@ static void confirmed(lk_session *s, int64_t sent_at, int64_t ttl)
     s->jeopardy_at = s->deadline - renew_every_ms(s);
     s->next_keepalive = lk_now_ms() + renew_every_ms(s);
     s->expired = 0;
+    s->leased_once = 1;
+    lk_metric_set(&s->io->metrics.lease_deadline_ms, s->deadline);
+    note_state(s, lk_now_ms());
     publish(s, 0);
     s->hooks.renewed(s->hooks.ctx);
 }
@@ -163,6 +183,17 @@ static void on_keepalive(lk_req *r)
     lk_err code;
     char msg[LK_MSG_SIZE];
     cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    lk_metrics *m = &s->io->metrics;
+    if (!root) lk_metric_add(&m->renewals_failed, 1);
+    else {
+        lk_hist_observe(&m->keepalive_seconds, lk_now_us() - r->started_us);
+        /* answered after the point where owners stop being confirmed */
+        if (lk_now_ms() >= s->jeopardy_at) {
+            lk_metric_add(&m->renewals_late, 1);
+            lk_note(s->io, "renewed_late", lk_req_endpoint(r), "a lease renewal came after its owners' "
+                    "confirmation ran out");
+        }
+    }
     if (!root) {
         if (code == LK_ERR_LEASE_LOST)
             lk_session_lease_gone(s, msg);
@@ -189,6 +220,7 @@ static void keepalive(lk_session *s)
         return;
     }
     lk_count(&s->io->stats.keepalives);
+    lk_metric_add(&s->io->metrics.renewals_sent, 1);
     /* a renewal must not outlive the lease it renews */
     int64_t limit = renew_every_ms(s);
     s->lease_req = lk_send_urgent(s->io, LK_PATH_KEEPALIVE, on_keepalive, s,
@@ -200,6 +232,8 @@ void lk_session_lease_gone(lk_session *s, const char *why)
     if (!s->lease) return;
     s->lease = 0;
     s->expired = 0;
+    lk_metric_set(&s->io->metrics.lease_deadline_ms, 0);
+    note_state(s, lk_now_ms());
     publish(s, 1);
     if (s->lease_req) {
         lk_req_cancel(s->lease_req);
@@ -327,6 +361,7 @@ static int stream_error(lk_session *s, const char *line, size_t n, const lk_req 
 static int on_stream_line(lk_req *r, const char *line, size_t n)
 {
     lk_session *s = r->owner;
+    lk_metric_set(&s->io->metrics.stream_message_ms, lk_now_ms());
     cJSON *root = cJSON_ParseWithLength(line, n);
     const cJSON *res = cJSON_GetObjectItemCaseSensitive(root, "result");
     if (!cJSON_IsObject(res)) {  /* {"error": ...} or garbage: reconnect */
@@ -342,6 +377,9 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         s->pending[0] = s->pending[1] = (lk_proof){0, 0};
         s->sampled_at = lk_now_ms();
         cJSON_Delete(root);
+        lk_metric_add(&s->io->metrics.resyncs, 1);
+        lk_note(s->io, "resync", lk_req_endpoint(r), "the watch stream resumed into compacted history: "
+                "re-reading");
         s->hooks.resync(s->hooks.ctx);
         return -1;
     }
@@ -395,6 +433,14 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
 static void stream_ended(lk_session *s, int endpoint_fault, int endpoint)
 {
     int was_ready = s->stream_ready;
+    int why = s->stream_resync ? -1 : s->stream_refused ? LK_RECONNECT_REFUSED : s->ended_why;
+    s->ended_why = LK_RECONNECT_ENDED;
+    if (why >= 0) {
+        lk_metric_add(&s->io->metrics.reconnects[why], 1);
+        lk_note(s->io, "reconnect",
+                endpoint >= 0 && endpoint < s->io->cfg.n_endpoints ? s->io->cfg.endpoints[endpoint] : NULL,
+                lk_reconnect_name((lk_reconnect_reason)why));
+    }
     s->stream = NULL;
     s->stream_ready = 0;
     s->echo_due = 0;
@@ -572,6 +618,7 @@ int64_t lk_session_tick(lk_session *s, int64_t now)
         if (s->lease && !s->lease_req && now >= s->next_keepalive) keepalive(s);
         if (s->lease && !s->lease_req) SOONER(s->next_keepalive);
         if (s->lease && !s->expired) SOONER(s->deadline);
+        if (s->lease && now < s->jeopardy_at) SOONER(s->jeopardy_at);  /* the gauge */
     } else if (s->grant_retry_at && !s->lease_req) {
         if (!wanted) s->grant_retry_at = 0;
         else if (now >= s->grant_retry_at) grant(s);
@@ -584,6 +631,8 @@ int64_t lk_session_tick(lk_session *s, int64_t now)
         lk_req *r = s->stream;
         int endpoint = r->endpoint;
         note_failure(s, LK_ERR_UNAVAILABLE, "%s (%s)", why, lk_req_endpoint(r));
+        s->ended_why = !fault ? LK_RECONNECT_FAILOVER
+                       : s->stream_ready ? LK_RECONNECT_SILENT : LK_RECONNECT_REFUSED;
         lk_req_cancel(r);
         stream_ended(s, fault, endpoint);
         s->stream_retry_at = now;
@@ -598,6 +647,7 @@ int64_t lk_session_tick(lk_session *s, int64_t now)
     }
     __atomic_store_n(&s->view.endpoint, lk_http_current_index(s->io->http),
                      __ATOMIC_RELEASE);
+    note_state(s, now);
 #undef SOONER
     return next;
 }

@@ -80,6 +80,9 @@ typedef struct lk_session {
     char fail_msg[LK_MSG_SIZE];
     lk_req *revoke;            /* at close */
     lk_session_view view;      /* published copy (atomics) */
+    int metric_state;          /* the session-state gauge's last value */
+    int leased_once;           /* a lease was granted once (state: expired) */
+    int ended_why;             /* lk_reconnect_reason of the stream's end */
 } lk_session;
 
 void lk_session_init(lk_session *s, lk_io *io, const lk_session_hooks *hooks);

@@ -50,6 +50,7 @@ struct lk_watch {
     contender *cs;
     size_t n, cap;
     int64_t applied;         /* revision the contenders reflect */
+    int counted;             /* in the watched-names gauge */
     change *pending;         /* seen while SYNCING */
     size_t n_pending, cap_pending;
     int batched;             /* SYNCING through the engine's batch read */
@@ -84,6 +85,7 @@ static void free_watch(lk_watch *w)
         w->ws->sync_due = 1;
     }
     if (w->req) lk_req_cancel(w->req);
+    if (w->counted) lk_metric_add(&w->ws->io->metrics.watches, -1);
     clear_contenders(w);
     clear_pending(w);
     free(w->cs);
@@ -108,6 +110,8 @@ static lk_watch *new_watch(lk_watches *ws, const char *name, size_t len)
         if (w) free_watch(w);
         return NULL;
     }
+    w->counted = 1;
+    lk_metric_add(&ws->io->metrics.watches, 1);
     return w;
 }
 
@@ -179,6 +183,7 @@ static void emit_state(lk_watches *ws, const lk_watch *w, uint64_t id, int named
     if (!ev) return;
     ev->ok = 1;
     ev->revision = w->applied;
+    ev->made_us = lk_now_us();  /* as the answer or stream frame is read */
     ev->token = o && value ? o->create_rev : 0;
     ev->resync = w->resync;
     if (value) {

@@ -388,6 +388,29 @@ local function tell_owned(lock, owned, msg, code)
     return lock._on_change(owned, lock, msg, code)
 end
 
+-- Tells on_event (in order, each in a spawned coroutine: it may wait; an
+-- error goes to locker.on_error, never into the engine).
+local function emit(self, ev)
+    local fn = self._on_event
+    if not fn then return end
+    ev.time = core.time()
+    sched.call_in_order(self._event_calls, fn, ev)
+end
+
+-- A returned lock's ownership changed (not by release, which tells itself).
+local function lock_news(self, lock, ev)
+    if not lock._returned then return end
+    if ev.owned and lock._lost then
+        lock._lost = nil
+        lock._token = ev.token or lock._token
+        emit(self, { kind = "acquired", name = lock.name, token = ev.token, key = ev.key })
+    elseif not ev.owned and ev.code and not lock._lost then
+        lock._lost = true
+        emit(self, { kind = "lost", name = lock.name, token = ev.token or lock._token,
+                     code = ev.code, reason = ev.msg })
+    end
+end
+
 -- Hands each of the engine's events to whoever waits for it (quiet:
 -- answers only, no callback starts).
 local function route(self, evs, quiet)
@@ -406,9 +429,12 @@ local function route(self, evs, quiet)
         elseif ev.kind == "watch" then
             local sub = self._subs[ev.id]
             if sub then deliver(sub, ev) end
+        elseif ev.kind == "note" then
+            emit(self, { kind = ev.name, endpoint = ev.key, reason = ev.msg })
         else
             local lock = self._locks[ev.id]
             if lock and ev.key then lock._key = ev.key end
+            if lock then lock_news(self, lock, ev) end
             if lock and lock._on_change then
                 sched.call_in_order(lock, tell_owned, lock, ev.owned, ev.msg, ev.code)
             end
@@ -502,6 +528,9 @@ local function acquire(self, where, mt, name, value, opts)
         -- resume long after it came (a busy caller), when it has ended
         if ev.ok and status:owned() then
             lock._key = ev.key
+            lock._returned = true
+            lock._token = ev.token  -- the last token owned, for a 'lost' event
+            emit(self, { kind = "acquired", name = name, token = ev.token, key = ev.key })
             return lock
         end
         self._locks[id] = nil
@@ -713,6 +742,55 @@ function Client:stats()
     return self._core:stats()
 end
 
+--- The engine's metrics: counters, gauges and latency histograms (see
+-- locker.metrics for their names and meaning); after close, the last
+-- ones. No I/O, and nothing asked of the engine: it keeps them in atomics.
+-- Histograms are { buckets = { {le, cumulative count}, ... }, sum, count };
+-- failovers is a list by endpoint (endpoints: the URLs, in that order).
+function Client:metrics()
+    local m = self._core:metrics()
+    m.endpoints = self.endpoints
+    return m
+end
+
+--- One Prometheus scrape (text format 0.0.4) of one client or of a list
+-- of clients, each { client, labels }; labels are extra labels on every
+-- sample (a table of name = string).
+function _M.metrics_text(client, labels)
+    local metrics = require "locker.metrics"
+    metrics.check_labels("locker.metrics_text", labels)
+    local sets = {}
+    if getmetatable(client) == Client then
+        sets[1] = { client:metrics(), labels }
+    elseif type(client) == "table" then
+        for i, pair in ipairs(client) do
+            if type(pair) ~= "table" or getmetatable(pair[1]) ~= Client then
+                error(("locker.metrics_text: item %d must be { client, labels }"):format(i), 2)
+            end
+            metrics.check_labels("locker.metrics_text", pair[2])
+            local merged = {}
+            for k, v in pairs(labels or {}) do merged[k] = v end
+            for k, v in pairs(pair[2] or {}) do merged[k] = v end
+            sets[#sets + 1] = { pair[1]:metrics(), merged }
+        end
+    else
+        error("locker.metrics_text: expected a client (got " .. type(client) .. ")", 2)
+    end
+    return metrics.render(sets)
+end
+
+--- Structured events, for logs and dashboards: fn(ev) with ev.kind one of
+-- "acquired", "released", "lost" (name, token, code, reason: the message),
+-- "jeopardy", "renewed_late", "failover", "reconnect", "resync" (endpoint,
+-- reason), and ev.time (wall clock, seconds). Each runs in a spawned
+-- coroutine, in order; an error in fn goes to locker.on_error. nil: none.
+function Client:on_event(fn)
+    if fn ~= nil and type(fn) ~= "function" then
+        error("client:on_event: fn must be a function (got " .. type(fn) .. ")", 2)
+    end
+    self._on_event = fn
+end
+
 function Client:closed()
     return self._closed == true
 end
@@ -797,8 +875,11 @@ end
 --- Releases the lock (its key is deleted at once). Idempotent.
 function Lock:release()
     if self._released then return true end
-    self._released = true
     local client = self.client
+    if self._returned and not self._lost then
+        emit(client, { kind = "released", name = self.name, token = self:token() or self._token })
+    end
+    self._released = true
     if client._closed then return true end
     if not can_wait() then  -- where nothing may wait: sent, not awaited
         client._core:release(self._id)
@@ -822,7 +903,7 @@ Lock.__close = Lock.release
 
 -- ----------------------------------------------------------------- new --
 
-local new_opts = { endpoints = true, prefix = true, ttl = true, timeout = true,
+local new_opts = { on_event = true, endpoints = true, prefix = true, ttl = true, timeout = true,
                    margin = true, cacert = true, cert = true, key = true,
                    insecure = true, proxy_env = true, user = true, password = true,
                    lock_delay = true }
@@ -937,6 +1018,9 @@ function _M.new(opts)
     if type(lock_delay) ~= "number" or not (lock_delay >= 0 and lock_delay <= 3600) then
         fail_opt("locker.new", "lock_delay", "a number of seconds from 0 to 3600", lock_delay)
     end
+    if opts.on_event ~= nil and type(opts.on_event) ~= "function" then
+        fail_opt("locker.new", "on_event", "a function", opts.on_event)
+    end
     local secure = secure_opts(opts, eps)
     -- whole milliseconds, at least one (0 would mean no limit to libcurl)
     local c, msg, code = core.new(eps, prefix, ttl, ceil(timeout * 1000),
@@ -945,7 +1029,7 @@ function _M.new(opts)
     local self = setmetatable({
         _core = c, _pending = {}, _locks = {}, _watching = {}, _subs = {},
         prefix = prefix, ttl = ttl, timeout = timeout, endpoints = eps,
-        margin = margin, user = secure.user,
+        margin = margin, user = secure.user, _on_event = opts.on_event, _event_calls = {},
     }, Client)
     sched.add_source(self)
     return self
