@@ -42,6 +42,7 @@ build = {
         ["locker"] = "lua/locker/init.lua",
         ["locker.sched"] = "lua/locker/sched.lua",
         ["locker.metrics"] = "lua/locker/metrics.lua",
+        ["locker.json"] = "lua/locker/json.lua",
         ["locker.health"] = "lua/locker/health.lua",
         ["locker.cli"] = "lua/locker/cli.lua",
         ["locker.ngx"] = "lua/locker/ngx.lua",

@@ -300,6 +300,31 @@ watch "w" {
         c:close()
     end)
 
+    it("logs what the engine tells (a failover) in client:on_event()'s words, and a loss with its reason", function()
+        local proxy = helper.proxy(etcd)
+        local c = etcd:client({ prefix = prefix, endpoints = { proxy.endpoint, etcd.endpoint }, timeout = 1 })
+        local log, lines = {}, {}
+        local h = health.start(c, assert(health.parse('record "f" { value = "x" }', "=test")),
+            { log = function(line, ev) lines[#lines + 1] = line; log[#log + 1] = ev end })
+        running[#running + 1] = { h = h, client = c }
+        local function seen(kind, state)
+            for i, ev in ipairs(log) do
+                if ev.kind == kind and (state == nil or ev.state == state) then return ev, lines[i] end
+            end
+        end
+        helper.wait_until("f held", function() return seen("record", "held") end)
+        proxy:mode("blackhole")
+        helper.wait_until("a failover logged", function() return seen("failover") end, 10)
+        local ev, line = seen("failover")
+        assert.equal(proxy.endpoint, ev.endpoint)
+        assert.equal(locker.event_text(ev), line)
+        etcd:ctl("del " .. helper.quote(etcd:keys(prefix .. "f/")[1]))
+        helper.wait_until("the loss logged", function() return seen("record", "lost") end, 10)
+        ev, line = seen("record", "lost")
+        assert.equal("lost", ev.code)
+        assert.matches("^record f: lost: lock 'f': its key ", line)
+    end)
+
     it("releases its records at once when stopped", function()
         local up = observer({ "s" })
         local h = start('record "s" { value = "x" }')

@@ -18,7 +18,7 @@ commands:
   hold NAME VALUE                      hold NAME until interrupted
   get NAME                             print the owner's value
   watch NAME                           print a line per change of NAME's owner
-  status [--json]                      names under the prefix, owners, waiters
+  status [--json|--prometheus]         names under the prefix, owners, waiters
   health FILE                          hold the records of a health config
 
 options (also from the environment):
@@ -87,10 +87,14 @@ Prints one line per change of NAME's owner until interrupted:
   TIME NAME gone                  nobody holds it
   TIME NAME = VALUE (resync)      re-read after a gap in etcd's history]],
     status = [[
-usage: locker status [--json]
+usage: locker status [--json | --prometheus]
 
 Lists every name under the prefix that has contenders: the owner's value,
-fencing token and lease, and how many wait behind it.]],
+fencing token and lease, and how many wait behind it.
+  --json        the same as one JSON object; tokens are exact JSON numbers
+  --prometheus  one scrape in Prometheus' text format: holders, waiters,
+                limit and owner's token per name (locker_name_*), then this
+                process's own client metrics (a node_exporter textfile)]],
     health = [[
 usage: locker health FILE
 
@@ -112,9 +116,10 @@ end
 
 -- Splits arguments into options (--name value, --flag) and words; "--"
 -- ends option parsing and the rest is kept as is.
-local FLAGS = { json = true, help = true, observe = true, ["insecure-skip-tls-verify"] = true }
+local FLAGS = { json = true, prometheus = true, help = true, observe = true,
+                ["insecure-skip-tls-verify"] = true }
 local KNOWN_OPTIONS = { endpoints = true, prefix = true, ttl = true, timeout = true,
-                        json = true, grace = true, ["wait-timeout"] = true, help = true,
+                        json = true, prometheus = true, grace = true, ["wait-timeout"] = true, help = true,
                         observe = true, limit = true,
                         cacert = true, cert = true, key = true, user = true,
                         ["insecure-skip-tls-verify"] = true }
@@ -305,7 +310,7 @@ local function follow(client, name, gone)
             io.stdout:write(("%s %s %s%s\n"):format(stamp(), name, gone, ev.resync and " (resync)" or ""))
         else
             io.stdout:write(("%s %s = %s (%s)\n"):format(stamp(), name, value,
-                ev.resync and "resync" or "token " .. tostring(ev.token)))
+                ev.resync and "resync" or "token " .. locker.int64_text(ev.token)))
         end
         io.stdout:flush()
     end)
@@ -337,18 +342,27 @@ function commands.status(client, opts, words)
         say(explain(msg, code))
         return 3
     end
-    if opts.json then
-        local cjson = require "cjson"
-        local out = {}
+    if opts.json and opts.prometheus then
+        return usage_error("status", "--json and --prometheus: one or the other")
+    end
+    if opts.json then  -- tokens are exact JSON numbers; leases hex, as etcdctl writes them
+        local json = require "locker.json"
+        local out = json.array()
         for i, e in ipairs(list) do
-            local holders = {}
+            local holders = json.array()
             for j, h in ipairs(e.holders) do
-                holders[j] = { value = h.value, token = tostring(h.token), lease = h.lease }
+                holders[j] = { value = h.value, token = json.int(h.token), lease = h.lease }
             end
-            out[i] = { name = e.name, value = e.value, token = tostring(e.token),
+            out[i] = { name = e.name, value = e.value, token = json.int(e.token),
                        lease = e.lease, waiters = e.waiters, limit = e.limit, holders = holders }
         end
-        io.stdout:write(cjson.encode({ prefix = client.prefix, locks = out }), "\n")
+        io.stdout:write(json.encode({ prefix = client.prefix, locks = out }), "\n")
+        return 0
+    end
+    if opts.prometheus then  -- the names' state, then this client's own figures
+        local metrics = require "locker.metrics"
+        io.stdout:write(metrics.render({ { list, { prefix = client.prefix } } }, metrics.status_families),
+                        locker.metrics_text(client, { prefix = client.prefix }))
         return 0
     end
     -- a semaphore (limit > 1) gets a line per holder, its NAME on the
@@ -365,7 +379,7 @@ function commands.status(client, opts, words)
     for _, e in ipairs(list) do
         for j, h in ipairs(e.holders) do
             local first = j == 1
-            rows[#rows + 1] = { first and e.name or "", shown(h.value), tostring(h.token), h.lease,
+            rows[#rows + 1] = { first and e.name or "", shown(h.value), locker.int64_text(h.token), h.lease,
                                 first and tostring(e.waiters) or "",
                                 sems and (first and tostring(e.limit) or "") or nil }
         end
@@ -390,19 +404,19 @@ function commands.hold(client, _opts, words)
     local name, value = words[1], words[2]
     local done = false
     on_signals(function() done = true end)
-    local lock = client:lock(name, value, {
-        background = true, keep = true,
-        on_change = function(owned, l, msg)
-            if owned then
-                io.stdout:write(("%s held %s (token %s)\n"):format(stamp(), name, tostring(l:token())))
-            else
-                io.stdout:write(("%s lost %s: %s\n"):format(stamp(), name, tostring(msg or "released")))
-            end
-            io.stdout:flush()
-        end,
-    })
+    -- a line per event, in on_event's words: "held" for an acquisition
+    -- (what hold has always said), "released" at SIGINT/SIGTERM, never
+    -- "lost" for a release
+    client:on_event(function(ev)
+        local line = locker.event_text(ev)
+        if ev.kind == "acquired" then line = line:gsub("^acquired", "held") end
+        io.stdout:write(stamp(), " ", line, "\n")
+        io.stdout:flush()
+    end)
+    local lock = client:lock(name, value, { background = true, keep = true })
     sched.loop(function() return done end)
     lock:release()
+    sched.loop(function() return not sched.busy(client._event_calls) end)  -- the last line out
     return 0
 end
 
@@ -518,7 +532,7 @@ function commands.lock(client, opts, words, rest, _, as)
         return math.max(0, math.min(left, owned_left))
     end
     child, group, watchdog = process.supervise(rest, {
-        "LOCKER_TOKEN=" .. tostring(lock:token()),
+        "LOCKER_TOKEN=" .. locker.int64_text(lock:token()),
         "LOCKER_KEY=" .. tostring(lock:key()),
     }, owned_for())
     if not child then

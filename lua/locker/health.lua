@@ -232,7 +232,7 @@ Health.__index = Health
 
 -- Logs a line and an event table through the hook.
 function Health:_log(ev, fmt, ...)
-    ev.time = os.time()
+    ev.time = ev.time or os.time()
     local line = fmt:format(...)
     local ok, err = sched.pcall(self.log, line, ev)
     if not ok then sched.on_error("health log hook: " .. tostring(err)) end
@@ -304,14 +304,19 @@ local function acquire(self, st)
     if not value then return end
     st.lock = self.client:lock(st.name, value, {
         background = true, keep = true,
-        on_change = function(owned, lock)
+        on_change = function(owned, lock, msg, code)
             if lock ~= st.lock then return end
             st.held = owned
+            local token = st.token
             st.token = owned and lock:token() or nil
-            self:_log({ kind = "record", name = st.name, state = owned and "held" or "lost",
-                        token = st.token },
-                "record %s: %s%s", st.name, owned and "held" or "lost",
-                owned and (" (token " .. tostring(st.token) .. ")") or "")
+            if owned then
+                self:_log({ kind = "record", name = st.name, state = "held", token = st.token },
+                    "record %s: held (token %s)", st.name, locker.int64_text(st.token))
+            else
+                self:_log({ kind = "record", name = st.name, state = "lost", token = token,
+                            reason = msg, code = code },
+                    "record %s: lost%s", st.name, msg and ": " .. msg or "")
+            end
             -- taken with the value it carried: a newer one goes in now
             if owned and st.published ~= st.current then sched.spawn(publish, self, st) end
         end,
@@ -447,6 +452,15 @@ function health.start(client, spec, opts)
             if not self.stopped then on_dep(self, name, value) end
         end)
     end
+    -- what the engine tells of the session and the connection (jeopardy,
+    -- late renewals, failovers, reconnects, resyncs) goes to the same log,
+    -- in client:on_event()'s words; records tell their own changes above
+    self.stop_events = client:on_event(function(ev)
+        if ev.name or self.stopped then return end
+        local copy = {}
+        for k, v in pairs(ev) do copy[k] = v end
+        self:_log(copy, "%s", locker.event_text(ev))
+    end)
     for _, name in ipairs(spec.order) do
         local st = self.records[name]
         if st.spec.check then
@@ -482,6 +496,7 @@ end
 function Health:stop(opts)
     if self.stopped then return end
     self.stopped = true
+    self.stop_events()
     for _, w in ipairs(self.watches) do w:cancel() end
     if opts and opts.release == false then return end
     for _, st in pairs(self.records) do

@@ -388,13 +388,23 @@ local function tell_owned(lock, owned, msg, code)
     return lock._on_change(owned, lock, msg, code)
 end
 
+--- The exact decimal digits of a token or revision as the core gives it:
+-- an integer (Lua 5.3+), a number up to 2^53 or a string beyond (5.1,
+-- LuaJIT), where tostring() would write 1e+14.
+local function int64_text(v)
+    if type(v) == "string" then return v end
+    if math.type and math.type(v) == "integer" then return tostring(v) end
+    return ("%.0f"):format(v)
+end
+_M.int64_text = int64_text
+
 -- Tells on_event (in order, each in a spawned coroutine: it may wait; an
 -- error goes to locker.on_error, never into the engine).
 local function emit(self, ev)
-    local fn = self._on_event
-    if not fn then return end
+    local fns = self._on_event
+    if #fns == 0 then return end
     ev.time = core.time()
-    sched.call_in_order(self._event_calls, fn, ev)
+    for i = 1, #fns do sched.call_in_order(self._event_calls, fns[i], ev) end
 end
 
 -- A returned lock's ownership changed (not by release, which tells itself).
@@ -522,7 +532,10 @@ local function acquire(self, where, mt, name, value, opts)
         }, mt)
         self._locks[id] = lock
         retain(self)
-        if opts.background then return lock end
+        if opts.background then  -- its first grant is an acquisition too
+            lock._returned, lock._lost = true, true
+            return lock
+        end
         local ev = await(self, id)
         -- the grant is checked where it is handed over: this coroutine may
         -- resume long after it came (a busy caller), when it has ended
@@ -783,12 +796,37 @@ end
 -- "acquired", "released", "lost" (name, token, code, reason: the message),
 -- "jeopardy", "renewed_late", "failover", "reconnect", "resync" (endpoint,
 -- reason), and ev.time (wall clock, seconds). Each runs in a spawned
--- coroutine, in order; an error in fn goes to locker.on_error. nil: none.
+-- coroutine, in order; an error in fn goes to locker.on_error. Every
+-- listener added gets every event; returns a function that removes fn.
+-- nil removes them all.
 function Client:on_event(fn)
-    if fn ~= nil and type(fn) ~= "function" then
+    if fn == nil then
+        self._on_event = {}
+        return function() end
+    end
+    if type(fn) ~= "function" then
         error("client:on_event: fn must be a function (got " .. type(fn) .. ")", 2)
     end
-    self._on_event = fn
+    local fns = self._on_event
+    fns[#fns + 1] = fn
+    return function()
+        for i = #self._on_event, 1, -1 do
+            if self._on_event[i] == fn then table.remove(self._on_event, i) return end
+        end
+    end
+end
+
+--- One line of text for an event of client:on_event(), the same words
+-- the CLI and the health runner log: "lost job (token 42): ...".
+function _M.event_text(ev)
+    local kind = tostring(ev.kind)
+    local parts = { kind }
+    if ev.name then parts[#parts + 1] = " " .. ev.name end
+    if ev.token then parts[#parts + 1] = (" (token %s)"):format(int64_text(ev.token)) end
+    if ev.endpoint then parts[#parts + 1] = " " .. ev.endpoint end
+    if ev.reason then parts[#parts + 1] = ": " .. ev.reason end
+    if ev.code and ev.code ~= kind then parts[#parts + 1] = (" [%s]"):format(ev.code) end
+    return table.concat(parts)
 end
 
 function Client:closed()
@@ -1029,7 +1067,7 @@ function _M.new(opts)
     local self = setmetatable({
         _core = c, _pending = {}, _locks = {}, _watching = {}, _subs = {},
         prefix = prefix, ttl = ttl, timeout = timeout, endpoints = eps,
-        margin = margin, user = secure.user, _on_event = opts.on_event, _event_calls = {},
+        margin = margin, user = secure.user, _on_event = { opts.on_event }, _event_calls = {},
     }, Client)
     sched.add_source(self)
     return self

@@ -94,6 +94,34 @@ M.families = {
       one("delivery_seconds") },
 }
 
+-- What `locker status --prometheus` adds: the state of every name under
+-- the prefix, from one client:status() list (a sample per name).
+local function per_name(field)
+    return function(list)
+        local out = {}
+        for _, e in ipairs(list) do
+            local v = e[field]
+            if type(v) == "string" then v = tonumber(v) end  -- a token past 2^53 (5.1)
+            out[#out + 1] = { { name = e.name }, v }
+        end
+        return out
+    end
+end
+
+M.status_families = {
+    { "name_holders", "gauge", "contenders that own the name now (a semaphore: up to its limit)",
+      function(list)
+          local out = {}
+          for _, e in ipairs(list) do out[#out + 1] = { { name = e.name }, #e.holders } end
+          return out
+      end },
+    { "name_waiters", "gauge", "contenders waiting behind the owners", per_name("waiters") },
+    { "name_limit", "gauge", "the name's limit: 1 for a lock, N for a semaphore", per_name("limit") },
+    { "name_token", "gauge",
+      "the oldest owner's fencing token (its key's create revision; a float: exact up to 2^53)",
+      per_name("token") },
+}
+
 local function escape(v)
     return (tostring(v):gsub("[\\\"\n]", { ["\\"] = "\\\\", ["\""] = "\\\"", ["\n"] = "\\n" }))
 end
@@ -146,10 +174,11 @@ end
 M.check_labels = check_labels
 
 --- Renders one or more metrics tables (client:metrics()), each with its
--- own extra labels, as one exposition: { {m, labels}, ... }.
-function M.render(sets)
+-- own extra labels, as one exposition: { {m, labels}, ... }. families:
+-- M.families unless told (M.status_families reads status() lists).
+function M.render(sets, families)
     local out = {}
-    for _, f in ipairs(M.families) do
+    for _, f in ipairs(families or M.families) do
         local name, kind, help, samples = "locker_" .. f[1], f[2], f[3], f[4]
         out[#out + 1] = "# HELP " .. name .. " " .. help:gsub("\\", "\\\\"):gsub("\n", "\\n")
         out[#out + 1] = "# TYPE " .. name .. " " .. kind

@@ -135,6 +135,12 @@ function sched.call_in_order(box, fn, ...)
     if not started then q.running = false end  -- the next call tries again
 end
 
+--- Whether a box of call_in_order() still has calls to run.
+function sched.busy(box)
+    local q = box._calls
+    return q ~= nil and q.running == true
+end
+
 function sched.add_source(src) sources[src] = true end
 function sched.remove_source(src) sources[src] = nil end
 
