@@ -172,7 +172,9 @@ tsan: deps ## a subset of the specs with the core under ThreadSanitizer
 
 bench: deps ## speed and memory table against a throwaway etcd (a few minutes)
 	@$(MAKE) --no-print-directory all $(BUILD)/floor
-	@$(LUA_ENV) FLOOR=$(BUILD)/floor sh tools/with-etcd $(LUA) bench/bench.lua
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/nometrics CFLAGS="$(CFLAGS) -DLK_NO_METRICS" all
+	@$(LUA_ENV) FLOOR=$(BUILD)/floor BENCH_NOMETRICS_CPATH="$(CURDIR)/$(BUILD)/nometrics/?.so" \
+	   sh tools/with-etcd $(LUA) bench/bench.lua
 
 chaos: deps ## mutual exclusion under faults: 15 minutes against a 3-member etcd (CHAOS_ARGS="--election", "--limit 3": a semaphore)
 	@$(MAKE) --no-print-directory all $(BUILD)/faultproxy

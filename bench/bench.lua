@@ -255,6 +255,36 @@ local function watches(n)
              cpu = cpu, p50 = pct(lat, 0.5) * 1000, p99 = pct(lat, 0.99) * 1000 }
 end
 
+-- What counting metrics costs the cycle: the uncontended cycle in a child
+-- process on this build, then on one built with LK_NO_METRICS (nothing
+-- counted), alternating, each pair a ratio.
+if arg[1] == "--uncontended" then
+    local u = uncontended()
+    print(("rate %.3f p50 %.6f"):format(u.rate, u.p50))
+    os.exit(0)
+end
+
+local function child_uncontended(cpath)
+    local cmd = ("LUA_CPATH=%q %s bench/bench.lua --uncontended")
+        :format(cpath or os.getenv("LUA_CPATH") or "", arg[-1] or "lua5.4")
+    local p = io.popen(cmd)
+    local out = p:read("*a")
+    p:close()
+    local rate, p50 = out:match("rate ([%d.]+) p50 ([%d.]+)")
+    return { rate = assert(tonumber(rate), "the uncontended child said: " .. out), p50 = tonumber(p50) }
+end
+
+local function metrics_cost()
+    local nometrics = os.getenv("BENCH_NOMETRICS_CPATH")
+    if not nometrics then return nil end
+    local with, without = {}, {}
+    for i = 1, math.max(RUNS, 5) do
+        with[i] = child_uncontended(nil)
+        without[i] = child_uncontended(nometrics .. ";;")
+    end
+    return with, without
+end
+
 -- ---------------------------------------------------------------- table --
 
 local function repeat_median(fn, ...)
@@ -297,6 +327,7 @@ local co = repeat_median(contended, 8)
 local ho = repeat_median(handover)
 local wl = repeat_median(watch_latency)
 local rd = repeat_median(reads)
+local mc_with, mc_without = metrics_cost()
 local sc = scale(10000)
 local wa = watches(1000)
 
@@ -314,6 +345,13 @@ row("1 uncontended", "cycles/s", f(un.rate, 0), f(floor_rate, 0), f(un.ratio_rat
 row("", "cycle p50 ms", f(un.p50, 3), f(floor_p50, 3), f(un.ratio) .. "x", "<= 1.15x", un.ratio <= 1.15)
 row("", "vs the same txn shape", f(un.p50, 3), f(fls.p50, 3), f(un.ratio_shape) .. "x", "", nil)
 row("", "acquire p50 / p99 ms", f(un.acq50, 3) .. " / " .. f(un.acq99, 3), f(floor_txn, 3), "", "", nil)
+if mc_with then
+    local cost = med(mc_with, "p50", mc_without, "p50")
+    row("1b metrics' cost", "cycle p50 ms, counted / not", f(med(mc_with, "p50"), 3) .. " / " ..
+        f(med(mc_without, "p50"), 3), "", f((cost - 1) * 100, 1) .. "%", "< 2%", cost < 1.02)
+    row("", "cycles/s, counted / not", f(med(mc_with, "rate"), 0) .. " / " .. f(med(mc_without, "rate"), 0),
+        "", "", "", nil)
+end
 row("2 contended, 8 clients", "cycles/s", f(co.rate, 0), f(floor_rate, 0), f(co.rate / floor_rate * 100, 0) .. "% of floor", ">= 50%", co.rate / floor_rate >= 0.5)
 row("", "acquire p50 / p99 ms", f(co.acq50, 2) .. " / " .. f(co.acq99, 2), "", "", "", nil)
 row("3 handover (hold 5 ms)", "release -> acquired p50 ms", f(ho.p50, 3), "", "", "<= 2", ho.p50 <= 2)

@@ -6,36 +6,7 @@
 local locker = require "locker"
 local helper = require "helper"
 
--- Debian's python3 (its prometheus_client is there, whatever python3 is
--- first on PATH)
-local PYTHON = "/usr/bin/python3"
-
--- Parses text with prometheus_client.parser; a table "name{labels}" ->
--- value (labels sorted, as name{a="1",b="2"}), and the family types.
-local parse_py = [[
-import sys
-from prometheus_client.parser import text_string_to_metric_families
-text = open(sys.argv[1], encoding="utf-8").read()
-for fam in text_string_to_metric_families(text):
-    print("F\t%s\t%s" % (fam.name, fam.type))
-    for s in fam.samples:
-        labels = ",".join('%s=%s' % (k, v.encode("unicode_escape").decode()) for k, v in sorted(s.labels.items()))
-        print("S\t%s{%s}\t%r" % (s.name, labels, s.value))
-]]
-
-local function parse(text)
-    local path, script = helper.file(text), helper.file(parse_py)
-    local out, ok = helper.sh(("%s %s %s"):format(PYTHON, helper.quote(script), helper.quote(path)))
-    assert(ok, "prometheus_client refused the exposition: " .. out)
-    local samples, types = {}, {}
-    for line in out:gmatch("[^\n]+") do
-        local name, kind = line:match("^F\t(%S+)\t(%S+)$")
-        if name then types[name] = kind end
-        local key, v = line:match("^S\t(.-)\t(%S+)$")
-        if key then samples[key] = tonumber(v) or (v == "inf" and math.huge) or v end
-    end
-    return samples, types
-end
+local parse = helper.prometheus
 
 describe("metrics", function()
     local etcd, n, prefix = nil, 0, nil

@@ -150,6 +150,7 @@ http {
             }
         }
         location /status { content_by_lua_block { require("locker.ngx").status() } }
+        location /metrics { content_by_lua_block { require("locker.ngx").metrics() } }
     }
 }
 ]]
@@ -588,6 +589,32 @@ describe("nginx (locker.ngx)", function()
         for _ in pairs(served) do n = n + 1 end
         print(("  status page: %d workers' reports, served by %d different workers in 12 requests")
             :format(#workers, n))
+    end)
+
+    it("serves every worker's metrics in one scrape that Prometheus' parser reads, from any worker", function()
+        local workers = nginx:workers()
+        local served = {}
+        for _ = 1, 6 do
+            local _, body = nginx:get("/metrics")
+            local samples, types = helper.prometheus(body)
+            assert.equal("counter", types.locker_acquisitions)  -- the parser drops _total
+            for id = 0, #workers - 1 do
+                assert.equal(1, samples[("locker_nginx_worker_reporting{worker=%d}"):format(id)])
+                assert.is_number(samples[("locker_renewals_sent_total{worker=%d}"):format(id)])
+                assert.equal(1, samples[("locker_session_state{state=live,worker=%d}"):format(id)])
+            end
+            local held = 0  -- "self" and "web" are held, each by one worker
+            for id = 0, #workers - 1 do held = held + samples[("locker_locks_held{worker=%d}"):format(id)] end
+            assert.is_true(held >= 1, held .. " locks held")
+            served[#served + 1] = body
+        end
+        -- the status page shows the same figures
+        local _, body = nginx:get("/status", "Accept: application/json")
+        assert.matches('"metrics":{[^}]*"acquisitions":%d', body)
+        local _, html = nginx:get("/status")
+        assert.matches("<h3>metrics</h3>", html)
+        print(("  /metrics: %d workers in every one of %d scrapes, %d lines each")
+            :format(#workers, #served, select(2, served[1]:gsub("\n", ""))))
     end)
 
     it("leaves no alert or crash in the error log, and no lease after quit (within 1 s)", function()

@@ -411,7 +411,9 @@ static int ensure_started(lk_engine *e, char *err, size_t err_size)
         snprintf(err, err_size, "cannot initialise libcurl");
         return -1;
     }
+#ifndef LK_NO_METRICS
     lk_http_set_metrics(e->io.http, &e->io.metrics);
+#endif
     lk_http_on_failover(e->io.http, failed_over, &e->io);
     sigset_t all, old;
     sigfillset(&all);

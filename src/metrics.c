@@ -59,9 +59,14 @@ void lk_metrics_read(const lk_metrics *m, lk_metrics *out)
 
 void lk_hist_observe(lk_hist *h, int64_t us)
 {
+#ifdef LK_NO_METRICS
+    (void)h;
+    (void)us;
+#else
     if (us < 0) us = 0;
     int i = 0;
     while (i < LK_HIST_BUCKETS - 1 && us > lk_hist_bounds_us[i]) i++;
     lk_metric_add(&h->n[i], 1);
     lk_metric_add(&h->sum_us, us);
+#endif
 }

@@ -88,6 +88,12 @@ const char *lk_rq_kind_name(lk_rq_kind k);
 const char *lk_reconnect_name(lk_reconnect_reason r);
 const char *lk_metric_state_name(lk_metric_state s);
 
+/* LK_NO_METRICS: a build that counts nothing (make bench measures what
+ * counting costs the lock cycle against it); every figure reads 0. */
+#ifdef LK_NO_METRICS
+static inline void lk_metric_add(int64_t *m, int64_t n) { (void)m; (void)n; }
+static inline void lk_metric_set(int64_t *m, int64_t v) { (void)m; (void)v; }
+#else
 static inline void lk_metric_add(int64_t *m, int64_t n)
 {
     __atomic_fetch_add(m, n, __ATOMIC_RELAXED);
@@ -97,6 +103,7 @@ static inline void lk_metric_set(int64_t *m, int64_t v)
 {
     __atomic_store_n(m, v, __ATOMIC_RELAXED);
 }
+#endif
 
 static inline int64_t lk_metric_get(const int64_t *m)
 {

@@ -173,31 +173,99 @@ local function check_labels(where, labels)
 end
 M.check_labels = check_labels
 
+-- The sample lines of family f for every set, appended to out.
+local function family_samples(f, sets, out)
+    local name, kind, samples = "locker_" .. f[1], f[2], f[4]
+    for _, set in ipairs(sets) do
+        for _, s in ipairs(samples(set[1])) do
+            local labels, v = s[1], s[2]
+            if kind == "histogram" then
+                for _, b in ipairs(v.buckets) do
+                    sample(out, name .. "_bucket", labelset(set[2], labels, { le = number(b[1]) }), b[2])
+                end
+                sample(out, name .. "_sum", labelset(set[2], labels), v.sum)
+                sample(out, name .. "_count", labelset(set[2], labels), v.count)
+            else
+                sample(out, name, labelset(set[2], labels), v)
+            end
+        end
+    end
+end
+
+local function header(f, out)
+    local name = "locker_" .. f[1]
+    out[#out + 1] = "# HELP " .. name .. " " .. f[3]:gsub("\\", "\\\\"):gsub("\n", "\\n")
+    out[#out + 1] = "# TYPE " .. name .. " " .. f[2]
+end
+
 --- Renders one or more metrics tables (client:metrics()), each with its
 -- own extra labels, as one exposition: { {m, labels}, ... }. families:
 -- M.families unless told (M.status_families reads status() lists).
 function M.render(sets, families)
     local out = {}
     for _, f in ipairs(families or M.families) do
-        local name, kind, help, samples = "locker_" .. f[1], f[2], f[3], f[4]
-        out[#out + 1] = "# HELP " .. name .. " " .. help:gsub("\\", "\\\\"):gsub("\n", "\\n")
-        out[#out + 1] = "# TYPE " .. name .. " " .. kind
-        for _, set in ipairs(sets) do
-            for _, s in ipairs(samples(set[1])) do
-                local labels, v = s[1], s[2]
-                if kind == "histogram" then
-                    for _, b in ipairs(v.buckets) do
-                        sample(out, name .. "_bucket", labelset(set[2], labels, { le = number(b[1]) }), b[2])
-                    end
-                    sample(out, name .. "_sum", labelset(set[2], labels), v.sum)
-                    sample(out, name .. "_count", labelset(set[2], labels), v.count)
-                else
-                    sample(out, name, labelset(set[2], labels), v)
-                end
-            end
-        end
+        header(f, out)
+        family_samples(f, sets, out)
     end
     return concat(out, "\n") .. "\n"
+end
+
+--- The samples of sets as text lines "I<tab>sample", I the family's index:
+-- a part of a scrape that M.join() puts together with other parts (each
+-- nginx worker stores its own in a shared dict), every family once.
+function M.lines(sets, families)
+    local out = {}
+    for i, f in ipairs(families or M.families) do
+        local mine = {}
+        family_samples(f, sets, mine)
+        for _, line in ipairs(mine) do out[#out + 1] = i .. "\t" .. line end
+    end
+    return concat(out, "\n")
+end
+
+--- One exposition from parts made by M.lines() (with the same families).
+function M.join(parts, families)
+    families = families or M.families
+    local lines = {}
+    for _, text in ipairs(parts) do
+        for i, line in text:gmatch("(%d+)\t([^\n]*)") do
+            i = tonumber(i)
+            lines[i] = lines[i] or {}
+            lines[i][#lines[i] + 1] = line
+        end
+    end
+    local out = {}
+    for i, f in ipairs(families) do
+        header(f, out)
+        for _, line in ipairs(lines[i] or {}) do out[#out + 1] = line end
+    end
+    return concat(out, "\n") .. "\n"
+end
+
+local function total(t)
+    local n = 0
+    for _, v in pairs(t or {}) do n = n + (type(v) == "table" and (v.ok or 0) + (v.failed or 0) or v) end
+    return n
+end
+
+--- The figures of client:metrics() summed over their labels, for a status
+-- page: the same counters and gauges, one number each.
+function M.summary(m)
+    local failed = 0
+    for _, r in pairs(m.requests) do failed = failed + r.failed end
+    return {
+        requests = total(m.requests), requests_failed = failed, errors = total(m.errors),
+        renewals_sent = m.renewals_sent, renewals_late = m.renewals_late,
+        renewals_failed = m.renewals_failed, failovers = total(m.failovers),
+        stream_reconnects = total(m.reconnects), resyncs = m.resyncs,
+        acquisitions = m.acquisitions, releases = m.releases, losses = total(m.losses),
+        jeopardy = m.jeopardy, events_folded = m.folded, locks_held = m.locks_held,
+        locks_waiting = m.locks_waiting, watched_names = m.watches, session_state = m.session_state,
+        lease_deadline_seconds = m.lease_deadline_seconds,
+        stream_message_age_seconds = m.stream_message_age_seconds,
+        acquire_wait_seconds_count = m.acquire_seconds.count,
+        acquire_wait_seconds_sum = m.acquire_seconds.sum,
+    }
 end
 
 return M

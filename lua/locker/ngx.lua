@@ -22,6 +22,7 @@ local sched = require "locker.sched"
 local health = require "locker.health"
 local semaphore = require "ngx.semaphore"
 local status = require "locker.ngx_status"
+local metrics = require "locker.metrics"
 
 local ngx = ngx
 local type, pairs, ipairs, tostring, error, select, xpcall = type, pairs, ipairs, tostring, error, select, xpcall
@@ -29,6 +30,7 @@ local pcall, setmetatable = pcall, setmetatable
 local unpack = table.unpack or unpack
 local traceback = debug.traceback
 local ceil, min = math.ceil, math.min
+local concat = table.concat
 
 local _M = { _VERSION = locker._VERSION }
 
@@ -197,6 +199,10 @@ end
 -- This worker's part of the instance's status page, in the shared dict.
 local function publish(r)
     local ok, err = status.publish(status_dict, status.render(r or _M.report()))
+    if ok and not client:closed() then
+        ok, err = status.publish_metrics(status_dict, ngx.worker.id(), ngx.worker.pid(),
+            metrics.lines({ { client:metrics(), { worker = ngx.worker.id() } } }))
+    end
     disp.published_at, disp.dirty = ngx.now(), false
     if not ok and not disp.publish_failed then
         log(ngx.WARN, "status_dict: cannot store this worker's status: ", tostring(err))
@@ -474,6 +480,7 @@ function _M.report()
     end
     out.session = c:session()
     out.stats = c:stats()
+    out.metrics = metrics.summary(c:metrics())
     out.dispatcher = { running = disp.running, wakeups = disp.wakeups,
                        last_wakeup_age = disp.alive_at and ngx.now() - disp.alive_at or nil }
     for _, name in ipairs(c:names()) do
@@ -507,6 +514,31 @@ function _M.status()
     end
     publish(r)  -- this worker's part is as fresh as the request
     return status.serve(status.collect(status_dict, ngx.worker.count()), r.worker, true)
+end
+
+--- A content handler: one Prometheus scrape (text format 0.0.4) of every
+-- worker's metrics, each sample labelled worker="<id>", gathered through
+-- the status_dict (each worker stores its own there with its status
+-- report, at least every second), whichever worker serves it; and
+-- locker_nginx_worker_reporting{worker} (0: no report for EXPIRE_S). No
+-- I/O to etcd. Without a status_dict: the serving worker's alone.
+function _M.metrics()
+    local c = need_client("metrics")
+    ngx.header.content_type = "text/plain; version=0.0.4; charset=utf-8"
+    local id = ngx.worker.id()
+    if not status_dict then
+        ngx.print(locker.metrics_text(c, { worker = id }))
+        return
+    end
+    publish()  -- this worker's part is as fresh as the request
+    local parts, reporting = status.collect_metrics(status_dict, ngx.worker.count())
+    local out = { metrics.join(parts),
+                  "# HELP locker_nginx_worker_reporting whether the worker's figures are in this scrape\n",
+                  "# TYPE locker_nginx_worker_reporting gauge\n" }
+    for _, r in ipairs(reporting) do
+        out[#out + 1] = ('locker_nginx_worker_reporting{worker="%d"} %d\n'):format(r[1], r[2])
+    end
+    ngx.print(concat(out))
 end
 
 _M.json = status.json

@@ -15,6 +15,14 @@ local S = {}
 
 S.EXPIRE_S = 5
 
+-- The figures of locker.metrics.summary() a worker's section shows, in
+-- this order (the JSON report has them all).
+S.METRICS_SHOWN = { "acquisitions", "releases", "losses", "locks_held", "locks_waiting",
+                    "watched_names", "renewals_sent", "renewals_late", "renewals_failed",
+                    "jeopardy", "failovers", "stream_reconnects", "resyncs", "requests",
+                    "requests_failed", "errors", "events_folded", "lease_deadline_seconds",
+                    "stream_message_age_seconds" }
+
 S.ARRAY = {}  -- metatable of lists that are arrays even when empty
 local ARRAY = S.ARRAY
 
@@ -97,6 +105,18 @@ local function section(r)
         end
         b[#b + 1] = "</table>"
     end
+    local m = r.metrics
+    if m then
+        b[#b + 1] = "<h3>metrics</h3><table><tr><th>figure</th><th>value</th></tr>"
+        for _, k in ipairs(S.METRICS_SHOWN) do
+            local v = m[k]
+            if v ~= nil then
+                b[#b + 1] = ("<tr><td>%s</td><td>%s</td></tr>"):format(esc(k:gsub("_", " ")),
+                    esc(type(v) == "number" and v ~= floor(v) and ("%.3f"):format(v) or v))
+            end
+        end
+        b[#b + 1] = "</table>"
+    end
     for _, e in ipairs(r.health or {}) do
         b[#b + 1] = ("<h3>health %s</h3><table><tr><th>record</th><th>held</th><th>check</th><th>reason</th></tr>")
             :format(esc(e.path))
@@ -116,6 +136,7 @@ function S.render(r)
 end
 
 local function slot(id) return "locker:" .. tostring(id) end
+local function metrics_slot(id) return "locker-metrics:" .. tostring(id) end
 
 --- Stores part in its worker's slot of dict; true, or nil, message (the
 -- dict is full: the page then shows that worker as missing).
@@ -128,8 +149,30 @@ end
 --- Empties this worker's slot (at close), unless a newer worker with the
 -- same id (after a reload) has taken it.
 function S.withdraw(dict, worker, pid)
-    local v = dict:get(slot(worker))
-    if type(v) == "string" and v:match("^(%d+)\n") == tostring(pid) then dict:delete(slot(worker)) end
+    for _, key in ipairs({ slot(worker), metrics_slot(worker) }) do
+        local v = dict:get(key)
+        if type(v) == "string" and v:match("^(%d+)\n") == tostring(pid) then dict:delete(key) end
+    end
+end
+
+--- Stores a worker's metrics (locker.metrics.lines() text) in its slot of
+-- dict, beside its status, expiring alike; true, or nil, message.
+function S.publish_metrics(dict, worker, pid, lines)
+    local ok, err = dict:set(metrics_slot(worker), pid .. "\n" .. lines, S.EXPIRE_S)
+    if not ok then return nil, err end
+    return true
+end
+
+--- Every live worker's metrics lines, and a list: reporting[id] = 1 | 0.
+function S.collect_metrics(dict, count)
+    local parts, reporting = {}, {}
+    for id = 0, count - 1 do
+        local v = dict:get(metrics_slot(id))
+        local lines = type(v) == "string" and v:match("^%d+\n(.*)$")
+        if lines then parts[#parts + 1] = lines end
+        reporting[#reporting + 1] = { id, lines and 1 or 0 }
+    end
+    return parts, reporting
 end
 
 --- Every worker's part, worker 0 first; a worker without a live slot is
