@@ -220,7 +220,7 @@ end
 
 local function watches(n)
     local prefix = "/bench-watches" .. run_id .. "/"
-    local c, h = client({ prefix = prefix }), client({ prefix = prefix })
+    local c = client({ prefix = prefix })  -- the writer h comes after the count
     local heap0 = heap_kib()
     local first = 0
     local seen = {}
@@ -236,6 +236,7 @@ local function watches(n)
     local heap1 = heap_kib()
     local port = ENDPOINT:match(":(%d+)$")
     local conns_c = connections(port)
+    local h = client({ prefix = prefix })
     local cpu0 = proc_stat()
     locker.sleep(5)
     local cpu = (proc_stat() - cpu0) / 5 * 100

@@ -180,8 +180,16 @@ static int l_getpid(lua_State *L)
     return 1;
 }
 
+/* isatty(fd) -> whether fd is a terminal (status --watch redraws in place) */
+static int l_isatty(lua_State *L)
+{
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)) == 1);
+    return 1;
+}
+
 static const luaL_Reg functions[] = {
     {"spawn", l_spawn},
+    {"isatty", l_isatty},
     {"supervise", l_supervise},
     {"extend", l_extend},
     {"close", l_close},

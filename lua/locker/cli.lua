@@ -18,7 +18,7 @@ commands:
   hold NAME VALUE                      hold NAME until interrupted
   get NAME                             print the owner's value
   watch NAME                           print a line per change of NAME's owner
-  status [--json|--prometheus]         names under the prefix, owners, waiters
+  status [--json|--prometheus|--watch] names under the prefix, owners, waiters
   health FILE                          hold the records of a health config
 
 options (also from the environment):
@@ -87,14 +87,19 @@ Prints one line per change of NAME's owner until interrupted:
   TIME NAME gone                  nobody holds it
   TIME NAME = VALUE (resync)      re-read after a gap in etcd's history]],
     status = [[
-usage: locker status [--json | --prometheus]
+usage: locker status [--json | --prometheus | --watch]
 
 Lists every name under the prefix that has contenders: the owner's value,
 fencing token and lease, and how many wait behind it.
   --json        the same as one JSON object; tokens are exact JSON numbers
   --prometheus  one scrape in Prometheus' text format: holders, waiters,
                 limit and owner's token per name (locker_name_*), then this
-                process's own client metrics (a node_exporter textfile)]],
+                process's own client metrics (a node_exporter textfile)
+  --watch       follows every change of any name's owner until SIGINT or
+                SIGTERM: on a terminal the table is redrawn in place at each
+                change (holders and waiters re-read then; AGE: since the
+                change, ">" when held before the watch began); otherwise a
+                line per change: TIME NAME = VALUE (token N) | TIME NAME gone]],
     health = [[
 usage: locker health FILE
 
@@ -116,11 +121,11 @@ end
 
 -- Splits arguments into options (--name value, --flag) and words; "--"
 -- ends option parsing and the rest is kept as is.
-local FLAGS = { json = true, prometheus = true, help = true, observe = true,
+local FLAGS = { json = true, prometheus = true, watch = true, help = true, observe = true,
                 ["insecure-skip-tls-verify"] = true }
 local KNOWN_OPTIONS = { endpoints = true, prefix = true, ttl = true, timeout = true,
-                        json = true, prometheus = true, grace = true, ["wait-timeout"] = true, help = true,
-                        observe = true, limit = true,
+                        json = true, prometheus = true, watch = true, grace = true,
+                        ["wait-timeout"] = true, help = true, observe = true, limit = true,
                         cacert = true, cert = true, key = true, user = true,
                         ["insecure-skip-tls-verify"] = true }
 local function parse(args)
@@ -335,8 +340,126 @@ function commands.elect(client, opts, words, rest, spec)
     return commands.lock(client, opts, words, rest, spec, "elect")
 end
 
+-- The rows of the status table for a status() list: a semaphore (limit
+-- > 1) gets a line per holder, its NAME on the first, and the table a
+-- LIMIT column (only then: a table of plain locks keeps its columns).
+-- age(name): the AGE column's cell (status --watch), or no such column.
+local function status_rows(list, age)
+    local sems = false
+    for _, e in ipairs(list) do sems = sems or e.limit > 1 end
+    local rows = { { "NAME", "VALUE", "TOKEN", "LEASE", "WAITERS" } }
+    if sems then rows[1][#rows[1] + 1] = "LIMIT" end
+    if age then rows[1][#rows[1] + 1] = "AGE" end
+    local function shown(value)
+        local v = value:gsub("[%c\128-\255]", "?")
+        if #v > 40 then v = v:sub(1, 37) .. "..." end
+        return v
+    end
+    for _, e in ipairs(list) do
+        for j, h in ipairs(e.holders) do
+            local first = j == 1
+            local row = { first and e.name or "", shown(h.value), locker.int64_text(h.token), h.lease,
+                          first and tostring(e.waiters) or "" }
+            if sems then row[#row + 1] = first and tostring(e.limit) or "" end
+            if age then row[#row + 1] = first and age(e.name) or "" end
+            rows[#rows + 1] = row
+        end
+    end
+    return rows
+end
+
+-- Writes rows aligned in columns; empty_prefix: say there is nothing.
+local function write_table(out, rows, empty_prefix)
+    local width = {}
+    for _, row in ipairs(rows) do
+        for i, cell in ipairs(row) do width[i] = math.max(width[i] or 0, #cell) end
+    end
+    for _, row in ipairs(rows) do
+        local cells = {}
+        for i, cell in ipairs(row) do
+            cells[i] = i < #row and cell .. (" "):rep(width[i] - #cell) or cell
+        end
+        out:write((table.concat(cells, "  "):gsub("%s+$", "")), "\n")
+    end
+    if empty_prefix then out:write("(no locks under ", empty_prefix, ")\n") end
+end
+
+-- status --watch: every change of any name's owner (client:watch_all, one
+-- stream; no polling of etcd). On a terminal the table is redrawn in place
+-- at each change, holders and waiters re-read then (one request), and its
+-- AGE column (since the change was seen; ">" for a name held before the
+-- watch began) ticks every second without a request. Otherwise a line per
+-- change, as `locker watch` writes for one name.
+local function status_watch(client)
+    local tty = process.isatty(1)
+    local done = false
+    on_signals(function() done = true end)
+    local since, list, problem = {}, {}, nil
+    local started = locker.time()
+    local function age(name)
+        local t = since[name]
+        if not t then return ">" .. ("%.0fs"):format(locker.time() - started) end
+        return ("%.0fs"):format(locker.time() - t)
+    end
+    local function draw()
+        local out = {}
+        local buf = { write = function(_, ...) for _, v in ipairs({ ... }) do out[#out + 1] = v end end }
+        buf:write(("locker status --watch: %s at %s, %s\n\n"):format(client.prefix, stamp(),
+            problem and ("etcd: " .. problem) or "live"))
+        write_table(buf, status_rows(list, age), #list == 0 and client.prefix)
+        io.stdout:write("\27[H\27[2J", table.concat(out))
+        io.stdout:flush()
+    end
+    local function refresh()
+        local got, msg, code = client:status()
+        if got then list, problem = got, nil else problem = explain(msg, code) end
+    end
+    local before = {}  -- name -> the owner read before the watch began
+    if tty then
+        refresh()
+        for _, e in ipairs(list) do before[e.name] = e end
+    end
+    local w = client:watch_all(function(value, ev)
+        local b = before[ev.name]
+        before[ev.name] = nil
+        if not (b and b.value == value and b.token == ev.token) then  -- a change, not the first report
+            since[ev.name] = value and locker.time() or nil
+        end
+        if tty then
+            refresh()
+            draw()
+        else
+            if value == nil then
+                io.stdout:write(("%s %s gone%s\n"):format(stamp(), ev.name, ev.resync and " (resync)" or ""))
+            else
+                io.stdout:write(("%s %s = %s (%s)\n"):format(stamp(), ev.name, value,
+                    ev.resync and "resync" or "token " .. locker.int64_text(ev.token)))
+            end
+            io.stdout:flush()
+        end
+    end)
+    if tty then
+        draw()
+        sched.spawn(function()  -- the ages tick; no request
+            while not done do
+                sched.sleep(1)
+                if not done then draw() end
+            end
+        end)
+    end
+    sched.loop(function() return done end)
+    w:cancel()
+    return 0
+end
+
 function commands.status(client, opts, words)
     if #words > 0 then return usage_error("status", "status takes no NAME") end
+    if opts.watch then
+        if opts.json or opts.prometheus then
+            return usage_error("status", "--watch shows a table or lines: not with --json or --prometheus")
+        end
+        return status_watch(client)
+    end
     local list, msg, code = client:status()
     if not list then
         say(explain(msg, code))
@@ -365,37 +488,7 @@ function commands.status(client, opts, words)
                         locker.metrics_text(client, { prefix = client.prefix }))
         return 0
     end
-    -- a semaphore (limit > 1) gets a line per holder, its NAME on the
-    -- first, and the table a LIMIT column (only then: a table of plain
-    -- locks keeps its columns)
-    local sems = false
-    for _, e in ipairs(list) do sems = sems or e.limit > 1 end
-    local rows = { { "NAME", "VALUE", "TOKEN", "LEASE", "WAITERS", sems and "LIMIT" or nil } }
-    local function shown(value)
-        local v = value:gsub("[%c\128-\255]", "?")
-        if #v > 40 then v = v:sub(1, 37) .. "..." end
-        return v
-    end
-    for _, e in ipairs(list) do
-        for j, h in ipairs(e.holders) do
-            local first = j == 1
-            rows[#rows + 1] = { first and e.name or "", shown(h.value), locker.int64_text(h.token), h.lease,
-                                first and tostring(e.waiters) or "",
-                                sems and (first and tostring(e.limit) or "") or nil }
-        end
-    end
-    local width = {}
-    for _, row in ipairs(rows) do
-        for i, cell in ipairs(row) do width[i] = math.max(width[i] or 0, #cell) end
-    end
-    for _, row in ipairs(rows) do
-        local cells = {}
-        for i, cell in ipairs(row) do
-            cells[i] = i < #row and cell .. (" "):rep(width[i] - #cell) or cell
-        end
-        io.stdout:write((table.concat(cells, "  "):gsub("%s+$", "")), "\n")
-    end
-    if #list == 0 then io.stdout:write("(no locks under ", client.prefix, ")\n") end
+    write_table(io.stdout, status_rows(list), #list == 0 and client.prefix)
     return 0
 end
 
