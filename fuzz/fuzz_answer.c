@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "etcd.h"
+#include "transport/gateway.h"
 
 static const long STATUSES[] = {200, 200, 200, 200, 400, 404, 500, 503, 0, 204};
 static const size_t MSG_SIZES[] = {256, 1, 17, 4096};

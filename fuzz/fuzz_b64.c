@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "b64.h"
+#include "base/b64.h"
 
 static void check(int ok)
 {

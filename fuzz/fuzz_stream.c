@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "etcd.h"
+#include "transport/gateway.h"
 
 #define PREFIX "/locker/"
 

@@ -12,10 +12,10 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-#include "../src/b64.h"
-#include "../src/etcd.h"
-#include "../src/keys.h"
-#include "../src/tls.h"
+#include "../src/base/b64.h"
+#include "../src/transport/gateway.h"
+#include "../src/engine/keys.h"
+#include "../src/transport/tls.h"
 
 static int64_t arg_int64(lua_State *L, int i)
 {

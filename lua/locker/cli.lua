@@ -618,7 +618,7 @@ function commands.lock(client, opts, words, rest, _, as)
     -- How long CMD may run from now without another word from us: until
     -- ownership's local deadline. CMD runs under a guard process that kills
     -- its group when we die (SIGKILL) or stay silent past that deadline
-    -- (SIGSTOP), see src/guard.h.
+    -- (SIGSTOP), see src/process/guard.h.
     local function owned_for()
         local left = client:session().valid_for or 0
         local owned_left = lock:valid_for() or 0

@@ -1,0 +1,76 @@
+/* What every part of the engine uses, below all of them: the client's
+ * settings, the HTTP connection to etcd, the event queue to the Lua thread
+ * and the counters. Engine thread only, but for the fields marked. */
+#ifndef LK_IO_H
+#define LK_IO_H
+
+#include <stdint.h>
+
+#include <cJSON.h>
+
+#include "transport/auth.h"
+#include "base/backoff.h"
+#include "base/buf.h"
+#include "base/clock.h"
+#include "base/config.h"
+#include "transport/http.h"
+#include "base/metrics.h"
+#include "engine/msg.h"
+
+#define LK_MSG_SIZE 512
+
+typedef struct lk_io {
+    lk_config cfg;
+    lk_http *http;
+    lk_auth *auth;             /* NULL: no user, no token */
+    lk_queue *events;          /* to the Lua thread (own mutex) */
+    int event_fd;              /* written when events goes non-empty */
+    int wake_fd;               /* the wake-up socket (wake.h), -1: none;
+                                  set by the Lua thread (atomic) */
+    lk_stats stats;            /* atomics: read by the Lua thread */
+    lk_metrics metrics;        /* the same, in detail (metrics.h) */
+    int notes_pending;         /* NOTE events not yet taken (atomic) */
+    /* The newest answer etcd gave (by send time): its header revision, and
+     * when its request left. etcd's state when the request left was at
+     * most that revision; once the watch stream has shown every event up
+     * to it, the stream has missed nothing that happened before then (the
+     * session's proof that the stream is complete). */
+    int64_t answer_rev, answer_at;
+} lk_io;
+
+/* One more of a counter (atomic). */
+void lk_count(int64_t *counter);
+
+/* Hands an event to the Lua thread (NULL: out of memory, nothing sent).
+ * A WATCH or OWNED event replaces an untaken one of the same id (only the
+ * latest state matters), so events nobody takes stay bounded. When the
+ * queue was empty, the event fd and the wake-up socket are signalled. */
+void lk_emit(lk_io *io, lk_event *ev);
+/* News for the Lua side's on_event (LK_EV_NOTE): what, the endpoint it
+ * concerns (or NULL) and why (or NULL). At most LK_MAX_NOTES wait untaken;
+ * more are dropped (counted as folded): news must not pile up while
+ * nobody dispatches. */
+#define LK_MAX_NOTES 64
+void lk_note(lk_io *io, const char *what, const char *endpoint, const char *why);
+/* A result event for request id: ok, or failed with code and message. */
+void lk_emit_ok(lk_io *io, uint64_t id);
+void lk_emit_fail(lk_io *io, uint64_t id, lk_err code,
+                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Reads a finished request's answer: the parsed root object, or NULL with a
+ * code ("unavailable", "lease_lost", "etcd", "protocol") and a message. */
+cJSON *lk_answer(lk_req *r, lk_err *code, char *msg, size_t msg_size);
+
+/* The answer to a request the Lua side waits for (r->id): its root
+ * object, or NULL once the failure went to the caller as "WHAT: why". */
+cJSON *lk_request_answer(lk_io *io, lk_req *r, const char *what);
+
+/* Starts a request, taking body over; timeout_ms 0 means the client's
+ * request timeout. Returns the request, or NULL (nothing was sent).
+ * lk_send_urgent's requests never wait behind others (lease renewals). */
+lk_req *lk_send(lk_io *io, const char *path, lk_req_done_fn done,
+                void *owner, lk_buf *body, int64_t timeout_ms);
+lk_req *lk_send_urgent(lk_io *io, const char *path, lk_req_done_fn done,
+                       void *owner, lk_buf *body, int64_t timeout_ms);
+
+#endif

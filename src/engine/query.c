@@ -1,0 +1,199 @@
+/* get and list (see query.h). */
+#include "engine/query.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "transport/gateway.h"
+#include "engine/keys.h"
+
+/* A decoded value, taken over by an event (never NULL: "" when empty). */
+static char *take_value(lk_buf *b)
+{
+    char *p = b->data ? b->data : calloc(1, 1);
+    *b = (lk_buf){0};
+    return p;
+}
+
+static void on_get(lk_req *r)
+{
+    lk_io *io = r->owner;
+    cJSON *root = lk_request_answer(io, r, "get");
+    if (!root) return;
+    const cJSON *kvs;
+    if (lk_etcd_kvs(root, &kvs)) {
+        cJSON_Delete(root);
+        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "get: etcd's answer has \"kvs\" that is not a list");
+        return;
+    }
+    lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
+    lk_kv kv = {0};
+    const cJSON *owner = cJSON_GetArrayItem(kvs, 0);
+    if (ev) {
+        ev->ok = 1;
+        ev->revision = lk_etcd_revision(root);
+        if (owner && lk_etcd_kv(owner, &kv) == 0) {
+            ev->has_value = 1;
+            ev->token = kv.create_rev;
+            ev->value_len = kv.value.len;
+            ev->value = kv.value.data;  /* taken over by the event */
+            kv.value = (lk_buf){0};
+        } else if (owner) {
+            ev->ok = 0;
+            ev->code = LK_ERR_PROTOCOL;
+            ev->msg = strdup("get: malformed key-value in etcd's answer");
+        }
+    }
+    lk_etcd_kv_free(&kv);
+    cJSON_Delete(root);
+    lk_emit(io, ev);
+}
+
+/* read: any key's value and mod revision (absent: has_value 0) */
+static void on_read(lk_req *r)
+{
+    lk_io *io = r->owner;
+    cJSON *root = lk_request_answer(io, r, "read");
+    if (!root) return;
+    const cJSON *kvs;
+    if (lk_etcd_kvs(root, &kvs)) {
+        cJSON_Delete(root);
+        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "read: etcd's answer has \"kvs\" that is not a list");
+        return;
+    }
+    const cJSON *item = cJSON_GetArrayItem(kvs, 0);
+    lk_kv kv = {0};
+    if (item && lk_etcd_kv(item, &kv)) {
+        lk_etcd_kv_free(&kv);
+        cJSON_Delete(root);
+        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "read: malformed key-value in etcd's answer");
+        return;
+    }
+    lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
+    if (ev) {
+        ev->ok = 1;
+        ev->revision = item ? kv.mod_rev : lk_etcd_revision(root);
+        if (item) {
+            ev->has_value = 1;
+            ev->token = kv.create_rev;
+            ev->value_len = kv.value.len;
+            ev->value = take_value(&kv.value);
+        }
+    }
+    lk_etcd_kv_free(&kv);
+    cJSON_Delete(root);
+    lk_emit(io, ev);
+}
+
+static void read_command(lk_io *io, lk_cmd *c)
+{
+    lk_buf body = {0};
+    lk_req *r = NULL;
+    if (lk_etcd_key_body(&body, (lk_bytes){c->name, c->name_len}) ||
+        !(r = lk_send(io, LK_PATH_RANGE, on_read, io, &body, 0))) {
+        lk_buf_free(&body);
+        lk_emit_fail(io, c->id, LK_ERR_NOMEM, "read: out of memory");
+        return;
+    }
+    r->id = c->id;
+}
+
+static void get_command(lk_io *io, lk_cmd *c)
+{
+    lk_buf dir = {0}, body = {0};
+    lk_req *r = NULL;
+    if (lk_key_dir(&dir, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len},
+                   (lk_bytes){c->name, c->name_len}) ||
+        lk_etcd_owner_body(&body, (lk_bytes){dir.data, dir.len}) ||
+        !(r = lk_send(io, LK_PATH_RANGE, on_get, io, &body, 0))) {
+        lk_buf_free(&body);
+        lk_emit_fail(io, c->id, LK_ERR_NOMEM, "get: out of memory");
+    } else {
+        r->id = c->id;
+    }
+    lk_buf_free(&dir);
+}
+
+static char *take_buf(lk_buf *b, size_t *len)
+{
+    char *p = b->data ? b->data : calloc(1, 1);
+    *len = b->len;
+    *b = (lk_buf){0};
+    return p;
+}
+
+static void on_list(lk_req *r)
+{
+    lk_io *io = r->owner;
+    cJSON *root = lk_request_answer(io, r, "status");
+    if (!root) return;
+    const cJSON *kvs;
+    if (lk_etcd_kvs(root, &kvs)) {
+        cJSON_Delete(root);
+        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "status: etcd's answer has \"kvs\" that is not a list");
+        return;
+    }
+    int n = cJSON_GetArraySize(kvs);
+    lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
+    if (ev && n > 0 && !(ev->kvs = calloc((size_t)n, sizeof *ev->kvs))) {
+        lk_event_free(ev);
+        ev = NULL;
+    }
+    if (!ev) {
+        cJSON_Delete(root);
+        lk_emit_fail(io, r->id, LK_ERR_NOMEM, "status: out of memory");
+        return;
+    }
+    ev->ok = 1;
+    ev->list = 1;
+    ev->revision = lk_etcd_revision(root);
+    const cJSON *item;
+    lk_kv kv = {0};
+    cJSON_ArrayForEach(item, kvs) {
+        if (lk_etcd_kv(item, &kv)) {  /* never a partial list */
+            lk_etcd_kv_free(&kv);
+            cJSON_Delete(root);
+            lk_event_free(ev);
+            lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "status: malformed key-value in etcd's answer");
+            return;
+        }
+        lk_bytes name, key = {kv.key.data, kv.key.len};
+        int limit_key = 0;  /* neither a contender's key nor a limit (the probe): not listed */
+        if (!lk_key_name(key, io->cfg.prefix_len, &name) &&
+            !(limit_key = lk_key_limit_name(key, io->cfg.prefix_len, &name)))
+            continue;
+        lk_event_kv *o = &ev->kvs[ev->n_kvs++];
+        o->limit_key = limit_key;
+        o->name_off = (size_t)(name.p - kv.key.data);
+        o->name_len = name.n;
+        o->key = take_buf(&kv.key, &o->key_len);
+        o->value = take_buf(&kv.value, &o->value_len);
+        o->create_rev = kv.create_rev;
+        o->lease = kv.lease;
+    }
+    lk_etcd_kv_free(&kv);
+    cJSON_Delete(root);
+    lk_emit(io, ev);
+}
+
+static void list_command(lk_io *io, lk_cmd *c)
+{
+    lk_buf body = {0};
+    lk_req *r = NULL;
+    if (lk_etcd_dir_body(&body, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len}) ||
+        !(r = lk_send(io, LK_PATH_RANGE, on_list, io, &body, 0))) {
+        lk_buf_free(&body);
+        lk_emit_fail(io, c->id, LK_ERR_NOMEM, "status: out of memory");
+        return;
+    }
+    r->id = c->id;
+}
+
+void lk_query_command(lk_io *io, lk_cmd *c)
+{
+    if (c->kind == LK_CMD_GET) get_command(io, c);
+    else if (c->kind == LK_CMD_READ) read_command(io, c);
+    else list_command(io, c);
+    lk_cmd_free(c);
+}
