@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "transport/gateway.h"
+#include "transport/gateway_json.h"
 
 static const long STATUSES[] = {200, 200, 200, 200, 400, 404, 500, 503, 0, 204};
 static const size_t MSG_SIZES[] = {256, 1, 17, 4096};

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "transport/gateway.h"
+#include "transport/gateway_json.h"
 
 #define PREFIX "/locker/"
 

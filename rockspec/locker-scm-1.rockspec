@@ -27,7 +27,7 @@ build = {
             sources = {
                 "src/base/b64.c", "src/base/backoff.c", "src/base/buf.c", "src/base/errors.c",
                 "src/base/map.c", "src/base/metrics.c", "src/binding/lcore.c",
-                "src/binding/lmetrics.c", "src/engine/cache.c", "src/engine/engine.c",
+                "src/binding/lmetrics.c", "src/engine/cache.c", "src/engine/engine.c", "src/etcd/answers.c",
                 "src/engine/io.c", "src/engine/keys.c", "src/engine/lock.c", "src/engine/msg.c",
                 "src/engine/query.c", "src/engine/session.c", "src/engine/wake.c",
                 "src/engine/watch.c", "src/transport/auth.c", "src/transport/gateway.c",

@@ -14,6 +14,7 @@
 
 #include "../src/base/b64.h"
 #include "../src/transport/gateway.h"
+#include "../src/transport/gateway_json.h"
 #include "../src/engine/keys.h"
 #include "../src/transport/tls.h"
 
@@ -183,6 +184,126 @@ static int answer(lua_State *L)
     return 1;
 }
 
+static void push_kv(lua_State *L, const lk_kv *kv)
+{
+    lua_newtable(L);
+    lua_pushlstring(L, kv->key.data ? kv->key.data : "", kv->key.len);
+    lua_setfield(L, -2, "key");
+    lua_pushlstring(L, kv->value.data ? kv->value.data : "", kv->value.len);
+    lua_setfield(L, -2, "value");
+    push_int64(L, kv->create_rev);
+    lua_setfield(L, -2, "create_revision");
+    push_int64(L, kv->mod_rev);
+    lua_setfield(L, -2, "mod_revision");
+    push_int64(L, kv->lease);
+    lua_setfield(L, -2, "lease");
+}
+
+static void push_range(lua_State *L, const lk_range_resp *r)
+{
+    lua_newtable(L);
+    push_int64(L, r->revision);
+    lua_setfield(L, -2, "revision");
+    push_int64(L, r->count);
+    lua_setfield(L, -2, "count");
+    lua_newtable(L);
+    for (size_t i = 0; i < r->n; i++) {
+        push_kv(L, &r->kvs[i]);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_setfield(L, -2, "kvs");
+}
+
+/* decode(kind, body, http_status) -> the typed answer transport/gateway.c
+ * decodes (kind: "range", "txn", "lease", "plain", "watch"), as a table:
+ * { rc = "ok" | "refused" | "malformed", msg =, grpc =, ... its fields } */
+static int decode(lua_State *L)
+{
+    const char *kind = luaL_checkstring(L, 1);
+    size_t n;
+    const char *body = luaL_optlstring(L, 2, "", &n);
+    long status = (long)luaL_checkinteger(L, 3);
+    char msg[512] = "";
+    int grpc = -1, rc;
+    lua_newtable(L);
+    if (!strcmp(kind, "range")) {
+        lk_range_resp r;
+        rc = lk_gw_range(body, n, status, &r, msg, sizeof msg, &grpc);
+        if (rc == LK_GW_OK) {
+            push_range(L, &r);
+            lua_setfield(L, -2, "range");
+        }
+        lk_range_resp_free(&r);
+    } else if (!strcmp(kind, "txn")) {
+        lk_txn_resp t;
+        rc = lk_gw_txn(body, n, status, &t, msg, sizeof msg, &grpc);
+        if (rc == LK_GW_OK) {
+            push_int64(L, t.revision);
+            lua_setfield(L, -2, "revision");
+            lua_pushboolean(L, t.succeeded);
+            lua_setfield(L, -2, "succeeded");
+            lua_newtable(L);
+            for (size_t i = 0; i < t.n; i++) {
+                push_range(L, &t.ranges[i]);
+                lua_rawseti(L, -2, (int)i + 1);
+            }
+            lua_setfield(L, -2, "responses");
+        }
+        lk_txn_resp_free(&t);
+    } else if (!strcmp(kind, "lease")) {
+        lk_lease_resp l;
+        rc = lk_gw_lease(body, n, status, &l, msg, sizeof msg, &grpc);
+        if (rc == LK_GW_OK) {
+            push_int64(L, l.revision);
+            lua_setfield(L, -2, "revision");
+            push_int64(L, l.id);
+            lua_setfield(L, -2, "id");
+            push_int64(L, l.ttl);
+            lua_setfield(L, -2, "ttl");
+        }
+    } else if (!strcmp(kind, "plain")) {
+        lk_plain_resp p;
+        rc = lk_gw_plain(body, n, status, &p, msg, sizeof msg, &grpc);
+        if (rc == LK_GW_OK) {
+            push_int64(L, p.revision);
+            lua_setfield(L, -2, "revision");
+        }
+    } else if (!strcmp(kind, "watch")) {
+        lk_watch_resp w;
+        rc = lk_gw_watch(body, n, status, &w, msg, sizeof msg, &grpc);
+        if (rc == LK_GW_OK) {
+            push_int64(L, w.revision);
+            lua_setfield(L, -2, "revision");
+            lua_pushboolean(L, w.created);
+            lua_setfield(L, -2, "created");
+            lua_pushboolean(L, w.canceled);
+            lua_setfield(L, -2, "canceled");
+            lua_pushstring(L, w.cancel_reason);
+            lua_setfield(L, -2, "cancel_reason");
+            push_int64(L, w.compact_revision);
+            lua_setfield(L, -2, "compact_revision");
+            lua_newtable(L);
+            for (size_t i = 0; i < w.n; i++) {
+                push_kv(L, &w.events[i].kv);
+                lua_pushboolean(L, w.events[i].deleted);
+                lua_setfield(L, -2, "deleted");
+                lua_rawseti(L, -2, (int)i + 1);
+            }
+            lua_setfield(L, -2, "events");
+        }
+        lk_watch_resp_free(&w);
+    } else {
+        return luaL_error(L, "decode: unknown kind %s", kind);
+    }
+    lua_pushstring(L, rc == LK_GW_OK ? "ok" : rc == LK_GW_REFUSED ? "refused" : "malformed");
+    lua_setfield(L, -2, "rc");
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "msg");
+    lua_pushinteger(L, grpc);
+    lua_setfield(L, -2, "grpc");
+    return 1;
+}
+
 static int key_dir(lua_State *L)
 {
     lk_buf b = {0};
@@ -230,7 +351,7 @@ int luaopen_codec_probe(lua_State *L)
 {
     static const struct { const char *name; lua_CFunction fn; } fns[] = {
         {"b64_encode", b64_encode}, {"b64_decode", b64_decode}, {"body", body},
-        {"answer", answer}, {"key_dir", key_dir}, {"key_contender", key_contender},
+        {"answer", answer}, {"decode", decode}, {"key_dir", key_dir}, {"key_contender", key_contender},
         {"key_probe", key_probe}, {"key_name", key_name}, {"tls_failure", tls_failure},
     };
     lua_newtable(L);

@@ -97,6 +97,110 @@ describe("request bodies", function()
     end)
 end)
 
+-- Answers recorded from etcd 3.4's gateway (spec/fixtures/gateway/).
+local function fixture(name)
+    local f = assert(io.open("spec/fixtures/gateway/" .. name))
+    local text = f:read("*a")
+    f:close()
+    return text
+end
+local function lines(name)
+    local t = {}
+    for l in fixture(name):gmatch("[^\n]+") do t[#t + 1] = l end
+    return t
+end
+
+describe("typed answers (transport/gateway.c into etcd/answers.h)", function()
+    it("decodes a range: revision, count, every key-value", function()
+        local a = codec.decode("range", fixture("range_kvs.json"), 200)
+        assert.equal("ok", a.rc)
+        assert.equal("2", a.range.revision)
+        assert.equal("1", a.range.count)
+        assert.equal(1, #a.range.kvs)
+        assert.equal("/locker/job/6d3ba24e24ca8b06", a.range.kvs[1].key)
+        assert.equal("10.0.0.1", a.range.kvs[1].value)
+        assert.equal("2", a.range.kvs[1].create_revision)
+        assert.equal("7871063230268476166", a.range.kvs[1].lease)  -- past 2^53, exact
+        a = codec.decode("range", fixture("range_empty.json"), 200)
+        assert.equal("ok", a.rc)
+        assert.same({}, a.range.kvs)       -- the gateway omits an empty list
+        assert.equal("0", a.range.count)   -- and a zero count
+    end)
+
+    it("decodes a txn: succeeded, each response's range, a put's as empty", function()
+        local a = codec.decode("txn", fixture("txn_succeeded.json"), 200)
+        assert.equal("ok", a.rc)
+        assert.is_true(a.succeeded)
+        assert.equal(2, #a.responses)
+        assert.same({}, a.responses[1].kvs)  -- response_put
+        assert.equal("/locker/job/6d3ba24e24ca8b06", a.responses[2].kvs[1].key)
+        assert.equal("", a.responses[2].kvs[1].value)  -- keys_only: no value
+        a = codec.decode("txn", fixture("txn_failed_ranges.json"), 200)
+        assert.is_false(a.succeeded)
+        assert.equal(3, #a.responses)
+        assert.equal("10.0.0.1", a.responses[1].kvs[1].value)
+        assert.equal("1", a.responses[3].count)  -- count_only
+        assert.same({}, a.responses[3].kvs)
+    end)
+
+    it("decodes lease answers: grant, keepalive (inside result), a keepalive of a gone lease", function()
+        local a = codec.decode("lease", fixture("lease_grant.json"), 200)
+        assert.same({ "ok", "7871063230268476166", "30", "1" }, { a.rc, a.id, a.ttl, a.revision })
+        a = codec.decode("lease", fixture("lease_keepalive.json"), 200)
+        assert.same({ "ok", "7871063230268476166", "30", "1" }, { a.rc, a.id, a.ttl, a.revision })
+        a = codec.decode("lease", fixture("lease_keepalive_gone.json"), 200)
+        assert.equal("ok", a.rc)
+        assert.equal("0", a.ttl)  -- omitted: the lease is gone
+        a = codec.decode("plain", fixture("lease_revoke.json"), 200)
+        assert.same({ "ok", "6" }, { a.rc, a.revision })
+    end)
+
+    it("decodes a watch stream: created, a put, a delete, a compacted start", function()
+        local l = lines("watch_stream.txt")
+        local a = codec.decode("watch", l[1], 200)
+        assert.same({ "ok", true, "3" }, { a.rc, a.created, a.revision })
+        a = codec.decode("watch", l[2], 200)
+        assert.is_false(a.created)
+        assert.equal(1, #a.events)
+        assert.same({ false, "/locker/job/b", "v2", "4" },
+                    { a.events[1].deleted, a.events[1].key, a.events[1].value, a.events[1].mod_revision })
+        a = codec.decode("watch", l[3], 200)
+        assert.is_true(a.events[1].deleted)
+        assert.equal("5", a.events[1].mod_revision)
+        l = lines("watch_compacted.txt")
+        a = codec.decode("watch", l[2], 200)
+        assert.same({ "ok", true, "5" }, { a.rc, a.canceled, a.compact_revision })
+    end)
+
+    it("gives etcd's refusals their code, and says what is malformed", function()
+        local a = codec.decode("plain", fixture("put_no_lease.json"), 404)
+        assert.same({ "refused", 5 }, { a.rc, a.grpc })
+        assert.matches("requested lease not found", a.msg)
+        a = codec.decode("range", fixture("range_empty_key.json"), 400)
+        assert.same({ "refused", 3 }, { a.rc, a.grpc })
+        local bad = {
+            { "range", '{"kvs":{"not":"a list"}}', "kvs that are not a list" },
+            { "range", '{"kvs":[{"key":"!!"}]}', "a key%-value with a bad field" },
+            { "range", '{"header":{"revision":12}}', "not a decimal string" },
+            { "txn", '{"succeeded":"yes"}', "not a boolean" },
+            { "txn", '{"responses":[1]}', "a response that is not an object" },
+            { "txn", '{"responses":[{"response_range":{"kvs":[{"lease":"-1"}]}}]}', "bad field" },
+            { "lease", '{"ID":"12x","TTL":"5"}', "not a decimal string" },
+            { "watch", '{"result":{"events":{}}}', "events that are not a list" },
+            { "watch", '{"result":{"events":[{"kv":{"key":"%%%"}}]}}', "bad field" },
+        }
+        for _, c in ipairs(bad) do
+            a = codec.decode(c[1], c[2], 200)
+            assert.equal("malformed", a.rc, c[2])
+            assert.matches(c[3], a.msg)
+        end
+        a = codec.decode("watch", '{"error":{"grpc_code":14,"message":"no leader"},"code":14}', 200)
+        assert.equal("refused", a.rc)
+        a = codec.decode("watch", "not json", 200)
+        assert.equal("refused", a.rc)
+    end)
+end)
+
 describe("gateway answers", function()
     it("reads a range answer: header revision, kvs decoded, int64 as strings", function()
         local a = codec.answer(cjson.encode {

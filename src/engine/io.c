@@ -78,46 +78,52 @@ void lk_emit_fail(lk_io *io, uint64_t id, lk_err code,
     lk_emit(io, ev);
 }
 
-/* Keeps the newest answer's revision (see lk_io). Keepalive answers carry
- * their header inside "result". */
-static void note_revision(const lk_req *r, const cJSON *root)
+/* Keeps the newest answer's revision (see lk_io). */
+static void note_revision(const lk_req *r, int64_t rev)
 {
     lk_io *io = r->sender;
-    if (!io || r->sent_at < io->answer_at) return;
-    int64_t rev = lk_etcd_revision(root);
-    if (rev <= 0)
-        rev = lk_etcd_revision(cJSON_GetObjectItemCaseSensitive(root, "result"));
-    if (rev <= 0) return;
+    if (!io || r->sent_at < io->answer_at || rev <= 0) return;
     io->answer_rev = rev;
     io->answer_at = r->sent_at;
 }
 
-cJSON *lk_answer(lk_req *r, lk_err *code, char *msg, size_t msg_size)
+/* What every answer is checked for before its body is read: 0, or -1
+ * with code and msg. */
+static int transport_fault(lk_req *r, lk_err *code, char *msg, size_t msg_size)
 {
     if (r->fail_code) {  /* tls, auth: http said why */
         *code = r->fail_code;
         snprintf(msg, msg_size, "%s", r->fail_msg ? r->fail_msg : lk_err_name(r->fail_code));
-        return NULL;
+        return -1;
     }
     if (r->too_big) {
         *code = LK_ERR_PROTOCOL;
         snprintf(msg, msg_size, "etcd at %s sent an answer over %d MiB",
                  lk_req_endpoint(r), LK_MAX_ANSWER >> 20);
-        return NULL;
+        return -1;
     }
     if (lk_req_transport_failed(r)) {
         *code = LK_ERR_UNAVAILABLE;
         snprintf(msg, msg_size, "etcd at %s unreachable: %s",
                  lk_req_endpoint(r), lk_req_error(r));
-        return NULL;
+        return -1;
     }
-    int grpc = -1;
-    char text[LK_MSG_SIZE];
-    cJSON *root = lk_etcd_parse(r->answer.data, r->answer.len, r->status,
-                                text, sizeof text, &grpc);
-    if (root) {
-        note_revision(r, root);
-        return root;
+    return 0;
+}
+
+/* After a decoder ran: 0 (answered, revision noted), or -1 with the code
+ * of what etcd (or the decoder) said. */
+static int decoded(lk_req *r, int rc, int grpc, int64_t rev, const char *text,
+                   lk_err *code, char *msg, size_t msg_size)
+{
+    if (rc == LK_GW_OK) {
+        note_revision(r, rev);
+        return 0;
+    }
+    if (rc == LK_GW_MALFORMED) {
+        *code = LK_ERR_PROTOCOL;
+        snprintf(msg, msg_size, "%s (from %s)", text, lk_req_endpoint(r));
+        return -1;
     }
     /* NotFound on a lease-carrying call is etcd saying the lease is gone. */
     *code = grpc == 5 && strstr(text, "lease") ? LK_ERR_LEASE_LOST
@@ -126,17 +132,42 @@ cJSON *lk_answer(lk_req *r, lk_err *code, char *msg, size_t msg_size)
           : grpc >= 0 ? LK_ERR_ETCD : LK_ERR_PROTOCOL;
     snprintf(msg, msg_size, "%s%s", text, grpc == 3 && *code == LK_ERR_AUTH
              ? " (etcd has authentication on: set user and password)" : "");
-    return NULL;
+    return -1;
 }
 
-cJSON *lk_request_answer(lk_io *io, lk_req *r, const char *what)
-{
-    lk_err code;
-    char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (!root) lk_emit_fail(io, r->id, code, "%s: %s", what, msg);
-    return root;
+#define ANSWER(fn, type, decoder)                                                     \
+int fn(lk_req *r, type *out, lk_err *code, char *msg, size_t msg_size)             \
+{                                                                                   \
+    *out = (type){0};                                                               \
+    if (transport_fault(r, code, msg, msg_size)) return -1;                         \
+    int grpc = -1;                                                                  \
+    char text[LK_MSG_SIZE];                                                         \
+    int rc = decoder(r->answer.data, r->answer.len, r->status, out, text,           \
+                     sizeof text, &grpc);                                           \
+    return decoded(r, rc, grpc, out->revision, text, code, msg, msg_size);          \
 }
+ANSWER(lk_answer_range, lk_range_resp, lk_gw_range)
+ANSWER(lk_answer_txn, lk_txn_resp, lk_gw_txn)
+ANSWER(lk_answer_lease, lk_lease_resp, lk_gw_lease)
+ANSWER(lk_answer_plain, lk_plain_resp, lk_gw_plain)
+
+int lk_answer_ok(lk_req *r, lk_err *code, char *msg, size_t msg_size)
+{
+    lk_plain_resp p;
+    return lk_answer_plain(r, &p, code, msg, msg_size);
+}
+
+#define REQUEST(fn, type, answer)                                                     \
+int fn(lk_io *io, lk_req *r, const char *what, type *out)                          \
+{                                                                                   \
+    lk_err code;                                                                    \
+    char msg[LK_MSG_SIZE];                                                          \
+    if (answer(r, out, &code, msg, sizeof msg) == 0) return 0;                      \
+    lk_emit_fail(io, r->id, code, "%s: %s", what, msg);                             \
+    return -1;                                                                      \
+}
+REQUEST(lk_request_range, lk_range_resp, lk_answer_range)
+REQUEST(lk_request_txn, lk_txn_resp, lk_answer_txn)
 
 static lk_req *send_req(lk_io *io, const char *path, lk_req_done_fn done,
                         void *owner, lk_buf *body, int64_t timeout_ms,

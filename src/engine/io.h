@@ -6,8 +6,7 @@
 
 #include <stdint.h>
 
-#include <cJSON.h>
-
+#include "etcd/answers.h"
 #include "transport/auth.h"
 #include "base/backoff.h"
 #include "base/buf.h"
@@ -57,13 +56,22 @@ void lk_emit_ok(lk_io *io, uint64_t id);
 void lk_emit_fail(lk_io *io, uint64_t id, lk_err code,
                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-/* Reads a finished request's answer: the parsed root object, or NULL with a
- * code ("unavailable", "lease_lost", "etcd", "protocol") and a message. */
-cJSON *lk_answer(lk_req *r, lk_err *code, char *msg, size_t msg_size);
+/* Reads a finished request's answer as the operation it answers (etcd/
+ * answers.h; free *out with its _free function): 0, or -1 with a code
+ * ("unavailable", "lease_lost", "auth", "etcd", "protocol" for a
+ * malformed answer) and a message, *out empty. The newest answer's
+ * revision is noted (lk_io). */
+int lk_answer_range(lk_req *r, lk_range_resp *out, lk_err *code, char *msg, size_t msg_size);
+int lk_answer_txn(lk_req *r, lk_txn_resp *out, lk_err *code, char *msg, size_t msg_size);
+int lk_answer_lease(lk_req *r, lk_lease_resp *out, lk_err *code, char *msg, size_t msg_size);
+int lk_answer_plain(lk_req *r, lk_plain_resp *out, lk_err *code, char *msg, size_t msg_size);
+/* Only whether it succeeded (a put, a delete, a revoke). */
+int lk_answer_ok(lk_req *r, lk_err *code, char *msg, size_t msg_size);
 
-/* The answer to a request the Lua side waits for (r->id): its root
- * object, or NULL once the failure went to the caller as "WHAT: why". */
-cJSON *lk_request_answer(lk_io *io, lk_req *r, const char *what);
+/* The answer to a request the Lua side waits for (r->id): 0, or -1 once
+ * the failure went to the caller as "WHAT: why". */
+int lk_request_range(lk_io *io, lk_req *r, const char *what, lk_range_resp *out);
+int lk_request_txn(lk_io *io, lk_req *r, const char *what, lk_txn_resp *out);
 
 /* Starts a request, taking body over; timeout_ms 0 means the client's
  * request timeout. Returns the request, or NULL (nothing was sent).

@@ -328,16 +328,16 @@ static void transient(lk_locks *ls, lk_lock *l, lk_err code,
     retry_later(ls, l);
 }
 
-/* Whether a kv item's key equals b. */
-static int key_is(const cJSON *item, const lk_buf *b, lk_kv *kv)
+/* Whether a key-value's key equals b. */
+static int key_is(const lk_kv *kv, const lk_buf *b)
 {
-    return item && lk_etcd_kv(item, kv) == 0 && same(b, kv->key.data, kv->key.len);
+    return kv && same(b, kv->key.data, kv->key.len);
 }
 
-/* A lock request's answer: its root object and revision, or NULL once the
- * lock has moved on (a delete was asked for meanwhile, or the failure went
- * to transient()). */
-static cJSON *lock_answer(lk_req *r, int64_t *rev)
+/* A lock request's answer (a txn): 0 and *t (its revision > 0), or -1 once
+ * the lock has moved on (a delete was asked for meanwhile, or the failure
+ * went to transient()). */
+static int lock_answer(lk_req *r, lk_txn_resp *t)
 {
     lk_lock *l = r->owner;
     lk_locks *ls = l->ls;
@@ -346,23 +346,21 @@ static cJSON *lock_answer(lk_req *r, int64_t *rev)
     if (l->deadline && !l->reported) wake_at(ls, l->deadline);
     if (l->state == LS_DELETE) {  /* release or timeout came meanwhile */
         start_delete(ls, l);
-        return NULL;
+        return -1;
     }
     lk_err code;
     char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (!root) {
+    if (lk_answer_txn(r, t, &code, msg, sizeof msg)) {
         transient(ls, l, code, msg);
-        return NULL;
+        return -1;
     }
-    *rev = lk_etcd_revision(root);
-    if (*rev <= 0) {
-        cJSON_Delete(root);
+    if (t->revision <= 0) {
+        lk_txn_resp_free(t);
         transient(ls, l, LK_ERR_PROTOCOL, "etcd's answer has no header revision");
-        return NULL;
+        return -1;
     }
     l->failures = 0;
-    return root;
+    return 0;
 }
 
 /* A request for a lock that lock() still waits for gets only the time the
@@ -446,25 +444,23 @@ static void on_try(lk_req *r)
 {
     lk_lock *l = r->owner;
     lk_locks *ls = l->ls;
-    int64_t rev;
-    cJSON *root = lock_answer(r, &rev);
-    if (!root) return;
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"))) {
+    lk_txn_resp t;
+    if (lock_answer(r, &t)) return;
+    int64_t rev = t.revision;
+    if (t.succeeded) {
         l->my_rev = rev;  /* the only key: the owner */
-        cJSON_Delete(root);
+        lk_txn_resp_free(&t);
         placed(ls, l, 1, rev);
         return;
     }
-    lk_kv kv = {0};
-    const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 0));
-    const cJSON *owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
+    const lk_kv *mine = lk_range_first(lk_txn_range(&t, 0));
+    const lk_kv *owner = lk_range_first(lk_txn_range(&t, 1));
     int stale = 0, first = 0;
-    l->my_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
-    if (mine && lk_etcd_kv(mine, &kv) == 0)  /* an earlier try's key */
-        stale = !same(&l->value, kv.value.data, kv.value.len);
-    if (mine) first = key_is(owner, &l->key, &kv);
-    lk_etcd_kv_free(&kv);
-    cJSON_Delete(root);
+    l->my_rev = mine ? mine->create_rev : 0;
+    if (mine)  /* an earlier try's key */
+        stale = !same(&l->value, mine->value.data, mine->value.len);
+    if (mine) first = key_is(owner, &l->key);
+    lk_txn_resp_free(&t);
     if (!mine && !l->wait) {  /* try-lock: nothing was written */
         report_fail(ls, l, LK_ERR_LOCKED, "held by another owner");
         l->lease = 0;
@@ -483,23 +479,20 @@ static void on_acquire(lk_req *r)
 {
     lk_lock *l = r->owner;
     lk_locks *ls = l->ls;
-    int64_t rev;
-    cJSON *root = lock_answer(r, &rev);
-    if (!root) return;
-    lk_kv kv = {0};
-    const cJSON *owner = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"))) {
+    lk_txn_resp t;
+    if (lock_answer(r, &t)) return;
+    int64_t rev = t.revision;
+    const lk_kv *owner = lk_range_first(lk_txn_range(&t, 1));
+    if (t.succeeded) {
         l->my_rev = rev;  /* created by this txn */
     } else {  /* our key was there already: keep its place in the queue */
-        const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 0));
-        l->my_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
-        if (mine && lk_etcd_kv(mine, &kv) == 0 &&
-            !same(&l->value, kv.value.data, kv.value.len))
+        const lk_kv *mine = lk_range_first(lk_txn_range(&t, 0));
+        l->my_rev = mine ? mine->create_rev : 0;
+        if (mine && !same(&l->value, mine->value.data, mine->value.len))
             refresh_value(ls, l);
     }
-    int first = key_is(owner, &l->key, &kv);
-    lk_etcd_kv_free(&kv);
-    cJSON_Delete(root);
+    int first = key_is(owner, &l->key);
+    lk_txn_resp_free(&t);
     if (l->my_rev <= 0)
         transient(ls, l, LK_ERR_PROTOCOL, "acquire answer without the own key");
     else
@@ -570,19 +563,17 @@ static void wrong_limit(lk_locks *ls, lk_lock *l, const char *why)
 
 /* The limit the oldest contender (first) asked for: its limit key's value,
  * 1 when it has none (a plain lock, etcdctl lock), 0 when unreadable. */
-static int oldest_limit(const lk_lock *l, const lk_kv *first, const cJSON *limits)
+static int oldest_limit(const lk_lock *l, const lk_kv *first, const lk_range_resp *limits)
 {
     lk_buf want = {0};
     int n = 1;
     if (lk_key_contender(&want, bytes(&l->limit_dir), first->lease)) return 0;
-    const cJSON *item;
-    lk_kv kv = {0};
-    cJSON_ArrayForEach(item, limits) {
-        if (lk_etcd_kv(item, &kv)) { n = 0; break; }
-        if (kv.key.len == want.len && memcmp(kv.key.data, want.data, want.len) == 0) {
+    for (size_t i = 0; limits && i < limits->n; i++) {
+        const lk_kv *kv = &limits->kvs[i];
+        if (kv->key.len == want.len && memcmp(kv->key.data, want.data, want.len) == 0) {
             char digits[12];
-            size_t len = kv.value.len < sizeof digits - 1 ? kv.value.len : sizeof digits - 1;
-            memcpy(digits, kv.value.data ? kv.value.data : "", len);
+            size_t len = kv->value.len < sizeof digits - 1 ? kv->value.len : sizeof digits - 1;
+            memcpy(digits, kv->value.data ? kv->value.data : "", len);
             digits[len] = '\0';
             char *end;
             long v = strtol(digits, &end, 10);
@@ -590,7 +581,6 @@ static int oldest_limit(const lk_lock *l, const lk_kv *first, const cJSON *limit
             break;
         }
     }
-    lk_etcd_kv_free(&kv);
     lk_buf_free(&want);
     return n;
 }
@@ -603,45 +593,37 @@ static void on_sem_check(lk_req *r)
 {
     lk_lock *l = r->owner;
     lk_locks *ls = l->ls;
-    int64_t rev;
-    cJSON *root = lock_answer(r, &rev);
-    if (!root) return;
-    const cJSON *older = NULL, *limits = NULL, *item;
-    const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
-    int64_t mine_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
-    if (lk_etcd_kvs(lk_etcd_txn_range(root, 0), &older) ||
-        lk_etcd_kvs(lk_etcd_txn_range(root, 2), &limits)) {
-        cJSON_Delete(root);
-        transient(ls, l, LK_ERR_PROTOCOL, "etcd's answer has a malformed list of keys");
-        return;
-    }
+    lk_txn_resp t;
+    if (lock_answer(r, &t)) return;
+    int64_t rev = t.revision;
+    const lk_range_resp *older = lk_txn_range(&t, 0), *limits = lk_txn_range(&t, 2);
+    const lk_kv *mine = lk_range_first(lk_txn_range(&t, 1));
+    int64_t mine_rev = mine ? mine->create_rev : 0;
     if (mine_rev != l->my_rev) {
-        cJSON_Delete(root);
+        lk_txn_resp_free(&t);
         lost_key(ls, l, mine_rev ? "its key was replaced"
                                  : "its key vanished (session lease expired?)");
         return;
     }
     if (outdated(l, rev)) {
-        cJSON_Delete(root);
+        lk_txn_resp_free(&t);
         check(ls, l);
         return;
     }
     lk_map_free(&l->before);
     int ahead = 0, bad = 0, want = l->limit;
-    lk_kv kv = {0};
-    cJSON_ArrayForEach(item, older) {
-        if (lk_etcd_kv(item, &kv) ||
-            lk_map_put(&l->before, kv.key.data, kv.key.len, (void *)1)) {
+    for (size_t i = 0; older && i < older->n; i++) {
+        const lk_kv *kv = &older->kvs[i];
+        if (lk_map_put(&l->before, kv->key.data, kv->key.len, (void *)1)) {
             bad = 1;
             break;
         }
-        if (ahead++ == 0) want = oldest_limit(l, &kv, limits);
+        if (ahead++ == 0) want = oldest_limit(l, kv, limits);
     }
-    lk_etcd_kv_free(&kv);
-    cJSON_Delete(root);
+    lk_txn_resp_free(&t);
     char why[LK_MSG_SIZE];
     if (bad) {
-        transient(ls, l, LK_ERR_PROTOCOL, "etcd's answer has a malformed key");
+        transient(ls, l, LK_ERR_NOMEM, "out of memory for the keys ahead of it");
     } else if (want != l->limit) {
         if (want == 1)
             snprintf(why, sizeof why, "its oldest contender holds it as a plain lock (limit 1), "
@@ -668,21 +650,21 @@ static void on_check(lk_req *r)
 {
     lk_lock *l = r->owner;
     lk_locks *ls = l->ls;
-    int64_t rev;
-    cJSON *root = lock_answer(r, &rev);
-    if (!root) return;
-    const cJSON *pred = lk_etcd_first_kv(lk_etcd_txn_range(root, 0));
-    const cJSON *mine = lk_etcd_first_kv(lk_etcd_txn_range(root, 1));
-    int64_t limits = lk_etcd_int(lk_etcd_txn_range(root, 2), "count");
-    lk_kv kv = {0};
-    if (pred && lk_etcd_kv(pred, &kv) == 0) {
-        if (!same(&l->pred, kv.key.data, kv.key.len)) l->pred_clean = 0;
+    lk_txn_resp t;
+    if (lock_answer(r, &t)) return;
+    int64_t rev = t.revision;
+    const lk_kv *pred = lk_range_first(lk_txn_range(&t, 0));
+    const lk_kv *mine = lk_range_first(lk_txn_range(&t, 1));
+    const lk_range_resp *limit_keys = lk_txn_range(&t, 2);
+    int64_t limits = limit_keys ? limit_keys->count : 0;
+    if (pred) {
+        if (!same(&l->pred, pred->key.data, pred->key.len)) l->pred_clean = 0;
         lk_buf_reset(&l->pred);
-        lk_buf_append(&l->pred, kv.key.data, kv.key.len);
+        lk_buf_append(&l->pred, pred->key.data, pred->key.len);
     }
-    int64_t mine_rev = mine ? lk_etcd_int(mine, "create_revision") : 0;
-    lk_etcd_kv_free(&kv);
-    cJSON_Delete(root);
+    int64_t mine_rev = mine ? mine->create_rev : 0;
+    int had_pred = pred != NULL;
+    lk_txn_resp_free(&t);
     if (mine_rev != l->my_rev) {
         lost_key(ls, l, mine_rev ? "its key was replaced"
                                  : "its key vanished (session lease expired?)");
@@ -691,11 +673,11 @@ static void on_check(lk_req *r)
     } else if (limits > 0) {
         wrong_limit(ls, l, "its name has semaphore contenders (a limit > 1): a plain lock "
                            "cannot share it");
-    } else if (!pred && must_delay(ls, l)) {
+    } else if (!had_pred && must_delay(ls, l)) {
         l->state = LS_DELAYED;
         l->delay_until = lk_now_ms() + ls->io->cfg.lock_delay_ms;
         wake_at(ls, l->delay_until);
-    } else if (!pred) {
+    } else if (!had_pred) {
         became_owner(ls, l);
     } else {
         drop(ls, l, LK_ERR_LOST, "another owner is ahead of it");
@@ -723,9 +705,7 @@ static void on_delete(lk_req *r)
     l->req = NULL;
     lk_err code;
     char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    cJSON_Delete(root);
-    if (root || code == LK_ERR_LEASE_LOST) {
+    if (lk_answer_ok(r, &code, msg, sizeof msg) == 0 || code == LK_ERR_LEASE_LOST) {
         finish(ls, l);
         return;
     }
@@ -942,15 +922,16 @@ static void guard_failed(lk_locks *ls, const lk_req *r)
 static void on_set(lk_req *r)
 {
     lk_locks *ls = r->owner;
-    cJSON *root = r->id ? lk_request_answer(ls->io, r, "set") : NULL;
-    if (!r->id) {  /* a refresh: nobody waits for it */
+    lk_txn_resp t;
+    if (r->id) {
+        if (lk_request_txn(ls->io, r, "set", &t)) return;
+    } else {  /* a refresh: nobody waits for it */
         lk_err code;
         char msg[LK_MSG_SIZE];
-        root = lk_answer(r, &code, msg, sizeof msg);
+        if (lk_answer_txn(r, &t, &code, msg, sizeof msg)) return;
     }
-    if (!root) return;
-    int ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"));
-    cJSON_Delete(root);
+    int ok = t.succeeded;
+    lk_txn_resp_free(&t);
     if (!ok) guard_failed(ls, r);  /* first: set() returns to a lock not owned */
     if (r->id && ok) lk_emit_ok(ls->io, r->id);
     else if (r->id) lk_emit_fail(ls->io, r->id, LK_ERR_LOST, "set: the lock was lost "
@@ -962,11 +943,11 @@ static void on_set(lk_req *r)
 static void guarded_answer(lk_req *r, const char *what)
 {
     lk_locks *ls = r->owner;
-    cJSON *root = lk_request_answer(ls->io, r, what);
-    if (!root) return;
-    int ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"));
-    int64_t rev = lk_etcd_revision(root);
-    cJSON_Delete(root);
+    lk_txn_resp t;
+    if (lk_request_txn(ls->io, r, what, &t)) return;
+    int ok = t.succeeded;
+    int64_t rev = t.revision;
+    lk_txn_resp_free(&t);
     if (!ok) {
         guard_failed(ls, r);
         lk_emit_fail(ls->io, r->id, LK_ERR_NOT_OWNER, "%s: the lock was lost (its key "

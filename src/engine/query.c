@@ -19,34 +19,22 @@ static char *take_value(lk_buf *b)
 static void on_get(lk_req *r)
 {
     lk_io *io = r->owner;
-    cJSON *root = lk_request_answer(io, r, "get");
-    if (!root) return;
-    const cJSON *kvs;
-    if (lk_etcd_kvs(root, &kvs)) {
-        cJSON_Delete(root);
-        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "get: etcd's answer has \"kvs\" that is not a list");
-        return;
-    }
+    lk_range_resp range;
+    if (lk_request_range(io, r, "get", &range)) return;
     lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
-    lk_kv kv = {0};
-    const cJSON *owner = cJSON_GetArrayItem(kvs, 0);
+    lk_kv *owner = range.n ? &range.kvs[0] : NULL;
     if (ev) {
         ev->ok = 1;
-        ev->revision = lk_etcd_revision(root);
-        if (owner && lk_etcd_kv(owner, &kv) == 0) {
+        ev->revision = range.revision;
+        if (owner) {
             ev->has_value = 1;
-            ev->token = kv.create_rev;
-            ev->value_len = kv.value.len;
-            ev->value = kv.value.data;  /* taken over by the event */
-            kv.value = (lk_buf){0};
-        } else if (owner) {
-            ev->ok = 0;
-            ev->code = LK_ERR_PROTOCOL;
-            ev->msg = strdup("get: malformed key-value in etcd's answer");
+            ev->token = owner->create_rev;
+            ev->value_len = owner->value.len;
+            ev->value = owner->value.data;  /* taken over by the event */
+            owner->value = (lk_buf){0};
         }
     }
-    lk_etcd_kv_free(&kv);
-    cJSON_Delete(root);
+    lk_range_resp_free(&range);
     lk_emit(io, ev);
 }
 
@@ -54,35 +42,21 @@ static void on_get(lk_req *r)
 static void on_read(lk_req *r)
 {
     lk_io *io = r->owner;
-    cJSON *root = lk_request_answer(io, r, "read");
-    if (!root) return;
-    const cJSON *kvs;
-    if (lk_etcd_kvs(root, &kvs)) {
-        cJSON_Delete(root);
-        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "read: etcd's answer has \"kvs\" that is not a list");
-        return;
-    }
-    const cJSON *item = cJSON_GetArrayItem(kvs, 0);
-    lk_kv kv = {0};
-    if (item && lk_etcd_kv(item, &kv)) {
-        lk_etcd_kv_free(&kv);
-        cJSON_Delete(root);
-        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "read: malformed key-value in etcd's answer");
-        return;
-    }
+    lk_range_resp range;
+    if (lk_request_range(io, r, "read", &range)) return;
+    lk_kv *item = range.n ? &range.kvs[0] : NULL;
     lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
     if (ev) {
         ev->ok = 1;
-        ev->revision = item ? kv.mod_rev : lk_etcd_revision(root);
+        ev->revision = item ? item->mod_rev : range.revision;
         if (item) {
             ev->has_value = 1;
-            ev->token = kv.create_rev;
-            ev->value_len = kv.value.len;
-            ev->value = take_value(&kv.value);
+            ev->token = item->create_rev;
+            ev->value_len = item->value.len;
+            ev->value = take_value(&item->value);
         }
     }
-    lk_etcd_kv_free(&kv);
-    cJSON_Delete(root);
+    lk_range_resp_free(&range);
     lk_emit(io, ev);
 }
 
@@ -126,54 +100,38 @@ static char *take_buf(lk_buf *b, size_t *len)
 static void on_list(lk_req *r)
 {
     lk_io *io = r->owner;
-    cJSON *root = lk_request_answer(io, r, "status");
-    if (!root) return;
-    const cJSON *kvs;
-    if (lk_etcd_kvs(root, &kvs)) {
-        cJSON_Delete(root);
-        lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "status: etcd's answer has \"kvs\" that is not a list");
-        return;
-    }
-    int n = cJSON_GetArraySize(kvs);
+    lk_range_resp range;
+    if (lk_request_range(io, r, "status", &range)) return;  /* never a partial list */
     lk_event *ev = lk_event_new(LK_EV_RESULT, r->id);
-    if (ev && n > 0 && !(ev->kvs = calloc((size_t)n, sizeof *ev->kvs))) {
+    if (ev && range.n > 0 && !(ev->kvs = calloc(range.n, sizeof *ev->kvs))) {
         lk_event_free(ev);
         ev = NULL;
     }
     if (!ev) {
-        cJSON_Delete(root);
+        lk_range_resp_free(&range);
         lk_emit_fail(io, r->id, LK_ERR_NOMEM, "status: out of memory");
         return;
     }
     ev->ok = 1;
     ev->list = 1;
-    ev->revision = lk_etcd_revision(root);
-    const cJSON *item;
-    lk_kv kv = {0};
-    cJSON_ArrayForEach(item, kvs) {
-        if (lk_etcd_kv(item, &kv)) {  /* never a partial list */
-            lk_etcd_kv_free(&kv);
-            cJSON_Delete(root);
-            lk_event_free(ev);
-            lk_emit_fail(io, r->id, LK_ERR_PROTOCOL, "status: malformed key-value in etcd's answer");
-            return;
-        }
-        lk_bytes name, key = {kv.key.data, kv.key.len};
+    ev->revision = range.revision;
+    for (size_t i = 0; i < range.n; i++) {
+        lk_kv *kv = &range.kvs[i];
+        lk_bytes name, key = {kv->key.data, kv->key.len};
         int limit_key = 0;  /* neither a contender's key nor a limit (the probe): not listed */
         if (!lk_key_name(key, io->cfg.prefix_len, &name) &&
             !(limit_key = lk_key_limit_name(key, io->cfg.prefix_len, &name)))
             continue;
         lk_event_kv *o = &ev->kvs[ev->n_kvs++];
         o->limit_key = limit_key;
-        o->name_off = (size_t)(name.p - kv.key.data);
+        o->name_off = (size_t)(name.p - kv->key.data);
         o->name_len = name.n;
-        o->key = take_buf(&kv.key, &o->key_len);
-        o->value = take_buf(&kv.value, &o->value_len);
-        o->create_rev = kv.create_rev;
-        o->lease = kv.lease;
+        o->key = take_buf(&kv->key, &o->key_len);
+        o->value = take_buf(&kv->value, &o->value_len);
+        o->create_rev = kv->create_rev;
+        o->lease = kv->lease;
     }
-    lk_etcd_kv_free(&kv);
-    cJSON_Delete(root);
+    lk_range_resp_free(&range);
     lk_emit(io, ev);
 }
 

@@ -143,15 +143,14 @@ static void on_grant(lk_req *r)
     s->lease_req = NULL;
     lk_err code;
     char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    int64_t id = root ? lk_etcd_int(root, "ID") : 0;
-    int64_t ttl = root ? lk_etcd_int(root, "TTL") : 0;
-    cJSON_Delete(root);
-    if (root && (id == 0 || ttl <= 0)) {
+    lk_lease_resp lease;
+    int answered = lk_answer_lease(r, &lease, &code, msg, sizeof msg) == 0;
+    int64_t id = lease.id, ttl = lease.ttl;
+    if (answered && (id == 0 || ttl <= 0)) {
         code = LK_ERR_PROTOCOL;
         snprintf(msg, sizeof msg, "lease grant answer without ID or TTL");
     }
-    if (!root || id == 0 || ttl <= 0) {
+    if (!answered || id == 0 || ttl <= 0) {
         s->grant_failures++;
         s->grant_retry_at = lk_now_ms() + backoff(s->grant_failures);
         failure(s, code, msg);
@@ -182,9 +181,10 @@ static void on_keepalive(lk_req *r)
     s->lease_req = NULL;
     lk_err code;
     char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
+    lk_lease_resp lease;
+    int answered = lk_answer_lease(r, &lease, &code, msg, sizeof msg) == 0;
     lk_metrics *m = &s->io->metrics;
-    if (!root) lk_metric_add(&m->renewals_failed, 1);
+    if (!answered) lk_metric_add(&m->renewals_failed, 1);
     else {
         lk_hist_observe(&m->keepalive_seconds, lk_now_us() - r->started_us);
         /* answered after the point where owners stop being confirmed */
@@ -194,16 +194,14 @@ static void on_keepalive(lk_req *r)
                     "confirmation ran out");
         }
     }
-    if (!root) {
+    if (!answered) {
         if (code == LK_ERR_LEASE_LOST)
             lk_session_lease_gone(s, msg);
         else  /* try again soon; the tick ends ownership at the deadline */
             s->next_keepalive = lk_now_ms() + KEEPALIVE_RETRY_MS;
         return;
     }
-    const cJSON *result = cJSON_GetObjectItemCaseSensitive(root, "result");
-    int64_t ttl = lk_etcd_int(result ? result : root, "TTL");
-    cJSON_Delete(root);
+    int64_t ttl = lease.ttl;
     if (ttl <= 0) {  /* the gateway omits TTL: 0, the lease is gone */
         lk_session_lease_gone(s, "etcd says the session lease has expired");
         return;
@@ -324,34 +322,31 @@ static void reached(lk_session *s, int64_t rev)
 
 /* Hands one stream event on, with the lock name its key belongs to (the
  * probe key has none). */
-static void publish_change(lk_session *s, const cJSON *ev, const lk_kv *kv)
+static void publish_change(lk_session *s, const lk_watch_event *ev)
 {
+    const lk_kv *kv = &ev->kv;
     lk_bytes name, key = {kv->key.data, kv->key.len};
     int marker = 0;
     if (!lk_key_name(key, s->io->cfg.prefix_len, &name) &&
         !(marker = lk_key_released_name(key, s->io->cfg.prefix_len, &name)))
         return;
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
     lk_change c = {
         .name = name.p,
         .name_len = name.n,
         .marker = marker,
-        .deleted = cJSON_IsString(type) && strcmp(type->valuestring, "DELETE") == 0,
+        .deleted = ev->deleted,
         .kv = kv,
     };
     s->hooks.change(s->hooks.ctx, &c);
 }
 
-/* A line that is not a watch result: etcd's error (an HTTP 500's body, say).
- * Kept as the stream's failure; the stream ends. */
-static int stream_error(lk_session *s, const char *line, size_t n, const lk_req *r)
+/* A line that is not a watch result (etcd's error, an HTTP 500's body,
+ * say), or a malformed one: kept as the stream's failure; the stream ends. */
+static int stream_error(lk_session *s, int rc, int grpc, const char *text, const lk_req *r)
 {
-    int grpc;
-    char text[LK_MSG_SIZE - 128];
-    cJSON_Delete(lk_etcd_parse(line, n, r->status ? r->status : 500, text,
-                               sizeof text, &grpc));
     if (lk_auth_token_refused(text)) lk_auth_rejected(s->io->auth, r->auth_gen);
-    note_failure(s, grpc == 14 ? LK_ERR_UNAVAILABLE : lk_auth_refusal(grpc, text) ? LK_ERR_AUTH
+    note_failure(s, rc == LK_GW_MALFORMED ? LK_ERR_PROTOCOL
+                    : grpc == 14 ? LK_ERR_UNAVAILABLE : lk_auth_refusal(grpc, text) ? LK_ERR_AUTH
                     : grpc >= 0 ? LK_ERR_ETCD : LK_ERR_PROTOCOL,
                  "watch stream at %s: %s", lk_req_endpoint(r), text);
     s->stream_refused = 1;
@@ -362,70 +357,58 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
 {
     lk_session *s = r->owner;
     lk_metric_set(&s->io->metrics.stream_message_ms, lk_now_ms());
-    cJSON *root = cJSON_ParseWithLength(line, n);
-    const cJSON *res = cJSON_GetObjectItemCaseSensitive(root, "result");
-    if (!cJSON_IsObject(res)) {  /* {"error": ...} or garbage: reconnect */
-        cJSON_Delete(root);
-        return stream_error(s, line, n, r);
-    }
-    int64_t header_rev = lk_etcd_revision(res);
-    if (lk_etcd_int(res, "compact_revision") > 0) {
+    lk_watch_resp msg;
+    int grpc;
+    char text[LK_MSG_SIZE - 128];
+    int rc = lk_gw_watch(line, n, r->status, &msg, text, sizeof text, &grpc);
+    if (rc != LK_GW_OK) return stream_error(s, rc, grpc, text, r);
+    int64_t header_rev = msg.revision;
+    if (msg.compact_revision > 0) {
         /* we resumed from a compacted revision: start afresh, look again;
          * answers from before the gap prove nothing about it */
         s->stream_rev = 0;
         s->stream_resync = 1;
         s->pending[0] = s->pending[1] = (lk_proof){0, 0};
         s->sampled_at = lk_now_ms();
-        cJSON_Delete(root);
+        lk_watch_resp_free(&msg);
         lk_metric_add(&s->io->metrics.resyncs, 1);
         lk_note(s->io, "resync", lk_req_endpoint(r), "the watch stream resumed into compacted history: "
                 "re-reading");
         s->hooks.resync(s->hooks.ctx);
         return -1;
     }
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "canceled"))) {
-        const cJSON *why = cJSON_GetObjectItemCaseSensitive(res, "cancel_reason");
-        const char *reason = cJSON_IsString(why) ? why->valuestring : "no reason given";
+    if (msg.canceled) {
+        const char *reason = msg.cancel_reason[0] ? msg.cancel_reason : "no reason given";
         /* an expired token: the next stream waits for a new one */
         if (lk_auth_token_refused(reason)) lk_auth_rejected(s->io->auth, r->auth_gen);
         note_failure(s, lk_auth_refusal(-1, reason) ? LK_ERR_AUTH : LK_ERR_ETCD,
-                     "etcd at %s canceled the watch: %.300s", lk_req_endpoint(r), reason);
+                     "etcd at %s canceled the watch: %.200s", lk_req_endpoint(r), reason);
         s->stream_refused = 1;
-        cJSON_Delete(root);
+        lk_watch_resp_free(&msg);
         return -1;
     }
-    const cJSON *events = cJSON_GetObjectItemCaseSensitive(res, "events");
-    if (events && !cJSON_IsArray(events)) {
-        cJSON_Delete(root);
-        return stream_error(s, "{\"error\":\"events that are not a list\"}", 37, r);
-    }
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "created"))) {
+    if (msg.created) {
         s->stream_ready = 1;
         s->fail_code = LK_OK;
         if (s->stream_rev == 0) s->stream_rev = header_rev;
         publish_stream(s);
         if (s->lease) s->hooks.ready(s->hooks.ctx);
         s->hooks.stream_ready(s->hooks.ctx);
-    } else if (!events) {  /* a progress note: nothing up to header_rev missed */
+    } else if (msg.n == 0) {  /* a progress note: nothing up to header_rev missed */
         s->stream_progress = 1;
         reached(s, header_rev);
     }
-    const cJSON *ev;
-    lk_kv kv = {0};
     int64_t top = 0;
-    cJSON_ArrayForEach(ev, events) {
-        const cJSON *item = cJSON_GetObjectItemCaseSensitive(ev, "kv");
-        if (lk_etcd_kv(item, &kv)) continue;
+    for (size_t i = 0; i < msg.n; i++) {
         lk_count(&s->io->stats.stream_events);
         s->stream_progress = 1;
-        publish_change(s, ev, &kv);
-        if (kv.mod_rev > top) top = kv.mod_rev;
+        publish_change(s, &msg.events[i]);
+        if (msg.events[i].kv.mod_rev > top) top = msg.events[i].kv.mod_rev;
     }
     /* after every change of the batch: a deletion is handled before the
      * stream counts as having shown it */
     if (top) reached(s, top);
-    lk_etcd_kv_free(&kv);
-    cJSON_Delete(root);
+    lk_watch_resp_free(&msg);
     return 0;
 }
 
@@ -472,7 +455,7 @@ static void on_stream_done(lk_req *r)
     if (r->result != CURLE_ABORTED_BY_CALLBACK && !s->fail_code) {
         lk_err code;
         char msg[LK_MSG_SIZE];
-        cJSON_Delete(lk_answer(r, &code, msg, sizeof msg));
+        lk_answer_ok(r, &code, msg, sizeof msg);
         if (!lk_req_transport_failed(r) && !r->too_big && r->status == 200) {
             code = LK_ERR_UNAVAILABLE;
             snprintf(msg, sizeof msg, "etcd at %s ended the watch stream",
@@ -497,10 +480,9 @@ static void on_probe(lk_req *r)
     s->probe = NULL;
     lk_err code;
     char msg[LK_MSG_SIZE];
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);  /* noted in io */
-    cJSON_Delete(root);
+    int answered = lk_answer_ok(r, &code, msg, sizeof msg) == 0;  /* noted in io */
     int64_t now = lk_now_ms();
-    if (!root) {  /* no proof either way: ask again soon */
+    if (!answered) {  /* no proof either way: ask again soon */
         if (code == LK_ERR_LEASE_LOST) lk_session_lease_gone(s, msg);
         s->probe_failures++;
         s->next_probe_at = now + lk_backoff_ms(s->probe_failures, BACKOFF_MIN_MS,

@@ -262,19 +262,18 @@ static void snapshot_done(lk_watches *ws, lk_watch *w, int64_t rev)
     report(ws, w);
 }
 
-/* A snapshot read's answer, or NULL when it failed or cannot be read
+/* A snapshot read's answer: 0, or -1 when it failed or cannot be read
  * (then the watches read again later). */
-static cJSON *snapshot_answer(lk_req *r)
+static int snapshot_answer(lk_req *r, lk_range_resp *range)
 {
     lk_err code;
     char msg[LK_MSG_SIZE];
-    const cJSON *kvs;
-    cJSON *root = lk_answer(r, &code, msg, sizeof msg);
-    if (root && (lk_etcd_kvs(root, &kvs) || lk_etcd_revision(root) <= 0)) {
-        cJSON_Delete(root);
-        root = NULL;
+    if (lk_answer_range(r, range, &code, msg, sizeof msg)) return -1;
+    if (range->revision <= 0) {
+        lk_range_resp_free(range);
+        return -1;
     }
-    return root;
+    return 0;
 }
 
 static void on_snapshot(lk_req *r)
@@ -284,22 +283,16 @@ static void on_snapshot(lk_req *r)
     w->req = NULL;
     ws->single = NULL;
     ws->sync_due = 1;  /* others may have queued up meanwhile */
-    cJSON *root = snapshot_answer(r);
-    if (!root) {
+    lk_range_resp range;
+    if (snapshot_answer(r, &range)) {
         clear_pending(w);
         retry_later(ws, w);
         return;
     }
     clear_contenders(w);
-    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
-    const cJSON *item;
-    lk_kv kv = {0};
-    cJSON_ArrayForEach(item, kvs) {
-        if (lk_etcd_kv(item, &kv) == 0) apply(w, 0, &kv);
-    }
-    lk_etcd_kv_free(&kv);
-    int64_t rev = lk_etcd_revision(root);
-    cJSON_Delete(root);
+    for (size_t i = 0; i < range.n; i++) apply(w, 0, &range.kvs[i]);
+    int64_t rev = range.revision;
+    lk_range_resp_free(&range);
     snapshot_done(ws, w, rev);
 }
 
@@ -336,10 +329,11 @@ static void on_batch(lk_req *r)
     lk_watches *ws = r->owner;
     ws->batch = NULL;
     ws->sync_due = 1;  /* others may have queued up meanwhile */
-    cJSON *root = snapshot_answer(r);
+    lk_range_resp range;
+    int failed = snapshot_answer(r, &range);
     int discovers = ws->batch_discovers && ws->all_id;
     ws->batch_discovers = 0;
-    if (!root) {
+    if (failed) {
         each_watch(ws, batch_failed);
         if (discovers) {  /* again, after a pause (as a watch's read) */
             ws->all_after_gap |= ws->batch_after_gap;
@@ -352,14 +346,11 @@ static void on_batch(lk_req *r)
     }
     if (discovers) ws->all_failures = 0;
     each_watch(ws, batch_clear);
-    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(root, "kvs");
-    const cJSON *item;
-    lk_kv kv = {0};
     size_t plen = ws->io->cfg.prefix_len;
-    cJSON_ArrayForEach(item, kvs) {
+    for (size_t i = 0; i < range.n; i++) {
+        lk_kv *kv = &range.kvs[i];
         lk_bytes name;
-        if (lk_etcd_kv(item, &kv) ||
-            !lk_key_name((lk_bytes){kv.key.data, kv.key.len}, plen, &name))
+        if (!lk_key_name((lk_bytes){kv->key.data, kv->key.len}, plen, &name))
             continue;
         lk_watch *w = lk_map_get(&ws->by_name, name.p, name.n);
         if (!w && discovers && (w = new_watch(ws, name.p, name.n))) {
@@ -368,11 +359,10 @@ static void on_batch(lk_req *r)
             w->batched = 1;
             w->resync = ws->batch_after_gap;  /* its history may be missing */
         }
-        if (w && w->batched) apply(w, 0, &kv);
+        if (w && w->batched) apply(w, 0, kv);
     }
-    lk_etcd_kv_free(&kv);
-    ws->batch_rev = lk_etcd_revision(root);
-    cJSON_Delete(root);
+    ws->batch_rev = range.revision;
+    lk_range_resp_free(&range);
     each_watch(ws, batch_done);
 }
 

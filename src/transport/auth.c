@@ -10,6 +10,7 @@
 #include "base/backoff.h"
 #include "base/clock.h"
 #include "transport/gateway.h"
+#include "transport/gateway_json.h"
 
 #define REFUSED_MIN_MS 1000    /* after a refusal, requests fail at once */
 #define REFUSED_MAX_MS 30000   /* for this long, growing with each */

@@ -1,4 +1,5 @@
 #include "transport/gateway.h"
+#include "transport/gateway_json.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -323,12 +324,6 @@ int lk_etcd_kv(const cJSON *item, lk_kv *kv)
     return 0;
 }
 
-void lk_etcd_kv_free(lk_kv *kv)
-{
-    lk_buf_free(&kv->key);
-    lk_buf_free(&kv->value);
-}
-
 const cJSON *lk_etcd_first_kv(const cJSON *range_answer)
 {
     const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(range_answer, "kvs");
@@ -364,4 +359,187 @@ cJSON *lk_etcd_parse(const char *body, size_t len, long http_status,
     snprintf(msg, msg_size, "etcd gateway answered HTTP %ld with %s",
              http_status, len ? "a body that is not a JSON object" : "no body");
     return NULL;
+}
+
+/* ---- typed answers ---- */
+
+/* Says what was malformed; LK_GW_MALFORMED. */
+static int malformed(char *msg, size_t msg_size, const char *what)
+{
+    snprintf(msg, msg_size, "etcd gateway sent a malformed answer: %s", what);
+    return LK_GW_MALFORMED;
+}
+
+/* A header's revision: absent is 0, malformed is an error. */
+static int header_rev(const cJSON *obj, int64_t *rev)
+{
+    return lk_etcd_int_field(cJSON_GetObjectItemCaseSensitive(obj, "header"), "revision", rev) < 0
+           ? -1 : 0;
+}
+
+/* A range answer object (a Range's root, or a txn's response_range). */
+static int decode_range(const cJSON *obj, lk_range_resp *out, char *msg, size_t msg_size)
+{
+    const cJSON *kvs, *item;
+    *out = (lk_range_resp){0};
+    if (!cJSON_IsObject(obj)) return malformed(msg, msg_size, "a range that is not an object");
+    if (header_rev(obj, &out->revision) || lk_etcd_int_field(obj, "count", &out->count) < 0)
+        return malformed(msg, msg_size, "a revision or count that is not a decimal string");
+    if (lk_etcd_kvs(obj, &kvs)) return malformed(msg, msg_size, "kvs that are not a list");
+    int n = kvs ? cJSON_GetArraySize(kvs) : 0;
+    if (n == 0) return LK_GW_OK;
+    out->kvs = calloc((size_t)n, sizeof *out->kvs);
+    if (!out->kvs) return malformed(msg, msg_size, "no memory for its keys");
+    cJSON_ArrayForEach(item, kvs) {
+        if (lk_etcd_kv(item, &out->kvs[out->n])) {
+            lk_etcd_kv_free(&out->kvs[out->n]);
+            lk_range_resp_free(out);
+            return malformed(msg, msg_size, "a key-value with a bad field (base64, revision or lease)");
+        }
+        out->n++;
+    }
+    return LK_GW_OK;
+}
+
+/* Parses body as an answer; NULL with LK_GW_REFUSED's msg and code. */
+static cJSON *parse(const char *body, size_t len, long status, char *msg, size_t msg_size,
+                    int *grpc_code)
+{
+    return lk_etcd_parse(body, len, status, msg, msg_size, grpc_code);
+}
+
+int lk_gw_range(const char *body, size_t len, long status, lk_range_resp *out,
+                char *msg, size_t msg_size, int *grpc_code)
+{
+    *out = (lk_range_resp){0};
+    cJSON *root = parse(body, len, status, msg, msg_size, grpc_code);
+    if (!root) return LK_GW_REFUSED;
+    int rc = decode_range(root, out, msg, msg_size);
+    cJSON_Delete(root);
+    return rc;
+}
+
+int lk_gw_txn(const char *body, size_t len, long status, lk_txn_resp *out,
+              char *msg, size_t msg_size, int *grpc_code)
+{
+    *out = (lk_txn_resp){0};
+    cJSON *root = parse(body, len, status, msg, msg_size, grpc_code);
+    if (!root) return LK_GW_REFUSED;
+    int rc = LK_GW_OK;
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "responses"), *item;
+    const cJSON *ok = cJSON_GetObjectItemCaseSensitive(root, "succeeded");
+    if (header_rev(root, &out->revision)) {
+        rc = malformed(msg, msg_size, "a revision that is not a decimal string");
+        goto done;
+    }
+    if (ok && !cJSON_IsBool(ok)) {
+        rc = malformed(msg, msg_size, "succeeded that is not a boolean");
+        goto done;
+    }
+    out->succeeded = cJSON_IsTrue(ok);
+    if (rs && !cJSON_IsArray(rs)) {
+        rc = malformed(msg, msg_size, "responses that are not a list");
+        goto done;
+    }
+    int n = rs ? cJSON_GetArraySize(rs) : 0;
+    if (n && !(out->ranges = calloc((size_t)n, sizeof *out->ranges))) {
+        rc = malformed(msg, msg_size, "no memory for its responses");
+        goto done;
+    }
+    cJSON_ArrayForEach(item, rs) {
+        if (!cJSON_IsObject(item)) {
+            rc = malformed(msg, msg_size, "a response that is not an object");
+            goto done;
+        }
+        /* a put's or a delete's response reads as an empty range */
+        const cJSON *range = cJSON_GetObjectItemCaseSensitive(item, "response_range");
+        if (range && (rc = decode_range(range, &out->ranges[out->n], msg, msg_size)) != LK_GW_OK)
+            goto done;
+        out->n++;
+    }
+done:
+    if (rc != LK_GW_OK) lk_txn_resp_free(out);
+    cJSON_Delete(root);
+    return rc;
+}
+
+int lk_gw_lease(const char *body, size_t len, long status, lk_lease_resp *out,
+                char *msg, size_t msg_size, int *grpc_code)
+{
+    *out = (lk_lease_resp){0};
+    cJSON *root = parse(body, len, status, msg, msg_size, grpc_code);
+    if (!root) return LK_GW_REFUSED;
+    const cJSON *result = cJSON_GetObjectItemCaseSensitive(root, "result");
+    const cJSON *obj = cJSON_IsObject(result) ? result : root;
+    int rc = header_rev(obj, &out->revision) || lk_etcd_int_field(obj, "ID", &out->id) < 0 ||
+             lk_etcd_int_field(obj, "TTL", &out->ttl) < 0
+             ? malformed(msg, msg_size, "a lease ID, TTL or revision that is not a decimal string")
+             : LK_GW_OK;
+    if (rc != LK_GW_OK) *out = (lk_lease_resp){0};
+    cJSON_Delete(root);
+    return rc;
+}
+
+int lk_gw_plain(const char *body, size_t len, long status, lk_plain_resp *out,
+                char *msg, size_t msg_size, int *grpc_code)
+{
+    *out = (lk_plain_resp){0};
+    cJSON *root = parse(body, len, status, msg, msg_size, grpc_code);
+    if (!root) return LK_GW_REFUSED;
+    int rc = header_rev(root, &out->revision)
+             ? malformed(msg, msg_size, "a revision that is not a decimal string") : LK_GW_OK;
+    cJSON_Delete(root);
+    return rc;
+}
+
+int lk_gw_watch(const char *line, size_t len, long status, lk_watch_resp *out,
+                char *msg, size_t msg_size, int *grpc_code)
+{
+    *out = (lk_watch_resp){0};
+    *grpc_code = -1;
+    cJSON *root = cJSON_ParseWithLength(line, len);
+    const cJSON *res = cJSON_GetObjectItemCaseSensitive(root, "result");
+    if (!cJSON_IsObject(res)) {  /* {"error": ...} or garbage */
+        cJSON_Delete(root);
+        cJSON_Delete(lk_etcd_parse(line, len, status ? status : 500, msg, msg_size, grpc_code));
+        return LK_GW_REFUSED;
+    }
+    int rc = LK_GW_OK;
+    const cJSON *events = cJSON_GetObjectItemCaseSensitive(res, "events"), *ev;
+    if (header_rev(res, &out->revision) ||
+        lk_etcd_int_field(res, "compact_revision", &out->compact_revision) < 0) {
+        rc = malformed(msg, msg_size, "a revision that is not a decimal string");
+        goto done;
+    }
+    out->created = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "created"));
+    out->canceled = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "canceled"));
+    if (out->canceled) {
+        const cJSON *why = cJSON_GetObjectItemCaseSensitive(res, "cancel_reason");
+        snprintf(out->cancel_reason, sizeof out->cancel_reason, "%s",
+                 cJSON_IsString(why) ? why->valuestring : "");
+    }
+    if (events && !cJSON_IsArray(events)) {
+        rc = malformed(msg, msg_size, "events that are not a list");
+        goto done;
+    }
+    int n = events ? cJSON_GetArraySize(events) : 0;
+    if (n && !(out->events = calloc((size_t)n, sizeof *out->events))) {
+        rc = malformed(msg, msg_size, "no memory for its events");
+        goto done;
+    }
+    cJSON_ArrayForEach(ev, events) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
+        lk_watch_event *e = &out->events[out->n];
+        if (lk_etcd_kv(cJSON_GetObjectItemCaseSensitive(ev, "kv"), &e->kv)) {
+            lk_etcd_kv_free(&e->kv);
+            rc = malformed(msg, msg_size, "an event whose key-value has a bad field");
+            goto done;
+        }
+        e->deleted = cJSON_IsString(type) && strcmp(type->valuestring, "DELETE") == 0;
+        out->n++;
+    }
+done:
+    if (rc != LK_GW_OK) lk_watch_resp_free(out);
+    cJSON_Delete(root);
+    return rc;
 }

@@ -7,9 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <cJSON.h>
-
 #include "base/buf.h"
+#include "etcd/answers.h"
 
 /* Gateway paths. */
 #define LK_PATH_GRANT     "/v3/lease/grant"
@@ -85,41 +84,28 @@ int lk_etcd_count_body(lk_buf *out, lk_bytes key);
  * fragments (so no stream line outgrows LK_MAX_ANSWER). */
 int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev);
 
-/* An int64 field, sent by the gateway as a decimal JSON string: 1 and *out
- * set, 0 when absent (*out = 0: the gateway omits zero values), -1 when
- * malformed (anything but a plain unsigned decimal string in range: every
- * int64 we read is an ID, a revision or a TTL, never negative). */
-int lk_etcd_int_field(const cJSON *obj, const char *field, int64_t *out);
-/* The same, 0 when absent or malformed. */
-int64_t lk_etcd_int(const cJSON *obj, const char *field);
-/* An answer's "kvs": *kvs NULL when absent (none). 0, or -1 when it is
- * there but not a list. */
-int lk_etcd_kvs(const cJSON *answer, const cJSON **kvs);
-/* The header revision of an answer object, 0 when absent. */
-int64_t lk_etcd_revision(const cJSON *answer);
-
-/* One key-value from an answer, key and value decoded. */
-typedef struct lk_kv {
-    lk_buf key;
-    lk_buf value;
-    int64_t create_rev;
-    int64_t mod_rev;
-    int64_t lease;
-} lk_kv;
-/* Decodes a "kvs" element into kv (whose bufs it resets first). 0, or -1 on
- * malformed base64 or no memory. */
-int lk_etcd_kv(const cJSON *item, lk_kv *kv);
-void lk_etcd_kv_free(lk_kv *kv);
-
-/* First element of "kvs" in a range answer, or NULL. */
-const cJSON *lk_etcd_first_kv(const cJSON *range_answer);
-/* The n-th response_range of a txn answer, or NULL. */
-const cJSON *lk_etcd_txn_range(const cJSON *txn_answer, int n);
-
-/* Parses an HTTP answer. Returns the root object, or NULL with msg filled
- * (etcd's own error message when it sent one) and *grpc_code set (-1 when
- * the answer was not an etcd error at all). */
-cJSON *lk_etcd_parse(const char *body, size_t len, long http_status,
-                     char *msg, size_t msg_size, int *grpc_code);
+/* ---- answers, decoded into etcd/answers.h's structs ----
+ * Each takes an HTTP answer (body, len, status) and returns LK_GW_OK with
+ * *out filled (free it with its _free function), LK_GW_REFUSED when etcd
+ * (or whatever answered) sent an error: msg says it, *grpc_code is etcd's
+ * gRPC code or -1, or LK_GW_MALFORMED when the body is not the answer
+ * expected (msg says what was wrong; *out is left empty). Strict: int64
+ * fields are decimal strings in range, lists are lists, every key and
+ * value is valid base64. */
+enum { LK_GW_OK = 0, LK_GW_REFUSED = -1, LK_GW_MALFORMED = -2 };
+int lk_gw_range(const char *body, size_t len, long status, lk_range_resp *out,
+                char *msg, size_t msg_size, int *grpc_code);
+int lk_gw_txn(const char *body, size_t len, long status, lk_txn_resp *out,
+              char *msg, size_t msg_size, int *grpc_code);
+/* LeaseGrant, and LeaseKeepAlive (whose fields sit inside "result"). */
+int lk_gw_lease(const char *body, size_t len, long status, lk_lease_resp *out,
+                char *msg, size_t msg_size, int *grpc_code);
+/* Put, DeleteRange, LeaseRevoke, anything else: the revision only. */
+int lk_gw_plain(const char *body, size_t len, long status, lk_plain_resp *out,
+                char *msg, size_t msg_size, int *grpc_code);
+/* One line of the watch stream ({"result": {...}}); a line that is no
+ * result is LK_GW_REFUSED (etcd's error, or the gateway's). */
+int lk_gw_watch(const char *line, size_t len, long status, lk_watch_resp *out,
+                char *msg, size_t msg_size, int *grpc_code);
 
 #endif
