@@ -93,6 +93,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (msg[msg_size] != 'x') abort();                 /* and inside */
         }
     }
+    /* the typed decoders (what io.c hands the engine): each answers OK with
+     * a struct that frees cleanly, or says why in a terminated msg */
+    {
+        int grpc, rc[5];
+        lk_range_resp range;
+        lk_txn_resp txn;
+        lk_lease_resp lease;
+        lk_plain_resp plain;
+        lk_watch_resp watch;
+        rc[0] = lk_gw_range(body, len, status, &range, msg, msg_size, &grpc);
+        for (size_t i = 0; rc[0] == LK_GW_OK && i < range.n; i++) {
+            check_buf(&range.kvs[i].key);
+            check_buf(&range.kvs[i].value);
+        }
+        lk_range_resp_free(&range);
+        rc[1] = lk_gw_txn(body, len, status, &txn, msg, msg_size, &grpc);
+        if (rc[1] == LK_GW_OK && txn.n && !lk_txn_range(&txn, txn.n - 1)) abort();
+        lk_txn_resp_free(&txn);
+        rc[2] = lk_gw_lease(body, len, status, &lease, msg, msg_size, &grpc);
+        if (rc[2] == LK_GW_OK && (lease.id < 0 || lease.ttl < 0)) abort();
+        rc[3] = lk_gw_plain(body, len, status, &plain, msg, msg_size, &grpc);
+        rc[4] = lk_gw_watch(body, len, status, &watch, msg, msg_size, &grpc);
+        if (rc[4] == LK_GW_OK && memchr(watch.cancel_reason, '\0', sizeof watch.cancel_reason) == NULL)
+            abort();
+        lk_watch_resp_free(&watch);
+        for (int i = 0; i < 5; i++)
+            if (rc[i] != LK_GW_OK && rc[i] != LK_GW_REFUSED && rc[i] != LK_GW_MALFORMED) abort();
+    }
     /* the same body as a NULL pointer with no length: "no body" */
     int grpc;
     if (lk_etcd_parse(NULL, 0, status, msg, sizeof msg, &grpc)) abort();
