@@ -146,7 +146,7 @@ $(BUILD)/faultproxy: tools/faultproxy.c
 	$(CC) -std=c99 -O2 -Wall -Wextra -o $@ tools/faultproxy.c
 
 # The codec specs' test-only binding of the pure codecs (never installed).
-CODEC_OBJS = $(addprefix $(BUILD)/,base/b64.o base/buf.o etcd/answers.o transport/gateway.o engine/keys.o transport/tls.o)
+CODEC_OBJS = $(addprefix $(BUILD)/,base/b64.o base/buf.o etcd/answers.o etcd/recipes.o transport/gateway.o engine/keys.o transport/tls.o)
 $(BUILD)/codec_probe.so: spec/codec_probe.c $(CODEC_OBJS) $(wildcard src/*/*.h)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ spec/codec_probe.c $(CODEC_OBJS) $(DEP_LIBS)
 

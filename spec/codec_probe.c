@@ -15,6 +15,7 @@
 #include "../src/base/b64.h"
 #include "../src/transport/gateway.h"
 #include "../src/transport/gateway_json.h"
+#include "../src/etcd/recipes.h"
 #include "../src/engine/keys.h"
 #include "../src/transport/tls.h"
 
@@ -73,39 +74,43 @@ static int b64_decode(lua_State *L)
     return push_buf(L, &out, 0);
 }
 
-/* body(kind, ...) -> the JSON body the engine would send */
+/* body(kind, ...) -> the JSON body the engine would send: a recipe of
+ * etcd/recipes.c encoded by transport/gateway.c */
 static int body(lua_State *L)
 {
     const char *kind = luaL_checkstring(L, 1);
     lk_buf b = {0};
+    lk_txn_build t;
+    lk_range_req q;
     int rc;
     if (!strcmp(kind, "grant")) rc = lk_etcd_grant_body(&b, arg_int64(L, 2));
     else if (!strcmp(kind, "lease")) rc = lk_etcd_lease_body(&b, arg_int64(L, 2));
     else if (!strcmp(kind, "auth"))
         rc = lk_etcd_auth_body(&b, luaL_checkstring(L, 2), luaL_checkstring(L, 3));
-    else if (!strcmp(kind, "delete")) rc = lk_etcd_key_body(&b, arg_bytes(L, 2));
-    else if (!strcmp(kind, "dir")) rc = lk_etcd_dir_body(&b, arg_bytes(L, 2));
-    else if (!strcmp(kind, "owner")) rc = lk_etcd_owner_body(&b, arg_bytes(L, 2));
+    else if (!strcmp(kind, "delete"))
+        rc = lk_gw_delete_body(&b, &(lk_delete_req){arg_bytes(L, 2)});
+    else if (!strcmp(kind, "dir")) rc = (q = lk_recipe_dir(arg_bytes(L, 2)), lk_gw_range_body(&b, &q));
+    else if (!strcmp(kind, "owner")) rc = (q = lk_recipe_owner(arg_bytes(L, 2)), lk_gw_range_body(&b, &q));
     else if (!strcmp(kind, "try"))
-        rc = lk_etcd_try_body(&b, arg_bytes(L, 2), arg_bytes(L, 3), arg_int64(L, 4),
-                              arg_bytes(L, 5));
+        rc = lk_gw_txn_body(&b, lk_recipe_try(&t, arg_bytes(L, 2), arg_bytes(L, 3), arg_int64(L, 4),
+                                              arg_bytes(L, 5)));
     else if (!strcmp(kind, "acquire"))
-        rc = lk_etcd_acquire_body(&b, arg_bytes(L, 2), arg_bytes(L, 3), arg_int64(L, 4),
-                                  arg_bytes(L, 5));
+        rc = lk_gw_txn_body(&b, lk_recipe_acquire(&t, arg_bytes(L, 2), arg_bytes(L, 3),
+                                                  arg_int64(L, 4), arg_bytes(L, 5)));
     else if (!strcmp(kind, "check"))
-        rc = lk_etcd_check_body(&b, arg_bytes(L, 2), arg_int64(L, 3), arg_bytes(L, 4),
-                                arg_bytes(L, 5));
+        rc = lk_gw_txn_body(&b, lk_recipe_check(&t, arg_bytes(L, 2), arg_int64(L, 3),
+                                                arg_bytes(L, 4), arg_bytes(L, 5)));
     else if (!strcmp(kind, "set"))
-        rc = lk_etcd_set_body(&b, arg_bytes(L, 2), arg_bytes(L, 3), arg_int64(L, 4),
-                              arg_int64(L, 5));
+        rc = lk_gw_txn_body(&b, lk_recipe_set(&t, arg_bytes(L, 2), arg_bytes(L, 3),
+                                              arg_int64(L, 4), arg_int64(L, 5)));
     else if (!strcmp(kind, "delete_if"))
-        rc = lk_etcd_delete_if_body(&b, arg_bytes(L, 2), arg_int64(L, 3));
+        rc = lk_gw_txn_body(&b, lk_recipe_delete_if(&t, arg_bytes(L, 2), arg_int64(L, 3)));
     else if (!strcmp(kind, "put"))
-        rc = lk_etcd_put_body(&b, arg_bytes(L, 2), arg_bytes(L, 3),
-                              lua_isnoneornil(L, 4) ? 0 : arg_int64(L, 4));
-    else if (!strcmp(kind, "count")) rc = lk_etcd_count_body(&b, arg_bytes(L, 2));
+        rc = lk_gw_put_body(&b, &(lk_put_req){arg_bytes(L, 2), arg_bytes(L, 3),
+                                              lua_isnoneornil(L, 4) ? 0 : arg_int64(L, 4)});
+    else if (!strcmp(kind, "count")) rc = (q = lk_recipe_count(arg_bytes(L, 2)), lk_gw_range_body(&b, &q));
     else if (!strcmp(kind, "watch"))
-        rc = lk_etcd_watch_body(&b, arg_bytes(L, 2), arg_int64(L, 3));
+        rc = lk_gw_watch_body(&b, &(lk_watch_req){arg_bytes(L, 2), 1, arg_int64(L, 3)});
     else return luaL_argerror(L, 1, "unknown body kind");
     return push_buf(L, &b, rc);
 }

@@ -187,14 +187,91 @@ static lk_req *send_req(lk_io *io, const char *path, lk_req_done_fn done,
     return lk_req_start(r) == 0 ? r : NULL;
 }
 
-lk_req *lk_send(lk_io *io, const char *path, lk_req_done_fn done,
-                void *owner, lk_buf *body, int64_t timeout_ms)
+/* Sends an encoded body (encoded: 0), or frees it (no memory). */
+static lk_req *send_body(lk_io *io, int encoded, const char *path, lk_req_done_fn done,
+                         void *owner, lk_buf *body, int64_t timeout_ms, int urgent)
 {
-    return send_req(io, path, done, owner, body, timeout_ms, 0);
+    if (encoded) {
+        lk_buf_free(body);
+        return NULL;
+    }
+    return send_req(io, path, done, owner, body, timeout_ms, urgent);
 }
 
-lk_req *lk_send_urgent(lk_io *io, const char *path, lk_req_done_fn done,
-                       void *owner, lk_buf *body, int64_t timeout_ms)
+lk_req *lk_send_range(lk_io *io, const lk_range_req *q, lk_req_done_fn done, void *owner,
+                      int64_t timeout_ms, int urgent)
 {
-    return send_req(io, path, done, owner, body, timeout_ms, 1);
+    lk_buf body = {0};
+    return send_body(io, lk_gw_range_body(&body, q), LK_PATH_RANGE, done, owner, &body,
+                     timeout_ms, urgent);
+}
+
+lk_req *lk_send_txn(lk_io *io, const lk_txn_req *q, lk_req_done_fn done, void *owner,
+                    int64_t timeout_ms)
+{
+    lk_buf body = {0};
+    return send_body(io, lk_gw_txn_body(&body, q), LK_PATH_TXN, done, owner, &body,
+                     timeout_ms, 0);
+}
+
+lk_req *lk_send_put(lk_io *io, const lk_put_req *q, lk_req_done_fn done, void *owner,
+                    int64_t timeout_ms, int urgent)
+{
+    lk_buf body = {0};
+    return send_body(io, lk_gw_put_body(&body, q), LK_PATH_PUT, done, owner, &body,
+                     timeout_ms, urgent);
+}
+
+lk_req *lk_send_delete(lk_io *io, const lk_delete_req *q, lk_req_done_fn done, void *owner,
+                       int64_t timeout_ms)
+{
+    lk_buf body = {0};
+    return send_body(io, lk_gw_delete_body(&body, q), LK_PATH_DELETE, done, owner, &body,
+                     timeout_ms, 0);
+}
+
+lk_req *lk_send_grant(lk_io *io, int64_t ttl, lk_req_done_fn done, void *owner)
+{
+    lk_buf body = {0};
+    return send_body(io, lk_etcd_grant_body(&body, ttl), LK_PATH_GRANT, done, owner, &body,
+                     0, 1);
+}
+
+lk_req *lk_send_keepalive(lk_io *io, int64_t lease, lk_req_done_fn done, void *owner,
+                          int64_t timeout_ms)
+{
+    lk_buf body = {0};
+    return send_body(io, lk_etcd_lease_body(&body, lease), LK_PATH_KEEPALIVE, done, owner,
+                     &body, timeout_ms, 1);
+}
+
+lk_req *lk_send_revoke(lk_io *io, int64_t lease, lk_req_done_fn done, void *owner,
+                       int64_t timeout_ms)
+{
+    lk_buf body = {0};
+    return send_body(io, lk_etcd_lease_body(&body, lease), LK_PATH_REVOKE, done, owner,
+                     &body, timeout_ms, 1);
+}
+
+lk_req *lk_open_watch(lk_io *io, const lk_watch_req *q, lk_req_line_fn on_line,
+                      lk_req_done_fn done, void *owner)
+{
+    lk_req *r = lk_req_new(io->http, LK_PATH_WATCH, done, owner, 0);
+    if (!r) return NULL;
+    if (lk_gw_watch_body(&r->body, q)) {  /* no memory */
+        lk_buf_free(&r->body);
+        free(r);
+        return NULL;
+    }
+    r->on_line = on_line;
+    lk_count(&io->stats.requests);
+    return lk_req_start(r) == 0 ? r : NULL;
+}
+
+int lk_stream_message(const lk_req *r, const char *line, size_t n, lk_watch_resp *out,
+                      char *msg, size_t msg_size, int *grpc_code)
+{
+    int rc = lk_gw_watch(line, n, r->status, out, msg, msg_size, grpc_code);
+    return rc == LK_GW_OK ? LK_STREAM_OK : rc == LK_GW_REFUSED ? LK_STREAM_REFUSED
+                                                                : LK_STREAM_MALFORMED;
 }

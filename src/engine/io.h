@@ -7,6 +7,8 @@
 #include <stdint.h>
 
 #include "etcd/answers.h"
+#include "etcd/recipes.h"
+#include "etcd/requests.h"
 #include "transport/auth.h"
 #include "base/backoff.h"
 #include "base/buf.h"
@@ -73,12 +75,36 @@ int lk_answer_ok(lk_req *r, lk_err *code, char *msg, size_t msg_size);
 int lk_request_range(lk_io *io, lk_req *r, const char *what, lk_range_resp *out);
 int lk_request_txn(lk_io *io, lk_req *r, const char *what, lk_txn_resp *out);
 
-/* Starts a request, taking body over; timeout_ms 0 means the client's
- * request timeout. Returns the request, or NULL (nothing was sent).
- * lk_send_urgent's requests never wait behind others (lease renewals). */
-lk_req *lk_send(lk_io *io, const char *path, lk_req_done_fn done,
-                void *owner, lk_buf *body, int64_t timeout_ms);
-lk_req *lk_send_urgent(lk_io *io, const char *path, lk_req_done_fn done,
-                       void *owner, lk_buf *body, int64_t timeout_ms);
+/* Sends an etcd request (etcd/requests.h) over the transport; timeout_ms
+ * 0 means the client's request timeout; urgent requests never wait behind
+ * others (lease renewals, the stream's probes). The request (its answer
+ * comes to done), or NULL: nothing was sent (no memory). The bytes the
+ * request points to may go once it returns. */
+lk_req *lk_send_range(lk_io *io, const lk_range_req *q, lk_req_done_fn done, void *owner,
+                      int64_t timeout_ms, int urgent);
+lk_req *lk_send_txn(lk_io *io, const lk_txn_req *q, lk_req_done_fn done, void *owner,
+                    int64_t timeout_ms);
+lk_req *lk_send_put(lk_io *io, const lk_put_req *q, lk_req_done_fn done, void *owner,
+                    int64_t timeout_ms, int urgent);
+lk_req *lk_send_delete(lk_io *io, const lk_delete_req *q, lk_req_done_fn done, void *owner,
+                       int64_t timeout_ms);
+/* Lease requests, all urgent. */
+lk_req *lk_send_grant(lk_io *io, int64_t ttl, lk_req_done_fn done, void *owner);
+lk_req *lk_send_keepalive(lk_io *io, int64_t lease, lk_req_done_fn done, void *owner,
+                          int64_t timeout_ms);
+lk_req *lk_send_revoke(lk_io *io, int64_t lease, lk_req_done_fn done, void *owner,
+                       int64_t timeout_ms);
+/* Opens a watch stream: each message to on_line (read it with
+ * lk_stream_message), its end to done. NULL: not opened (no memory). */
+lk_req *lk_open_watch(lk_io *io, const lk_watch_req *q, lk_req_line_fn on_line,
+                      lk_req_done_fn done, void *owner);
+
+/* One message of a watch stream, decoded: LK_STREAM_OK and *out (free it
+ * with lk_watch_resp_free); LK_STREAM_REFUSED: not a watch result (etcd's
+ * error, say: msg, *grpc_code its gRPC code or -1); LK_STREAM_MALFORMED:
+ * msg says what was wrong. */
+enum { LK_STREAM_OK = 0, LK_STREAM_REFUSED = -1, LK_STREAM_MALFORMED = -2 };
+int lk_stream_message(const lk_req *r, const char *line, size_t n, lk_watch_resp *out,
+                      char *msg, size_t msg_size, int *grpc_code);
 
 #endif

@@ -373,19 +373,18 @@ static int64_t time_left(const lk_locks *ls, const lk_lock *l)
     return left > 1 ? left : 1;
 }
 
-/* Sends the lock's next txn, whose body the caller built (build_failed:
- * it ran out of memory doing so), and enters state. */
-static void send_txn(lk_locks *ls, lk_lock *l, int build_failed, lk_buf *body,
+/* Sends the lock's next txn (NULL: the caller ran out of memory building
+ * what it needs), and enters state. */
+static void send_txn(lk_locks *ls, lk_lock *l, const lk_txn_req *txn,
                      lock_state state, lk_req_done_fn done)
 {
-    if (build_failed) {
-        lk_buf_free(body);
+    if (!txn) {
         transient(ls, l, LK_ERR_NOMEM, "out of memory");
         return;
     }
     l->state = state;
     l->seen_rev = 0;  /* the answer will reflect every change seen so far */
-    l->req = lk_send(ls->io, LK_PATH_TXN, done, l, body, time_left(ls, l));
+    l->req = lk_send_txn(ls->io, txn, done, l, time_left(ls, l));
     if (!l->req) transient(ls, l, LK_ERR_NOMEM, "could not start a request");
 }
 
@@ -396,14 +395,10 @@ static void on_set(lk_req *r);
  * behind with an older value (id 0). A failed guard ends the lock. */
 static lk_req *guarded_put(lk_locks *ls, lk_lock *l, uint64_t id)
 {
-    lk_buf body = {0};
-    lk_req *r = NULL;
-    if (lk_etcd_set_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
-                         l->my_rev) ||
-        !(r = lk_send(ls->io, LK_PATH_TXN, on_set, ls, &body, 0))) {
-        lk_buf_free(&body);
-        return NULL;
-    }
+    lk_txn_build b;
+    lk_req *r = lk_send_txn(ls->io, lk_recipe_set(&b, bytes(&l->key), bytes(&l->value), l->lease,
+                                                  l->my_rev), on_set, ls, 0);
+    if (!r) return NULL;
     r->id = id;
     r->tag = l->id;
     r->tag_rev = l->my_rev;
@@ -516,30 +511,28 @@ static void start_acquire(lk_locks *ls, lk_lock *l)
         lk_buf_reset(&l->limit_key);
         if (lk_key_contender(&l->key, bytes(&l->dir), l->lease) ||
             lk_key_contender(&l->limit_key, bytes(&l->limit_dir), l->lease)) {
-            lk_buf body = {0};
-            send_txn(ls, l, 1, &body, LS_ACQUIRE, on_acquire);
+            send_txn(ls, l, NULL, LS_ACQUIRE, on_acquire);
             return;
         }
         queue(ls, l);
         return;
     }
-    lk_buf body = {0};
-    int failed = lk_key_contender(&l->key, bytes(&l->dir), l->lease) ||
-                 lk_etcd_try_body(&body, bytes(&l->key), bytes(&l->value),
-                                  l->lease, bytes(&l->dir));
-    send_txn(ls, l, failed, &body, LS_ACQUIRE, on_try);
+    lk_txn_build b;
+    int failed = lk_key_contender(&l->key, bytes(&l->dir), l->lease);
+    send_txn(ls, l, failed ? NULL : lk_recipe_try(&b, bytes(&l->key), bytes(&l->value),
+                                                  l->lease, bytes(&l->dir)),
+             LS_ACQUIRE, on_try);
 }
 
 /* Someone holds the name: write our contender key (behind them). */
 static void queue(lk_locks *ls, lk_lock *l)
 {
-    lk_buf body = {0};
-    int failed = l->limit > 1
-        ? lk_etcd_sem_acquire_body(&body, bytes(&l->key), bytes(&l->value), l->lease,
-                                   bytes(&l->dir), bytes(&l->limit_key), l->limit)
-        : lk_etcd_acquire_body(&body, bytes(&l->key), bytes(&l->value),
-                               l->lease, bytes(&l->dir));
-    send_txn(ls, l, failed, &body, LS_ACQUIRE, on_acquire);
+    lk_txn_build b;
+    send_txn(ls, l, l->limit > 1
+        ? lk_recipe_sem_acquire(&b, bytes(&l->key), bytes(&l->value), l->lease,
+                                bytes(&l->dir), bytes(&l->limit_key), l->limit)
+        : lk_recipe_acquire(&b, bytes(&l->key), bytes(&l->value), l->lease, bytes(&l->dir)),
+        LS_ACQUIRE, on_acquire);
 }
 
 /* Lock-delay: the predecessor this lock waited for went without a mark of
@@ -689,13 +682,11 @@ static void on_check(lk_req *r)
  * semaphore: everyone before us, and the limits). */
 static void check(lk_locks *ls, lk_lock *l)
 {
-    lk_buf body = {0};
-    int failed = l->limit > 1
-        ? lk_etcd_sem_check_body(&body, bytes(&l->dir), l->my_rev, bytes(&l->key),
-                                 bytes(&l->limit_dir))
-        : lk_etcd_check_body(&body, bytes(&l->dir), l->my_rev, bytes(&l->key),
-                             bytes(&l->limit_dir));
-    send_txn(ls, l, failed, &body, LS_CHECK, l->limit > 1 ? on_sem_check : on_check);
+    lk_txn_build b;
+    send_txn(ls, l, l->limit > 1
+        ? lk_recipe_sem_check(&b, bytes(&l->dir), l->my_rev, bytes(&l->key), bytes(&l->limit_dir))
+        : lk_recipe_check(&b, bytes(&l->dir), l->my_rev, bytes(&l->key), bytes(&l->limit_dir)),
+        LS_CHECK, l->limit > 1 ? on_sem_check : on_check);
 }
 
 static void on_delete(lk_req *r)
@@ -729,25 +720,23 @@ static void start_delete(lk_locks *ls, lk_lock *l)
         finish(ls, l);
         return;
     }
-    lk_buf body = {0}, mark = {0};
+    lk_buf mark = {0};
+    lk_txn_build b;
     int marked = l->mark_release && ls->io->cfg.lock_delay_ms > 0 && l->limit == 1;
     if (l->limit > 1) {  /* its contender key and its limit key */
-        if (lk_etcd_delete2_body(&body, bytes(&l->key), bytes(&l->limit_key)) ||
-            !(l->req = lk_send(ls->io, LK_PATH_TXN, on_delete, l, &body, 0))) {
-            lk_buf_free(&body);
-            retry_later(ls, l);
-        }
-        return;
+        l->req = lk_send_txn(ls->io, lk_recipe_delete2(&b, bytes(&l->key), bytes(&l->limit_key)),
+                             on_delete, l, 0);
+    } else if (marked) {
+        l->req = lk_key_released(&mark, (lk_bytes){ls->io->cfg.prefix, ls->io->cfg.prefix_len},
+                                 bytes(&l->name))
+                 ? NULL
+                 : lk_send_txn(ls->io, lk_recipe_release(&b, bytes(&l->key), l->my_rev,
+                                                         bytes(&mark), l->lease),
+                               on_delete, l, 0);
+    } else {
+        l->req = lk_send_delete(ls->io, &(lk_delete_req){bytes(&l->key)}, on_delete, l, 0);
     }
-    if ((marked ? lk_key_released(&mark, (lk_bytes){ls->io->cfg.prefix, ls->io->cfg.prefix_len},
-                                  bytes(&l->name)) ||
-                  lk_etcd_release_body(&body, bytes(&l->key), l->my_rev, bytes(&mark), l->lease)
-                : lk_etcd_key_body(&body, bytes(&l->key))) ||
-        !(l->req = lk_send(ls->io, marked ? LK_PATH_TXN : LK_PATH_DELETE, on_delete, l,
-                           &body, 0))) {
-        lk_buf_free(&body);
-        retry_later(ls, l);
-    }
+    if (!l->req) retry_later(ls, l);
     lk_buf_free(&mark);
 }
 
@@ -798,16 +787,16 @@ static void on_cleanup(lk_req *r)
 static void delete_stray(lk_locks *ls, const lk_change *ch)
 {
     lk_cleanup *c = calloc(1, sizeof *c);
-    lk_buf body = {0};
+    lk_txn_build b;
     if (!c) return;  /* no memory: the key goes with the lease at close */
     c->ls = ls;
     c->next = ls->cleanups;
     if (ls->cleanups) ls->cleanups->prev = c;
     ls->cleanups = c;
     if (lk_buf_append(&c->name, ch->name, ch->name_len) ||
-        lk_etcd_delete_if_body(&body, bytes(&ch->kv->key), ch->kv->create_rev) ||
-        !(c->req = lk_send(ls->io, LK_PATH_TXN, on_cleanup, c, &body, 0))) {
-        lk_buf_free(&body);
+        !(c->req = lk_send_txn(ls->io, lk_recipe_delete_if(&b, bytes(&ch->kv->key),
+                                                            ch->kv->create_rev),
+                               on_cleanup, c, 0))) {
         free_cleanup(c);
         return;
     }
@@ -974,15 +963,13 @@ static void guarded_command(lk_locks *ls, lk_cmd *c)
         lk_emit_fail(ls->io, c->id, LK_ERR_NOT_OWNER, "%s: the lock is not owned", what);
         return;
     }
-    lk_buf body = {0};
+    lk_txn_build b;
     lk_bytes value = {c->value, c->value_len};
-    lk_req *r = NULL;
-    if (lk_etcd_guarded_body(&body, bytes(&l->key), l->my_rev,
-                             (lk_bytes){c->name, c->name_len},
-                             c->kind == LK_CMD_PUT ? &value : NULL) ||
-        !(r = lk_send(ls->io, LK_PATH_TXN, c->kind == LK_CMD_PUT ? on_put : on_delete_key,
-                      ls, &body, 0))) {
-        lk_buf_free(&body);
+    lk_req *r = lk_send_txn(ls->io, lk_recipe_guarded(&b, bytes(&l->key), l->my_rev,
+                                                      (lk_bytes){c->name, c->name_len},
+                                                      c->kind == LK_CMD_PUT ? &value : NULL),
+                            c->kind == LK_CMD_PUT ? on_put : on_delete_key, ls, 0);
+    if (!r) {
         lk_emit_fail(ls->io, c->id, LK_ERR_NOMEM, "%s: out of memory", what);
         return;
     }

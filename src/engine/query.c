@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "transport/gateway.h"
 #include "engine/keys.h"
 
 /* A decoded value, taken over by an event (never NULL: "" when empty). */
@@ -62,11 +61,9 @@ static void on_read(lk_req *r)
 
 static void read_command(lk_io *io, lk_cmd *c)
 {
-    lk_buf body = {0};
-    lk_req *r = NULL;
-    if (lk_etcd_key_body(&body, (lk_bytes){c->name, c->name_len}) ||
-        !(r = lk_send(io, LK_PATH_RANGE, on_read, io, &body, 0))) {
-        lk_buf_free(&body);
+    lk_range_req q = lk_recipe_key((lk_bytes){c->name, c->name_len});
+    lk_req *r = lk_send_range(io, &q, on_read, io, 0, 0);
+    if (!r) {
         lk_emit_fail(io, c->id, LK_ERR_NOMEM, "read: out of memory");
         return;
     }
@@ -75,13 +72,13 @@ static void read_command(lk_io *io, lk_cmd *c)
 
 static void get_command(lk_io *io, lk_cmd *c)
 {
-    lk_buf dir = {0}, body = {0};
+    lk_buf dir = {0};
     lk_req *r = NULL;
+    lk_range_req q;
     if (lk_key_dir(&dir, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len},
                    (lk_bytes){c->name, c->name_len}) ||
-        lk_etcd_owner_body(&body, (lk_bytes){dir.data, dir.len}) ||
-        !(r = lk_send(io, LK_PATH_RANGE, on_get, io, &body, 0))) {
-        lk_buf_free(&body);
+        (q = lk_recipe_owner((lk_bytes){dir.data, dir.len}),
+         !(r = lk_send_range(io, &q, on_get, io, 0, 0)))) {
         lk_emit_fail(io, c->id, LK_ERR_NOMEM, "get: out of memory");
     } else {
         r->id = c->id;
@@ -137,11 +134,9 @@ static void on_list(lk_req *r)
 
 static void list_command(lk_io *io, lk_cmd *c)
 {
-    lk_buf body = {0};
-    lk_req *r = NULL;
-    if (lk_etcd_dir_body(&body, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len}) ||
-        !(r = lk_send(io, LK_PATH_RANGE, on_list, io, &body, 0))) {
-        lk_buf_free(&body);
+    lk_range_req q = lk_recipe_dir((lk_bytes){io->cfg.prefix, io->cfg.prefix_len});
+    lk_req *r = lk_send_range(io, &q, on_list, io, 0, 0);
+    if (!r) {
         lk_emit_fail(io, c->id, LK_ERR_NOMEM, "status: out of memory");
         return;
     }

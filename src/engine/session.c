@@ -165,12 +165,8 @@ static void on_grant(lk_req *r)
 
 static void grant(lk_session *s)
 {
-    lk_buf body = {0};
     s->grant_retry_at = 0;
-    if (lk_etcd_grant_body(&body, s->io->cfg.ttl) ||
-        !(s->lease_req = lk_send_urgent(s->io, LK_PATH_GRANT, on_grant, s,
-                                        &body, 0))) {
-        lk_buf_free(&body);
+    if (!(s->lease_req = lk_send_grant(s->io, s->io->cfg.ttl, on_grant, s))) {
         s->grant_retry_at = lk_now_ms() + BACKOFF_MAX_MS;  /* no memory */
     }
 }
@@ -211,18 +207,13 @@ static void on_keepalive(lk_req *r)
 
 static void keepalive(lk_session *s)
 {
-    lk_buf body = {0};
     s->next_keepalive = lk_now_ms() + KEEPALIVE_RETRY_MS;
-    if (lk_etcd_lease_body(&body, s->lease)) {
-        lk_buf_free(&body);
-        return;
-    }
     lk_count(&s->io->stats.keepalives);
     lk_metric_add(&s->io->metrics.renewals_sent, 1);
     /* a renewal must not outlive the lease it renews */
     int64_t limit = renew_every_ms(s);
-    s->lease_req = lk_send_urgent(s->io, LK_PATH_KEEPALIVE, on_keepalive, s,
-                                  &body, limit < s->io->cfg.timeout_ms ? limit : 0);
+    s->lease_req = lk_send_keepalive(s->io, s->lease, on_keepalive, s,
+                                     limit < s->io->cfg.timeout_ms ? limit : 0);
 }
 
 void lk_session_lease_gone(lk_session *s, const char *why)
@@ -252,19 +243,16 @@ static void open_stream(lk_session *s)
     s->stream_ready = s->stream_progress = s->stream_resync = s->stream_refused = 0;
     s->echo_due = 0;
     s->opened_at = lk_now_ms();
-    lk_req *r = lk_req_new(io->http, LK_PATH_WATCH, on_stream_done, s, 0);
-    lk_bytes dir = {io->cfg.prefix, io->cfg.prefix_len};
-    int64_t start = s->stream_rev && s->stream_rev < INT64_MAX ? s->stream_rev + 1 : 0;
-    if (!r || lk_etcd_watch_body(&r->body, dir, start)) {  /* no memory */
-        if (r) lk_buf_free(&r->body);
-        free(r);
+    lk_watch_req q = {
+        .key = {io->cfg.prefix, io->cfg.prefix_len},
+        .prefix = 1,
+        .start_rev = s->stream_rev && s->stream_rev < INT64_MAX ? s->stream_rev + 1 : 0,
+    };
+    s->stream = lk_open_watch(io, &q, on_stream_line, on_stream_done, s);
+    if (!s->stream) {  /* no memory */
         s->stream_retry_at = lk_now_ms() + BACKOFF_MAX_MS;
         return;
     }
-    r->on_line = on_stream_line;
-    s->stream = lk_req_start(r) == 0 ? r : NULL;
-    if (!s->stream) s->stream_retry_at = lk_now_ms() + BACKOFF_MAX_MS;  /* no memory */
-    lk_count(&io->stats.requests);
     lk_count(&io->stats.stream_connects);
 }
 
@@ -345,7 +333,7 @@ static void publish_change(lk_session *s, const lk_watch_event *ev)
 static int stream_error(lk_session *s, int rc, int grpc, const char *text, const lk_req *r)
 {
     if (lk_auth_token_refused(text)) lk_auth_rejected(s->io->auth, r->auth_gen);
-    note_failure(s, rc == LK_GW_MALFORMED ? LK_ERR_PROTOCOL
+    note_failure(s, rc == LK_STREAM_MALFORMED ? LK_ERR_PROTOCOL
                     : grpc == 14 ? LK_ERR_UNAVAILABLE : lk_auth_refusal(grpc, text) ? LK_ERR_AUTH
                     : grpc >= 0 ? LK_ERR_ETCD : LK_ERR_PROTOCOL,
                  "watch stream at %s: %s", lk_req_endpoint(r), text);
@@ -360,8 +348,8 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
     lk_watch_resp msg;
     int grpc;
     char text[LK_MSG_SIZE - 128];
-    int rc = lk_gw_watch(line, n, r->status, &msg, text, sizeof text, &grpc);
-    if (rc != LK_GW_OK) return stream_error(s, rc, grpc, text, r);
+    int rc = lk_stream_message(r, line, n, &msg, text, sizeof text, &grpc);
+    if (rc != LK_STREAM_OK) return stream_error(s, rc, grpc, text, r);
     int64_t header_rev = msg.revision;
     if (msg.compact_revision > 0) {
         /* we resumed from a compacted revision: start afresh, look again;
@@ -516,16 +504,18 @@ static void send_probe(lk_session *s, int write)
         return;
     }
     if (write) s->written_at = now;
-    lk_buf key = {0}, body = {0};
-    int failed = lk_key_probe(&key, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len}) ||
-                 (write ? lk_etcd_put_body(&body, (lk_bytes){key.data, key.len},
-                                           (lk_bytes){"", 0}, s->lease)
-                        : lk_etcd_count_body(&body, (lk_bytes){key.data, key.len}));
-    lk_buf_free(&key);
+    lk_buf key = {0};
     s->probe_write = write;
-    if (failed || !(s->probe = lk_send_urgent(io, write ? LK_PATH_PUT : LK_PATH_RANGE,
-                                              on_probe, s, &body, 0))) {
-        lk_buf_free(&body);
+    s->probe = NULL;
+    if (!lk_key_probe(&key, (lk_bytes){io->cfg.prefix, io->cfg.prefix_len})) {
+        lk_bytes k = {key.data, key.len};
+        lk_put_req put = {k, {"", 0}, s->lease};
+        lk_range_req count = lk_recipe_count(k);
+        s->probe = write ? lk_send_put(io, &put, on_probe, s, 0, 1)
+                         : lk_send_range(io, &count, on_probe, s, 0, 1);
+    }
+    lk_buf_free(&key);
+    if (!s->probe) {
         s->next_probe_at = now + BACKOFF_MAX_MS;  /* no memory */
     }
 }
@@ -650,12 +640,8 @@ void lk_session_stop(lk_session *s)
     int64_t lease = s->lease;
     s->lease = 0;
     publish(s, 0);
-    lk_buf body = {0};
-    if (lk_etcd_lease_body(&body, lease) ||
-        !(s->revoke = lk_send_urgent(s->io, LK_PATH_REVOKE, on_revoke, s, &body,
-                                     s->io->cfg.timeout_ms > REVOKE_TIMEOUT_MS
-                                         ? REVOKE_TIMEOUT_MS : 0)))
-        lk_buf_free(&body);
+    s->revoke = lk_send_revoke(s->io, lease, on_revoke, s,
+                               s->io->cfg.timeout_ms > REVOKE_TIMEOUT_MS ? REVOKE_TIMEOUT_MS : 0);
 }
 
 int lk_session_busy(const lk_session *s)

@@ -8,7 +8,7 @@
 
 #include <stdint.h>
 
-#include "transport/gateway.h"
+#include "etcd/answers.h"
 #include "engine/io.h"
 
 /* One change under the prefix, as the stream showed it. */

@@ -383,15 +383,10 @@ static void start_sync(lk_watches *ws, lk_watch *w)
 /* One read of one name. */
 static void sync_one(lk_watches *ws, lk_watch *w)
 {
-    lk_buf body = {0};
-    if (lk_etcd_dir_body(&body, (lk_bytes){w->dir.data, w->dir.len})) {
-        lk_buf_free(&body);
-        retry_later(ws, w);
-        return;
-    }
+    lk_range_req q = lk_recipe_dir((lk_bytes){w->dir.data, w->dir.len});
     clear_pending(w);
     w->state = WS_SYNCING;
-    w->req = lk_send(ws->io, LK_PATH_RANGE, on_snapshot, w, &body, 0);
+    w->req = lk_send_range(ws->io, &q, on_snapshot, w, 0, 0);
     ws->single = w->req;
     if (!w->req) retry_later(ws, w);
 }
@@ -438,10 +433,8 @@ static void sync_waiting(lk_watches *ws)
         sync_one(ws, first);
         return;
     }
-    lk_buf body = {0};
-    if (lk_etcd_dir_body(&body, (lk_bytes){ws->io->cfg.prefix, ws->io->cfg.prefix_len}) ||
-        !(ws->batch = lk_send(ws->io, LK_PATH_RANGE, on_batch, ws, &body, 0))) {
-        lk_buf_free(&body);
+    lk_range_req q = lk_recipe_dir((lk_bytes){ws->io->cfg.prefix, ws->io->cfg.prefix_len});
+    if (!(ws->batch = lk_send_range(ws->io, &q, on_batch, ws, 0, 0))) {
         ws->sync_due = 1;  /* try again on the next turn */
         return;
     }

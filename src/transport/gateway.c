@@ -72,195 +72,103 @@ int lk_etcd_lease_body(lk_buf *out, int64_t lease)
     return lk_buf_printf(out, "{\"ID\":\"%" PRId64 "\"}", lease);
 }
 
-int lk_etcd_key_body(lk_buf *out, lk_bytes key)
+/* Appends "key":.. and, for a prefix, "range_end":.. covering every key
+ * that starts with key. */
+static int key_range(lk_buf *out, lk_bytes key, int prefix)
 {
-    return lk_buf_puts(out, "{") || field64(out, "key", key) ||
-           lk_buf_puts(out, "}");
+    return prefix ? dir_range(out, key) : field64(out, "key", key);
 }
 
-int lk_etcd_dir_body(lk_buf *out, lk_bytes dir)
+/* The fields of a range request (inside its braces). */
+static int range_fields(lk_buf *out, const lk_range_req *r)
 {
-    return lk_buf_puts(out, "{") || dir_range(out, dir) || lk_buf_puts(out, "}");
+    if (key_range(out, r->key, r->prefix)) return -1;
+    if (r->sort != LK_SORT_NONE &&
+        lk_buf_printf(out, ",\"sort_order\":\"%s\",\"sort_target\":\"CREATE\"",
+                      r->sort == LK_SORT_ASCEND ? "ASCEND" : "DESCEND"))
+        return -1;
+    if (r->limit && lk_buf_printf(out, ",\"limit\":\"%" PRId64 "\"", r->limit)) return -1;
+    if (r->keys_only && lk_buf_puts(out, ",\"keys_only\":true")) return -1;
+    if (r->count_only && lk_buf_puts(out, ",\"count_only\":true")) return -1;
+    if (r->max_create_rev &&
+        lk_buf_printf(out, ",\"max_create_revision\":\"%" PRId64 "\"", r->max_create_rev))
+        return -1;
+    return 0;
 }
 
-int lk_etcd_owner_body(lk_buf *out, lk_bytes dir)
+static int put_fields(lk_buf *out, const lk_put_req *p)
 {
-    return lk_buf_puts(out, "{") || dir_range(out, dir) ||
-           lk_buf_puts(out, ",\"sort_order\":\"ASCEND\",\"sort_target\":"
-                            "\"CREATE\",\"limit\":\"1\"}");
+    return field64(out, "key", p->key) || lk_buf_puts(out, ",") ||
+           field64(out, "value", p->value) ||
+           (p->lease && lk_buf_printf(out, ",\"lease\":\"%" PRId64 "\"", p->lease));
 }
 
-static int put_op(lk_buf *out, lk_bytes key, lk_bytes value, int64_t lease)
+int lk_gw_range_body(lk_buf *out, const lk_range_req *r)
 {
-    return lk_buf_puts(out, "{\"request_put\":{") ||
-           field64(out, "key", key) || lk_buf_puts(out, ",") ||
-           field64(out, "value", value) ||
-           lk_buf_printf(out, ",\"lease\":\"%" PRId64 "\"}}", lease);
+    return lk_buf_puts(out, "{") || range_fields(out, r) || lk_buf_puts(out, "}");
 }
 
-/* The owner of dir: the lowest create_revision (keys only). */
-static int owner_op(lk_buf *out, lk_bytes dir)
+int lk_gw_put_body(lk_buf *out, const lk_put_req *p)
 {
-    return lk_buf_puts(out, "{\"request_range\":{") || dir_range(out, dir) ||
-           lk_buf_puts(out, ",\"sort_order\":\"ASCEND\",\"sort_target\":"
-                            "\"CREATE\",\"limit\":\"1\",\"keys_only\":true}}");
+    return lk_buf_puts(out, "{") || put_fields(out, p) || lk_buf_puts(out, "}");
 }
 
-int lk_etcd_try_body(lk_buf *out, lk_bytes key, lk_bytes value,
-                     int64_t lease, lk_bytes dir)
+int lk_gw_delete_body(lk_buf *out, const lk_delete_req *d)
 {
-    /* nobody under dir (no create_revision but 0): take it with one put,
-     * as cheap for etcd as a plain put-if-absent; else read our own key
-     * (an earlier try's?) and the owner, and queue in a second txn */
-    return lk_buf_puts(out, "{\"compare\":[{") || dir_range(out, dir) ||
-           lk_buf_puts(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
-                            "\"create_revision\":\"0\"}],\"success\":[") ||
-           put_op(out, key, value, lease) ||
-           lk_buf_puts(out, "],\"failure\":[{\"request_range\":{") ||
-           field64(out, "key", key) || lk_buf_puts(out, "}},") ||
-           owner_op(out, dir) || lk_buf_puts(out, "]}");
+    return lk_buf_puts(out, "{") || field64(out, "key", d->key) || lk_buf_puts(out, "}");
 }
 
-int lk_etcd_acquire_body(lk_buf *out, lk_bytes key, lk_bytes value,
-                         int64_t lease, lk_bytes dir)
+/* One operation of a txn: {"request_...":{...}}. */
+static int op_body(lk_buf *out, const lk_op *o)
 {
-    /* the common case, a new key: put-if-absent, and the owner; the key's
-     * create_revision is then the txn's revision. A key left from an
-     * earlier try of ours: read it (and the owner). The value goes only
-     * once into the request, which must stay under etcd's size limit. */
-    return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", key) ||
-           lk_buf_puts(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
-                            "\"create_revision\":\"0\"}],\"success\":[") ||
-           put_op(out, key, value, lease) || lk_buf_puts(out, ",") ||
-           owner_op(out, dir) || lk_buf_puts(out, "],\"failure\":[") ||
-           lk_buf_puts(out, "{\"request_range\":{") || field64(out, "key", key) ||
-           lk_buf_puts(out, "}},") || owner_op(out, dir) || lk_buf_puts(out, "]}");
+    switch (o->kind) {
+    case LK_OP_RANGE:
+        return lk_buf_puts(out, "{\"request_range\":{") || range_fields(out, &o->range) ||
+               lk_buf_puts(out, "}}");
+    case LK_OP_PUT:
+        return lk_buf_puts(out, "{\"request_put\":{") || put_fields(out, &o->put) ||
+               lk_buf_puts(out, "}}");
+    case LK_OP_DELETE:
+        return lk_buf_puts(out, "{\"request_delete_range\":{") ||
+               field64(out, "key", o->del.key) || lk_buf_puts(out, "}}");
+    }
+    return -1;
 }
 
-int lk_etcd_sem_acquire_body(lk_buf *out, lk_bytes key, lk_bytes value, int64_t lease,
-                             lk_bytes dir, lk_bytes limit_key, int limit)
+static int ops(lk_buf *out, const char *name, const lk_op *op, size_t n)
 {
-    char n[16];
-    snprintf(n, sizeof n, "%d", limit);
-    lk_bytes nb = {n, strlen(n)};
-    return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", key) ||
-           lk_buf_puts(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
-                            "\"create_revision\":\"0\"}],\"success\":[") ||
-           put_op(out, key, value, lease) || lk_buf_puts(out, ",") ||
-           owner_op(out, dir) || lk_buf_puts(out, ",") || put_op(out, limit_key, nb, lease) ||
-           lk_buf_puts(out, "],\"failure\":[") ||
-           lk_buf_puts(out, "{\"request_range\":{") || field64(out, "key", key) ||
-           lk_buf_puts(out, "}},") || owner_op(out, dir) || lk_buf_puts(out, ",") ||
-           put_op(out, limit_key, nb, lease) || lk_buf_puts(out, "]}");
+    if (lk_buf_printf(out, "\"%s\":[", name)) return -1;
+    for (size_t i = 0; i < n; i++)
+        if ((i && lk_buf_puts(out, ",")) || op_body(out, &op[i])) return -1;
+    return lk_buf_puts(out, "]");
 }
 
-/* The keys under dir created before my_rev (keys only), key itself, and
- * the keys under limit_dir. A lock reads only the newest of the first (its
- * predecessor) and counts the last; a semaphore reads them all, oldest
- * first, and the limits' values. */
-static int check_txn(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key,
-                     lk_bytes limit_dir, int semaphore)
+int lk_gw_txn_body(lk_buf *out, const lk_txn_req *t)
 {
-    return lk_buf_puts(out, "{\"success\":[{\"request_range\":{") ||
-           dir_range(out, dir) ||
-           lk_buf_printf(out, semaphore
-                              ? ",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\","
-                                "\"keys_only\":true,\"max_create_revision\":\"%" PRId64 "\"}},"
-                              : ",\"sort_order\":\"DESCEND\",\"sort_target\":\"CREATE\","
-                                "\"limit\":\"1\",\"keys_only\":true,"
-                                "\"max_create_revision\":\"%" PRId64 "\"}},",
-                         my_rev - 1) ||
-           lk_buf_puts(out, "{\"request_range\":{") ||
-           field64(out, "key", key) ||
-           lk_buf_puts(out, ",\"keys_only\":true}},{\"request_range\":{") ||
-           dir_range(out, limit_dir) ||
-           lk_buf_puts(out, semaphore ? "}}]}" : ",\"count_only\":true}}]}");
+    if (lk_buf_puts(out, "{")) return -1;
+    if (t->n_compare) {
+        if (lk_buf_puts(out, "\"compare\":[")) return -1;
+        for (size_t i = 0; i < t->n_compare; i++) {
+            const lk_compare *c = &t->compare[i];
+            if (lk_buf_puts(out, i ? ",{" : "{") || key_range(out, c->key, c->prefix) ||
+                lk_buf_printf(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+                                   "\"create_revision\":\"%" PRId64 "\"}", c->create_rev))
+                return -1;
+        }
+        if (lk_buf_puts(out, "],")) return -1;
+    }
+    if (ops(out, "success", t->success, t->n_success)) return -1;
+    if (t->n_failure && (lk_buf_puts(out, ",") || ops(out, "failure", t->failure, t->n_failure)))
+        return -1;
+    return lk_buf_puts(out, "}");
 }
 
-int lk_etcd_check_body(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key,
-                       lk_bytes limit_dir)
+int lk_gw_watch_body(lk_buf *out, const lk_watch_req *w)
 {
-    return check_txn(out, dir, my_rev, key, limit_dir, 0);
-}
-
-int lk_etcd_sem_check_body(lk_buf *out, lk_bytes dir, int64_t my_rev, lk_bytes key,
-                           lk_bytes limit_dir)
-{
-    return check_txn(out, dir, my_rev, key, limit_dir, 1);
-}
-
-int lk_etcd_delete2_body(lk_buf *out, lk_bytes key, lk_bytes key2)
-{
-    return lk_buf_puts(out, "{\"success\":[{\"request_delete_range\":{") ||
-           field64(out, "key", key) || lk_buf_puts(out, "}},{\"request_delete_range\":{") ||
-           field64(out, "key", key2) || lk_buf_puts(out, "}}]}");
-}
-
-int lk_etcd_set_body(lk_buf *out, lk_bytes key, lk_bytes value,
-                     int64_t lease, int64_t token)
-{
-    return lk_buf_puts(out, "{\"compare\":[{") ||
-           field64(out, "key", key) ||
-           lk_buf_printf(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
-                              "\"create_revision\":\"%" PRId64 "\"}],"
-                              "\"success\":[", token) ||
-           put_op(out, key, value, lease) || lk_buf_puts(out, "]}");
-}
-
-int lk_etcd_guarded_body(lk_buf *out, lk_bytes guard, int64_t token, lk_bytes key,
-                         const lk_bytes *value)
-{
-    return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", guard) ||
-           lk_buf_printf(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
-                              "\"create_revision\":\"%" PRId64 "\"}],"
-                              "\"success\":[", token) ||
-           (value ? put_op(out, key, *value, 0)
-                  : lk_buf_puts(out, "{\"request_delete_range\":{") ||
-                    field64(out, "key", key) || lk_buf_puts(out, "}}")) ||
-           lk_buf_puts(out, "]}");
-}
-
-int lk_etcd_release_body(lk_buf *out, lk_bytes key, int64_t token, lk_bytes mark,
-                         int64_t lease)
-{
-    return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", key) ||
-           lk_buf_printf(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
-                              "\"create_revision\":\"%" PRId64 "\"}],"
-                              "\"success\":[", token) ||
-           put_op(out, mark, key, lease) ||
-           lk_buf_puts(out, ",{\"request_delete_range\":{") || field64(out, "key", key) ||
-           lk_buf_puts(out, "}}]}");
-}
-
-int lk_etcd_delete_if_body(lk_buf *out, lk_bytes key, int64_t create_rev)
-{
-    return lk_buf_puts(out, "{\"compare\":[{") || field64(out, "key", key) ||
-           lk_buf_printf(out, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
-                              "\"create_revision\":\"%" PRId64 "\"}],"
-                              "\"success\":[{\"request_delete_range\":{", create_rev) ||
-           field64(out, "key", key) || lk_buf_puts(out, "}}]}");
-}
-
-int lk_etcd_put_body(lk_buf *out, lk_bytes key, lk_bytes value, int64_t lease)
-{
-    return lk_buf_puts(out, "{") || field64(out, "key", key) ||
-           lk_buf_puts(out, ",") || field64(out, "value", value) ||
-           (lease && lk_buf_printf(out, ",\"lease\":\"%" PRId64 "\"", lease)) ||
-           lk_buf_puts(out, "}");
-}
-
-int lk_etcd_count_body(lk_buf *out, lk_bytes key)
-{
-    return lk_buf_puts(out, "{") || field64(out, "key", key) ||
-           lk_buf_puts(out, ",\"count_only\":true}");
-}
-
-int lk_etcd_watch_body(lk_buf *out, lk_bytes dir, int64_t start_rev)
-{
-    return lk_buf_puts(out, "{\"create_request\":{") || dir_range(out, dir) ||
+    return lk_buf_puts(out, "{\"create_request\":{") || key_range(out, w->key, w->prefix) ||
            lk_buf_printf(out, ",\"start_revision\":\"%" PRId64 "\","
                               "\"progress_notify\":true,\"fragment\":true}}",
-                         start_rev);
+                         w->start_rev);
 }
 
 int lk_etcd_int_field(const cJSON *obj, const char *field, int64_t *out)
