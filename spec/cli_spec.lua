@@ -272,6 +272,9 @@ describe("the locker command", function()
         local function lines() local t = {} for l in helper.read(out):gmatch("[^\n]+") do t[#t + 1] = l end return t end
         helper.wait_until("one's line", function() return #lines() >= 1 end)
         local l2 = assert(c:lock("two", "v2"))
+        -- a name new to watch_all is read before it is told: one change at
+        -- a time, so the lines come in this order
+        helper.wait_until("two's line", function() return #lines() >= 2 end)
         local token1 = l1:token()
         l1:release()
         helper.wait_until("three lines", function() return #lines() >= 3 end)
