@@ -179,6 +179,8 @@ describe("etcd authentication", function()
 
     it("keeps a lock through ten token expiries; lock, get and watch keep working", function()
         local c, other = client { ttl = 10 }, client()
+        local renewed = {}
+        other:on_event(function(ev) if ev.kind == "auth_renewed" then renewed[#renewed + 1] = ev end end)
         local losses = {}
         local held = assert(keep(c:lock("kept", "v", { keep = true, on_change = function(owned, _, why)
             if not owned then losses[#losses + 1] = why or "?" end
@@ -202,6 +204,12 @@ describe("etcd authentication", function()
         assert.is_true(stats.authentications + other:stats().authentications >= 10,
             "authentications: " .. stats.authentications)
         assert.is_true(stats.stream_connects <= 3, "stream connects: " .. stats.stream_connects)
+        -- each token etcd gave is told (the first too), never more than were
+        -- asked; other's locks and gets find their token expired each round
+        local asked = other:stats().authentications
+        assert.is_true(#renewed >= 2 and #renewed <= asked,
+            ("%d auth_renewed events, %d authentications"):format(#renewed, asked))
+        assert.matches("token", renewed[#renewed].reason)
         keep(serialize(c:session()), serialize(c:stats()), serialize(c:status()))
         w:cancel()
         c:close()

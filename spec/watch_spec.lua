@@ -51,6 +51,38 @@ describe("client:watch()", function()
         c:close(); a:close(); b:close()
     end)
 
+    it("takes a contender's token from etcd's put, even when the stream lost its delete", function()
+        -- a stream that dropped messages but stayed open (a muted proxy
+        -- let go again before anyone doubted it): the contender's key
+        -- deleted and made anew meanwhile (etcdctl's, on a lease of its
+        -- own), then written; that put says its new create revision
+        local proxy = helper.proxy(etcd)
+        local w_client = client({ endpoints = { proxy.endpoint } })
+        local seen = {}
+        w_client:watch("tok", function(v, ev) seen[#seen + 1] = { v, ev.token } end)
+        local lease = etcd:ctl("lease grant 30"):match("lease (%x+) granted")
+        local key = prefix .. "tok/" .. lease
+        local function put(v)
+            assert.matches("OK", (etcd:ctl(("put %s %s --lease=%s"):format(helper.quote(key), v, lease))))
+            local out = etcd:ctl(("get %s -w fields"):format(helper.quote(key)))
+            return tonumber(out:match('"CreateRevision" : (%d+)'))
+        end
+        local first = put("a")
+        helper.wait_until("the contender seen", function()
+            return seen[#seen] and seen[#seen][1] == "a"
+        end)
+        assert.equal(first, seen[#seen][2])
+        proxy:mode("mute /v3/watch")
+        etcd:ctl("del " .. helper.quote(key))
+        local made = put("b")
+        proxy:mode("unmute /v3/watch")
+        assert.is_true(made > first)
+        assert.equal(made, put("c"))
+        helper.wait_until("the put of c seen", function() return seen[#seen][1] == "c" end)
+        assert.equal(made, seen[#seen][2])
+        w_client:close()
+    end)
+
     it("reports nothing for waiters coming and going", function()
         local c, a, b = client(), client(), client()
         local la = assert(a:lock("churn", "owner"))

@@ -794,7 +794,7 @@ end
 
 --- Structured events, for logs and dashboards: fn(ev) with ev.kind one of
 -- "acquired", "released", "lost" (name, token, code, reason: the message),
--- "jeopardy", "renewed_late", "failover", "reconnect", "resync" (endpoint,
+-- "jeopardy", "renewed_late", "failover", "reconnect", "resync", "auth_renewed" (endpoint,
 -- reason), and ev.time (wall clock, seconds). Each runs in a spawned
 -- coroutine, in order; an error in fn goes to locker.on_error. Every
 -- listener added gets every event; returns a function that removes fn.

@@ -36,6 +36,7 @@ typedef struct lk_stats {
     int64_t stream_events;     /* watch events received */
     int64_t stream_connects;   /* watch streams opened */
     int64_t authentications;   /* tokens asked of /v3/auth/authenticate */
+    int64_t tokens;            /* tokens etcd gave (the engine tells each) */
 } lk_stats;
 
 /* The lease's times, all ms on lk_now_ms's clock, published for the Lua

@@ -46,6 +46,7 @@ struct lk_engine {
     lk_session session;
     lk_locks locks;
     lk_watches watches;
+    int64_t tokens_told;       /* auth tokens told as auth_renewed news */
 };
 
 /* ---- the session's news, routed to locks and watches ---- */
@@ -360,6 +361,13 @@ static void *run(void *arg)
             tick_at = now + LK_WAKE_TICK_MS;
         }
         if (wake >= 0 && tick_at < next) next = tick_at;
+        /* a new token from etcd (the transport keeps it): news */
+        int64_t tokens = __atomic_load_n(&e->io.stats.tokens, __ATOMIC_RELAXED);
+        if (tokens != e->tokens_told) {
+            e->tokens_told = tokens;
+            lk_note(&e->io, "auth_renewed", NULL, tokens == 1 ? "authenticated: etcd gave a token"
+                                                               : "etcd gave a new token");
+        }
         if (!e->stopping) {
             int64_t t = lk_session_tick(&e->session, now);
             if (t && t < next) next = t;

@@ -275,3 +275,39 @@ int lk_stream_message(const lk_req *r, const char *line, size_t n, lk_watch_resp
     return rc == LK_GW_OK ? LK_STREAM_OK : rc == LK_GW_REFUSED ? LK_STREAM_REFUSED
                                                                 : LK_STREAM_MALFORMED;
 }
+
+/* ---- the keepalive flow ---- */
+
+void lk_lease_stream_open(lk_lease_stream *st, lk_io *io, lk_renewal_fn on_answer, void *owner)
+{
+    *st = (lk_lease_stream){io, on_answer, owner, NULL};
+}
+
+static void on_renewal(lk_req *r)
+{
+    lk_lease_stream *st = r->owner;
+    st->inflight = NULL;
+    char msg[LK_MSG_SIZE];
+    lk_renewal m = {.msg = msg, .sent_at = r->sent_at, .rtt_us = lk_now_us() - r->started_us,
+                    .endpoint = lk_req_endpoint(r)};
+    m.ok = lk_answer_lease(r, &m.resp, &m.code, msg, sizeof msg) == 0;
+    st->on_answer(st->owner, &m);
+}
+
+int lk_lease_stream_send(lk_lease_stream *st, int64_t lease, int64_t timeout_ms)
+{
+    if (st->inflight) return 0;
+    st->inflight = lk_send_keepalive(st->io, lease, on_renewal, st, timeout_ms);
+    return st->inflight ? 0 : -1;
+}
+
+int lk_lease_stream_waiting(const lk_lease_stream *st)
+{
+    return st->inflight != NULL;
+}
+
+void lk_lease_stream_close(lk_lease_stream *st)
+{
+    if (st->inflight) lk_req_cancel(st->inflight);
+    st->inflight = NULL;
+}

@@ -99,6 +99,38 @@ lk_req *lk_send_revoke(lk_io *io, int64_t lease, lk_req_done_fn done, void *owne
 lk_req *lk_open_watch(lk_io *io, const lk_watch_req *q, lk_req_line_fn on_line,
                       lk_req_done_fn done, void *owner);
 
+/* ---- the keepalive flow, as a stream of typed messages ----
+ * Open once; send a renewal of a lease; each answer comes back to the
+ * stream's function as an lk_renewal; close drops a renewal in flight
+ * unanswered. The gateway sends each renewal as a POST of its own; a
+ * transport with bidirectional streams would keep one open. */
+typedef struct lk_renewal {
+    int ok;                    /* etcd answered: resp (ttl 0: the lease is gone) */
+    lk_lease_resp resp;
+    lk_err code;               /* !ok: why ("lease_lost", "unavailable", ...) */
+    const char *msg;
+    int64_t sent_at;           /* ms: when the renewal left (it proves the lease
+                                  alive from then on, not from the answer) */
+    int64_t rtt_us;            /* from the send to the answer */
+    const char *endpoint;      /* where it went */
+} lk_renewal;
+typedef void (*lk_renewal_fn)(void *owner, const lk_renewal *m);
+
+typedef struct lk_lease_stream {
+    lk_io *io;
+    lk_renewal_fn on_answer;
+    void *owner;
+    lk_req *inflight;          /* the renewal sent, not yet answered */
+} lk_lease_stream;
+
+void lk_lease_stream_open(lk_lease_stream *st, lk_io *io, lk_renewal_fn on_answer, void *owner);
+/* Sends one renewal of lease (urgent; timeout_ms 0: the client's): 0, or
+ * -1 (no memory: nothing sent). One at a time. */
+int lk_lease_stream_send(lk_lease_stream *st, int64_t lease, int64_t timeout_ms);
+/* Whether a renewal is on its way. */
+int lk_lease_stream_waiting(const lk_lease_stream *st);
+void lk_lease_stream_close(lk_lease_stream *st);
+
 /* One message of a watch stream, decoded: LK_STREAM_OK and *out (free it
  * with lk_watch_resp_free); LK_STREAM_REFUSED: not a watch result (etcd's
  * error, say: msg, *grpc_code its gRPC code or -1); LK_STREAM_MALFORMED:

@@ -96,11 +96,14 @@ void lk_session_view_read(const lk_session_view *v, lk_session_view *out)
     out->endpoint = __atomic_load_n(&v->endpoint, __ATOMIC_ACQUIRE);
 }
 
+static void on_keepalive(void *owner, const lk_renewal *r);
+
 void lk_session_init(lk_session *s, lk_io *io, const lk_session_hooks *hooks)
 {
     memset(s, 0, sizeof *s);
     s->io = io;
     s->hooks = *hooks;
+    lk_lease_stream_open(&s->renewals, io, on_keepalive, s);
 }
 
 /* etcd confirmed that the lease lives for ttl seconds from sent_at (when
@@ -171,38 +174,40 @@ static void grant(lk_session *s)
     }
 }
 
-static void on_keepalive(lk_req *r)
+/* A renewal's answer, from the keepalive flow. */
+static void on_keepalive(void *owner, const lk_renewal *r)
 {
-    lk_session *s = r->owner;
-    s->lease_req = NULL;
-    lk_err code;
-    char msg[LK_MSG_SIZE];
-    lk_lease_resp lease;
-    int answered = lk_answer_lease(r, &lease, &code, msg, sizeof msg) == 0;
+    lk_session *s = owner;
     lk_metrics *m = &s->io->metrics;
-    if (!answered) lk_metric_add(&m->renewals_failed, 1);
+    if (!r->ok) lk_metric_add(&m->renewals_failed, 1);
     else {
-        lk_hist_observe(&m->keepalive_seconds, lk_now_us() - r->started_us);
+        lk_hist_observe(&m->keepalive_seconds, r->rtt_us);
         /* answered after the point where owners stop being confirmed */
         if (lk_now_ms() >= s->jeopardy_at) {
             lk_metric_add(&m->renewals_late, 1);
-            lk_note(s->io, "renewed_late", lk_req_endpoint(r), "a lease renewal came after its owners' "
+            lk_note(s->io, "renewed_late", r->endpoint, "a lease renewal came after its owners' "
                     "confirmation ran out");
         }
     }
-    if (!answered) {
-        if (code == LK_ERR_LEASE_LOST)
-            lk_session_lease_gone(s, msg);
+    if (!r->ok) {
+        if (r->code == LK_ERR_LEASE_LOST)
+            lk_session_lease_gone(s, r->msg);
         else  /* try again soon; the tick ends ownership at the deadline */
             s->next_keepalive = lk_now_ms() + KEEPALIVE_RETRY_MS;
         return;
     }
-    int64_t ttl = lease.ttl;
-    if (ttl <= 0) {  /* the gateway omits TTL: 0, the lease is gone */
+    int64_t ttl = r->resp.ttl;
+    if (ttl <= 0) {  /* etcd omits TTL: 0, the lease is gone */
         lk_session_lease_gone(s, "etcd says the session lease has expired");
         return;
     }
     confirmed(s, r->sent_at, ttl);
+}
+
+/* A grant or a renewal on its way. */
+static int lease_busy(const lk_session *s)
+{
+    return s->lease_req || lk_lease_stream_waiting(&s->renewals);
 }
 
 static void keepalive(lk_session *s)
@@ -212,8 +217,7 @@ static void keepalive(lk_session *s)
     lk_metric_add(&s->io->metrics.renewals_sent, 1);
     /* a renewal must not outlive the lease it renews */
     int64_t limit = renew_every_ms(s);
-    s->lease_req = lk_send_keepalive(s->io, s->lease, on_keepalive, s,
-                                     limit < s->io->cfg.timeout_ms ? limit : 0);
+    lk_lease_stream_send(&s->renewals, s->lease, limit < s->io->cfg.timeout_ms ? limit : 0);
 }
 
 void lk_session_lease_gone(lk_session *s, const char *why)
@@ -228,6 +232,7 @@ void lk_session_lease_gone(lk_session *s, const char *why)
         lk_req_cancel(s->lease_req);
         s->lease_req = NULL;
     }
+    lk_lease_stream_close(&s->renewals);
     s->hooks.lease_lost(s->hooks.ctx, why);
 }
 
@@ -553,7 +558,7 @@ static int64_t prove(lk_session *s, int64_t now)
 
 void lk_session_need(lk_session *s)
 {
-    if (!s->lease && !s->lease_req && !s->grant_retry_at) grant(s);
+    if (!s->lease && !lease_busy(s) && !s->grant_retry_at) grant(s);
     lk_session_need_stream(s);
 }
 
@@ -587,11 +592,11 @@ int64_t lk_session_tick(lk_session *s, int64_t now)
             s->expired = 1;
             s->hooks.expired(s->hooks.ctx);
         }
-        if (s->lease && !s->lease_req && now >= s->next_keepalive) keepalive(s);
-        if (s->lease && !s->lease_req) SOONER(s->next_keepalive);
+        if (s->lease && !lease_busy(s) && now >= s->next_keepalive) keepalive(s);
+        if (s->lease && !lease_busy(s)) SOONER(s->next_keepalive);
         if (s->lease && !s->expired) SOONER(s->deadline);
         if (s->lease && now < s->jeopardy_at) SOONER(s->jeopardy_at);  /* the gauge */
-    } else if (s->grant_retry_at && !s->lease_req) {
+    } else if (s->grant_retry_at && !lease_busy(s)) {
         if (!wanted) s->grant_retry_at = 0;
         else if (now >= s->grant_retry_at) grant(s);
         else SOONER(s->grant_retry_at);
@@ -633,6 +638,7 @@ static void on_revoke(lk_req *r)
 void lk_session_stop(lk_session *s)
 {
     if (s->lease_req) lk_req_cancel(s->lease_req);
+    lk_lease_stream_close(&s->renewals);
     if (s->stream) lk_req_cancel(s->stream);
     if (s->probe) lk_req_cancel(s->probe);
     s->lease_req = s->stream = s->probe = NULL;

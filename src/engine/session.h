@@ -49,7 +49,8 @@ typedef struct lk_session {
     lk_io *io;
     lk_session_hooks hooks;
     int64_t lease;             /* 0: none */
-    lk_req *lease_req;         /* grant or keepalive in flight */
+    lk_req *lease_req;         /* a grant in flight */
+    lk_lease_stream renewals;  /* the keepalive flow (a renewal in flight) */
     int64_t next_keepalive;
     int64_t expires, deadline, jeopardy_at;
     int expired;               /* the deadline passed without renewal */

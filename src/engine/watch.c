@@ -137,9 +137,12 @@ static int apply(lk_watch *w, int deleted, const lk_kv *kv)
     }
     lk_blob *v = lk_blob_new(kv->value.data, kv->value.len);
     if (!v) return -1;
-    if (c) {  /* a set by the contender: its create_revision stays */
+    if (c) {  /* a set by the contender: its create_revision stays. A put
+               * with another one is the key made anew, its deletion unseen
+               * (lost by whatever carried the stream): etcd's word counts */
         lk_blob_unref(c->value);
         c->value = v;
+        if (kv->create_rev > 0) c->create_rev = kv->create_rev;
         return 0;
     }
     if (w->n == w->cap) {

@@ -131,6 +131,7 @@ static void on_authenticated(lk_req *r)
     const cJSON *token = cJSON_GetObjectItemCaseSensitive(root, "token");
     if (root && cJSON_IsString(token) && token->valuestring[0]) {
         if (lk_http_set_token(a->http, token->valuestring) == 0) {
+            __atomic_add_fetch(&a->stats->tokens, 1, __ATOMIC_RELAXED);
             a->have_token = 1;
             a->refusals = 0;
             lk_http_release_held(a->http, LK_OK, NULL);
