@@ -31,7 +31,7 @@ build = {
                 "src/engine/io.c", "src/engine/keys.c", "src/engine/lock.c", "src/engine/msg.c",
                 "src/engine/query.c", "src/engine/session.c", "src/engine/wake.c",
                 "src/engine/watch.c", "src/etcd/answers.c", "src/etcd/recipes.c",
-                "src/transport/auth.c", "src/transport/gateway.c", "src/transport/http.c",
+                "src/transport/auth.c", "src/transport/gateway.c", "src/transport/gateway_answer.c", "src/transport/http.c",
                 "src/transport/tls.c",
             },
             defines = { "_GNU_SOURCE" },

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "transport/gateway.h"
+#include "transport/gateway_answer.h"
 #include "engine/wake.h"
 
 void lk_count(int64_t *counter)
@@ -87,69 +88,17 @@ static void note_revision(const lk_req *r, int64_t rev)
     io->answer_at = r->sent_at;
 }
 
-/* What every answer is checked for before its body is read: 0, or -1
- * with code and msg. */
-static int transport_fault(lk_req *r, lk_err *code, char *msg, size_t msg_size)
-{
-    if (r->fail_code) {  /* tls, auth: http said why */
-        *code = r->fail_code;
-        snprintf(msg, msg_size, "%s", r->fail_msg ? r->fail_msg : lk_err_name(r->fail_code));
-        return -1;
-    }
-    if (r->too_big) {
-        *code = LK_ERR_PROTOCOL;
-        snprintf(msg, msg_size, "etcd at %s sent an answer over %d MiB",
-                 lk_req_endpoint(r), LK_MAX_ANSWER >> 20);
-        return -1;
-    }
-    if (lk_req_transport_failed(r)) {
-        *code = LK_ERR_UNAVAILABLE;
-        snprintf(msg, msg_size, "etcd at %s unreachable: %s",
-                 lk_req_endpoint(r), lk_req_error(r));
-        return -1;
-    }
-    return 0;
-}
-
-/* After a decoder ran: 0 (answered, revision noted), or -1 with the code
- * of what etcd (or the decoder) said. */
-static int decoded(lk_req *r, int rc, int grpc, int64_t rev, const char *text,
-                   lk_err *code, char *msg, size_t msg_size)
-{
-    if (rc == LK_GW_OK) {
-        note_revision(r, rev);
-        return 0;
-    }
-    if (rc == LK_GW_MALFORMED) {
-        *code = LK_ERR_PROTOCOL;
-        snprintf(msg, msg_size, "%s (from %s)", text, lk_req_endpoint(r));
-        return -1;
-    }
-    /* NotFound on a lease-carrying call is etcd saying the lease is gone. */
-    *code = grpc == 5 && strstr(text, "lease") ? LK_ERR_LEASE_LOST
-          : grpc == 14 || r->status == 503 ? LK_ERR_UNAVAILABLE
-          : lk_auth_refusal(grpc, text) ? LK_ERR_AUTH
-          : grpc >= 0 ? LK_ERR_ETCD : LK_ERR_PROTOCOL;
-    snprintf(msg, msg_size, "%s%s", text, grpc == 3 && *code == LK_ERR_AUTH
-             ? " (etcd has authentication on: set user and password)" : "");
-    return -1;
-}
-
-#define ANSWER(fn, type, decoder)                                                     \
+#define ANSWER(fn, type, transport_answer)                                            \
 int fn(lk_req *r, type *out, lk_err *code, char *msg, size_t msg_size)             \
 {                                                                                   \
-    *out = (type){0};                                                               \
-    if (transport_fault(r, code, msg, msg_size)) return -1;                         \
-    int grpc = -1;                                                                  \
-    char text[LK_MSG_SIZE];                                                         \
-    int rc = decoder(r->answer.data, r->answer.len, r->status, out, text,           \
-                     sizeof text, &grpc);                                           \
-    return decoded(r, rc, grpc, out->revision, text, code, msg, msg_size);          \
+    if (transport_answer(r, out, code, msg, msg_size)) return -1;                   \
+    note_revision(r, out->revision);                                                \
+    return 0;                                                                       \
 }
-ANSWER(lk_answer_range, lk_range_resp, lk_gw_range)
-ANSWER(lk_answer_txn, lk_txn_resp, lk_gw_txn)
-ANSWER(lk_answer_lease, lk_lease_resp, lk_gw_lease)
-ANSWER(lk_answer_plain, lk_plain_resp, lk_gw_plain)
+ANSWER(lk_answer_range, lk_range_resp, lk_gw_answer_range)
+ANSWER(lk_answer_txn, lk_txn_resp, lk_gw_answer_txn)
+ANSWER(lk_answer_lease, lk_lease_resp, lk_gw_answer_lease)
+ANSWER(lk_answer_plain, lk_plain_resp, lk_gw_answer_plain)
 
 int lk_answer_ok(lk_req *r, lk_err *code, char *msg, size_t msg_size)
 {
@@ -271,9 +220,14 @@ lk_req *lk_open_watch(lk_io *io, const lk_watch_req *q, lk_req_line_fn on_line,
 int lk_stream_message(const lk_req *r, const char *line, size_t n, lk_watch_resp *out,
                       char *msg, size_t msg_size, int *grpc_code)
 {
-    int rc = lk_gw_watch(line, n, r->status, out, msg, msg_size, grpc_code);
+    int rc = lk_gw_stream_message(r, line, n, out, msg, msg_size, grpc_code);
     return rc == LK_GW_OK ? LK_STREAM_OK : rc == LK_GW_REFUSED ? LK_STREAM_REFUSED
                                                                 : LK_STREAM_MALFORMED;
+}
+
+int lk_stream_end(lk_req *r, lk_err *code, char *msg, size_t msg_size)
+{
+    return lk_gw_stream_end(r, code, msg, msg_size);
 }
 
 /* ---- the keepalive flow ---- */

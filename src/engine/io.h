@@ -138,5 +138,8 @@ void lk_lease_stream_close(lk_lease_stream *st);
 enum { LK_STREAM_OK = 0, LK_STREAM_REFUSED = -1, LK_STREAM_MALFORMED = -2 };
 int lk_stream_message(const lk_req *r, const char *line, size_t n, lk_watch_resp *out,
                       char *msg, size_t msg_size, int *grpc_code);
+/* How a watch stream ended: 1 when we ended it (canceled, or its handler
+ * said so), else 0 with why etcd or the network ended it (code, msg). */
+int lk_stream_end(lk_req *r, lk_err *code, char *msg, size_t msg_size);
 
 #endif

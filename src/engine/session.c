@@ -380,6 +380,16 @@ static int on_stream_line(lk_req *r, const char *line, size_t n)
         lk_watch_resp_free(&msg);
         return -1;
     }
+    if (!msg.created && !s->stream_ready) {
+        /* a stream begins with its creation: one whose first message was
+         * lost (a proxy that swallowed it) may have lost the events etcd
+         * sent from our resume point too. Nothing from it counts */
+        lk_watch_resp_free(&msg);
+        note_failure(s, LK_ERR_UNAVAILABLE, "watch stream at %s: a message came before the watch "
+                     "was confirmed (its start was lost on the way)", lk_req_endpoint(r));
+        s->ended_why = LK_RECONNECT_SILENT;
+        return -1;
+    }
     if (msg.created) {
         s->stream_ready = 1;
         s->fail_code = LK_OK;
@@ -445,21 +455,13 @@ static void stream_ended(lk_session *s, int endpoint_fault, int endpoint)
 static void on_stream_done(lk_req *r)
 {
     lk_session *s = r->owner;
-    if (r->result != CURLE_ABORTED_BY_CALLBACK && !s->fail_code) {
-        lk_err code;
-        char msg[LK_MSG_SIZE];
-        lk_answer_ok(r, &code, msg, sizeof msg);
-        if (!lk_req_transport_failed(r) && !r->too_big && r->status == 200) {
-            code = LK_ERR_UNAVAILABLE;
-            snprintf(msg, sizeof msg, "etcd at %s ended the watch stream",
-                     lk_req_endpoint(r));
-        }
-        note_failure(s, code, "%s", msg);
-    }
+    lk_err code = LK_OK;
+    char msg[LK_MSG_SIZE];
+    int ours = lk_stream_end(r, &code, msg, sizeof msg);
+    if (!ours && !s->fail_code) note_failure(s, code, "%s", msg);
     /* an error line or a cancel: try another member (the transport's own
      * faults were counted by http already) */
-    stream_ended(s, r->result == CURLE_ABORTED_BY_CALLBACK && !s->stream_resync,
-                 r->endpoint);
+    stream_ended(s, ours && !s->stream_resync, r->endpoint);
 }
 
 /* ---- asking the stream to prove itself ---- */
