@@ -65,9 +65,9 @@ helper.quote = quote
 function helper.alive(pid)
     local f = io.open("/proc/" .. pid .. "/stat")
     if not f then return false end
-    local stat = f:read("*a")
+    local stat = f:read("*a")  -- nil: it was reaped between the open and the read
     f:close()
-    local state = stat:match("^%d+ %b() (%a)")
+    local state = stat and stat:match("^%d+ %b() (%a)")
     return state ~= nil and state ~= "Z"
 end
 
@@ -109,9 +109,9 @@ end
 function helper.read(path)
     local f = io.open(path)
     if not f then return "" end
-    local s = f:read("*a")
+    local s = f:read("*a")  -- nil: a /proc file whose process went meanwhile
     f:close()
-    return s
+    return s or ""
 end
 
 -- The interpreter running the specs (tools/run-specs exports it).
