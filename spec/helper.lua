@@ -271,7 +271,8 @@ function helper.proxy(etcd)
 end
 
 --- Sends a control line ("pass", "blackhole", "cut", "refuse", "drop PATH",
--- "undrop PATH", "mute PATH", "unmute PATH", "delay MS") and waits until the proxy has applied it;
+-- "undrop PATH", "mute PATH", "unmute PATH" (cuts what lost data), "unmute-keep PATH"
+-- (lets it go on, lossy), "delay MS") and waits until the proxy has applied it;
 -- returns its stats then (see Proxy:stats).
 function Proxy:mode(line)
     if line == "pass" or line == "blackhole" then self.listen_mode = line end

@@ -26,7 +26,9 @@
 --            keepalives, or delay etcd's answers; or mute: its watch
 --            streams stay open but silent (mute /v3/watch) for longer than
 --            its trust time (timeout + margin/2), mostly on the holder and
---            then mostly with a delete of its key during the mute
+--            then mostly with a delete of its key during the mute; at
+--            its end the streams that lost data are cut, as a byte stream
+--            with a hole in it would be
 --   While no foreign delete has been noticed by 30% of the run, a fault
 --   is a delete when one can be (with the proxy: a muted one, by 50%), so
 --   that every run sees one.

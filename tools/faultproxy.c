@@ -15,7 +15,12 @@
  *                    path starts with PATH stays open, its request goes to
  *                    etcd, but nothing etcd sends on it reaches the client
  *                    (read and discarded), from now on
- *   unmute PATH      end that rule (data discarded meanwhile stays lost)
+ *   unmute PATH      end that rule; each connection that lost data to it
+ *                    is cut (a byte stream with a hole in it is broken: TCP
+ *                    never goes on after one)
+ *   unmute-keep PATH end that rule; those connections go on, what was
+ *                    discarded meanwhile lost (a lossy message stream, which
+ *                    no TCP connection is: for the client's defences)
  *   delay MS         hold server->client data MS ms (0: no delay)
  *   stats            print "conns=N accepted=N dropped=N"
  * EOF on stdin ends it. Single-threaded, poll()-based, libc only.
@@ -48,6 +53,7 @@ struct chunk { struct chunk *next; long long due; size_t n; char data[]; };
 struct conn {
     int cfd, sfd, ci, si;       /* fds, their pollfd slots (-1: none) */
     int connecting, cl_eof, sv_eof, shut, dead;
+    int lost;                   /* data discarded by a mute since it began */
     struct buf to_srv, to_cli, head;
     struct chunk *delayed, *last;
     int state, drop;            /* request parser; drop: swallow this one */
@@ -223,7 +229,11 @@ static int muted(const struct conn *c)
 
 static void server_data(struct conn *c, const char *p, size_t n)
 {
-    if (blackhole || muted(c)) return;
+    if (blackhole) return;
+    if (muted(c)) {
+        c->lost = 1;
+        return;
+    }
     if (delay_ms <= 0 && !c->delayed) { buf_add(&c->to_cli, p, n); return; }
     struct chunk *k = malloc(sizeof *k + n);
     if (!k) { perror("faultproxy"); exit(1); }
@@ -255,9 +265,15 @@ static void command(char *cmd)
             if (!strcmp(rules[r], arg)) { free(rules[r]); rules[r--] = rules[--nrules]; }
     } else if (!strcmp(cmd, "mute") && arg && *arg && nmutes < MAXRULES) {
         mutes[nmutes++] = strdup(arg);
-    } else if (!strcmp(cmd, "unmute") && arg) {
+    } else if ((!strcmp(cmd, "unmute") || !strcmp(cmd, "unmute-keep")) && arg) {
         for (int r = 0; r < nmutes; r++)
             if (!strcmp(mutes[r], arg)) { free(mutes[r]); mutes[r--] = mutes[--nmutes]; }
+        for (int i = 0; i < nconns; i++) {
+            struct conn *c = conns[i];
+            if (!c->lost || strncmp(c->path, arg, strlen(arg))) continue;
+            c->lost = 0;
+            if (cmd[6] != '-') c->dead = 1;
+        }
     } else if (!strcmp(cmd, "delay") && arg) {
         delay_ms = atoi(arg);
     } else if (!strcmp(cmd, "stats")) {
