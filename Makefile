@@ -67,7 +67,7 @@ $(PROCESS): $(PROC_OBJS)
 # Debian packages the build and the tests need (idempotent; sudo when not root).
 DEPS_DEB = gcc make pkg-config curl procps iproute2 libcurl4-openssl-dev libcjson-dev \
            lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client openssl \
-           python3-prometheus-client
+           python3-prometheus-client lua-luv lua-cqueues lua-copas lua-socket lua-http
 # nginx's Lua module links OpenResty's LuaJIT (luajit2): Debian's luajit and
 # libluajit-5.1-dev conflict with it, so they are never asked for
 NGINX_DEB = luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua wrk

@@ -52,6 +52,11 @@ build = {
         ["locker.cli"] = "lua/locker/cli.lua",
         ["locker.ngx"] = "lua/locker/ngx.lua",
         ["locker.ngx_status"] = "lua/locker/ngx_status.lua",
+        -- event loops' adapters: each needs its host library (not a
+        -- dependency: only who uses one has it)
+        ["locker.luv"] = "lua/locker/luv.lua",
+        ["locker.cqueues"] = "lua/locker/cqueues.lua",
+        ["locker.copas"] = "lua/locker/copas.lua",
     },
     install = { bin = { locker = "bin/locker" } },
 }

@@ -56,6 +56,17 @@ function helper.locker(etcd, args, env)
         :format(etcd and etcd.endpoint or "http://127.0.0.1:1", env or "", helper.lua, args))
 end
 
+--- Runs a Lua script in a process of its own with the spec's Lua
+-- environment (a sanitizer runtime stays preloaded for it, not for the
+-- timeout command around it), killed after seconds; returns its output,
+-- success and exit code.
+function helper.script(path, args, env, seconds)
+    local preload = os.getenv("LD_PRELOAD")
+    return run("", ("env -u LD_PRELOAD timeout -s KILL %d env %s %s %s %s %s")
+        :format(seconds or 60, preload and ("LD_PRELOAD=" .. quote(preload)) or "",
+                env or "", helper.lua, path, args or ""))
+end
+
 function quote(s)
     return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end

@@ -705,6 +705,8 @@ end
 function Client:close()
     if self._closed then return true end
     self._closed = true
+    -- an event loop's adapter stops polling the fd before it closes
+    sched.remove_source(self)
     -- answers only: a callback would need a scheduler, and a host may allow
     -- none here (nginx's exit_worker_by_lua)
     route(self, self._core:close(), true)
@@ -726,7 +728,6 @@ function Client:close()
         self._watching[name] = nil
     end
     busy[self] = nil
-    sched.remove_source(self)
     return true
 end
 

@@ -36,9 +36,19 @@ local B = nil                                       -- another host's backend
 -- scheduler). A backend has current() -> a waiter or nil (nil: this
 -- context cannot wait), suspend(w, deadline, still_waiting) -> the values
 -- given to wake, wake(w, ...), spawn(fn, ...), sleep(seconds), and
--- blocked(what), which raises: a wait where nothing may wait.
+-- blocked(what), which raises: a wait where nothing may wait. A backend
+-- that polls the clients' fds itself (an event loop's adapter) also has
+-- add_source(client) and remove_source(client): told of every client,
+-- those made before it too, and of each one's close before its fd closes.
 function sched.use(backend)
+    if B == backend then return end
+    if B and B.remove_source then
+        for src in pairs(sources) do B.remove_source(src) end
+    end
     B = backend
+    if B and B.add_source then
+        for src in pairs(sources) do B.add_source(src) end
+    end
 end
 
 function sched.backend()
@@ -141,8 +151,33 @@ function sched.busy(box)
     return q ~= nil and q.running == true
 end
 
-function sched.add_source(src) sources[src] = true end
-function sched.remove_source(src) sources[src] = nil end
+function sched.add_source(src)
+    sources[src] = true
+    if B and B.add_source then B.add_source(src) end
+end
+
+function sched.remove_source(src)
+    if not sources[src] then return end
+    sources[src] = nil
+    if B and B.remove_source then B.remove_source(src) end
+end
+
+--- The coroutine a host resumes for the running code: the running one, or
+-- on plain Lua 5.1, the one around sched.pcall's (whose yields go up to
+-- it). nil on the main thread.
+function sched.outer()
+    local co, main = coroutine.running()
+    if main or not co then return nil end
+    while runs_for[co] do co = runs_for[co] end
+    return co
+end
+
+--- Whether the running code is inside sched.pcall's own coroutine (plain
+-- Lua 5.1), which passes its yields up.
+function sched.in_pcall()
+    local co = coroutine.running()
+    return co ~= nil and runs_for[co] ~= nil
+end
 
 local function resume(entry)
     local co = entry[1]
