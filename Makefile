@@ -124,6 +124,9 @@ nginx-demo: ## nginx gating on a record and holding its own, against a throwaway
 	@$(MAKE) --no-print-directory ngx-build
 	@LOCKER_CPATH=$(CURDIR)/$(NGX_BUILD) LUA=luajit sh tools/with-etcd sh examples/nginx/run
 
+example-http: deps all ## a lua-http service (over cqueues) with locker in its loop: its record, /api gated on a dependency's
+	@LOCKER_CPATH=$(CURDIR)/$(BUILD) LUA=$(LUA) sh tools/with-etcd sh examples/http/run
+
 sanitize: deps ## the specs with the core built under ASan + UBSan (not nginx's: nginx is not instrumented)
 	@$(MAKE) --no-print-directory BUILD=build/sanitize \
 	   OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
