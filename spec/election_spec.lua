@@ -60,6 +60,9 @@ describe("elections", function()
         assert(la:proclaim("10.0.0.9"))
         next_value(w, "10.0.0.9")
         assert.equal(la:token(), (select(2, c:leader("db"))))   -- same leader, new value
+        -- b's key is there before a resigns (else "no leader" comes first,
+        -- rightly: under load b's campaign may not have reached etcd yet)
+        helper.wait_until("b to wait behind a", function() return #etcd:keys(prefix .. "db/") == 2 end)
         assert.is_truthy(la:resign())
         assert.is_truthy(la:resign())                            -- idempotent
         helper.wait_until("b to lead", function() return waiting.done end, 10)
