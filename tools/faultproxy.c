@@ -268,11 +268,12 @@ static void command(char *cmd)
     } else if ((!strcmp(cmd, "unmute") || !strcmp(cmd, "unmute-keep")) && arg) {
         for (int r = 0; r < nmutes; r++)
             if (!strcmp(mutes[r], arg)) { free(mutes[r]); mutes[r--] = mutes[--nmutes]; }
+        int keep = !strcmp(cmd, "unmute-keep");
         for (int i = 0; i < nconns; i++) {
             struct conn *c = conns[i];
             if (!c->lost || strncmp(c->path, arg, strlen(arg))) continue;
             c->lost = 0;
-            if (cmd[6] != '-') c->dead = 1;
+            if (!keep) c->dead = 1;
         }
     } else if (!strcmp(cmd, "delay") && arg) {
         delay_ms = atoi(arg);

@@ -23,7 +23,7 @@ local copas = require "copas"
 local socket = require "socket"
 local sched = require "locker.sched"
 
-local select, type, pairs = select, type, pairs
+local select, pairs = select, pairs
 local unpack = table.unpack or unpack
 
 local M = {}
@@ -32,7 +32,7 @@ local used = false
 local idle               -- a UDP socket never bound: an fd never readable
 local waiting = {}       -- waiter -> true while it waits with a deadline
 local readers = {}       -- client -> its reader's socket-like object
-local on_error, previous_on_error
+local on_error
 
 local function pack(...)
     return { n = select("#", ...), ... }
@@ -162,21 +162,13 @@ end
 -- function for errors of callbacks and spawned coroutines (default:
 -- Copas' error handler). Idempotent.
 function M.use(opts)
-    if opts ~= nil and type(opts) ~= "table" then
-        error("locker.copas.use: expected an options table or nothing, got " .. type(opts), 2)
-    end
-    if opts and opts.on_error ~= nil and type(opts.on_error) ~= "function" then
-        error("locker.copas.use: on_error must be a function", 2)
-    end
-    on_error = opts and opts.on_error or nil
+    on_error = sched.host_options("locker.copas.use", opts)
     if used then return M end
     used = true
     -- LuaSocket 3.0's udp() makes its fd only once it is bound: udp4() at once
     idle = idle or assert((socket.udp4 or socket.udp)())
     assert(idle:getfd() >= 0, "locker.copas: LuaSocket gave a UDP socket without an fd")
-    previous_on_error = sched.on_error
-    sched.on_error = report
-    sched.use(backend)
+    sched.host_take(backend, report)
     return M
 end
 
@@ -210,8 +202,7 @@ end
 function M.stop()
     if not used then return end
     used = false
-    sched.use(nil)
-    if sched.on_error == report then sched.on_error = previous_on_error end
+    sched.host_leave(report)
 end
 
 --- How many clients Copas reads (for tests and status pages).

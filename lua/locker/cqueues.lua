@@ -22,7 +22,6 @@ local M = {}
 local cq                -- the controller
 local dispatchers = {}  -- client -> its pollable (and dispatcher's state)
 local on_error
-local previous_on_error
 
 local function pack(...)
     return { n = select("#", ...), ... }
@@ -121,21 +120,14 @@ function M.use(ctl, opts)
     if type(ctl) ~= "userdata" or not ctl.wrap then
         error("locker.cqueues.use: expected a cqueues controller (cqueues.new()), got " .. type(ctl), 2)
     end
-    if opts ~= nil and type(opts) ~= "table" then
-        error("locker.cqueues.use: expected an options table or nothing, got " .. type(opts), 2)
-    end
-    if opts and opts.on_error ~= nil and type(opts.on_error) ~= "function" then
-        error("locker.cqueues.use: on_error must be a function", 2)
-    end
+    local handler = sched.host_options("locker.cqueues.use", opts)
     if cq and cq ~= ctl then
         error("locker.cqueues.use: already in use with another controller (stop() first)", 2)
     end
-    on_error = opts and opts.on_error or nil
+    on_error = handler
     if cq then return M end
     cq = ctl
-    previous_on_error = sched.on_error
-    sched.on_error = report
-    sched.use(backend)
+    sched.host_take(backend, report)
     return M
 end
 
@@ -143,8 +135,7 @@ end
 -- stay open: close them first to release their locks.
 function M.stop()
     if not cq then return end
-    sched.use(nil)
-    if sched.on_error == report then sched.on_error = previous_on_error end
+    sched.host_leave(report)
     cq = nil
 end
 

@@ -12,7 +12,7 @@
 local uv = require "luv"
 local sched = require "locker.sched"
 
-local coroutine, select, type = coroutine, select, type
+local coroutine, select = coroutine, select
 local unpack = table.unpack or unpack
 local traceback = debug.traceback
 local ceil, max = math.ceil, math.max
@@ -24,7 +24,6 @@ local ready = {}        -- waiters and starts to resume on the next turn
 local kick              -- a uv timer at 0 ms that resumes them, or nil
 local on_error          -- where errors go (nil: raised in a uv callback)
 local used = false
-local previous_on_error -- sched.on_error before use()
 
 local function pack(...)
     return { n = select("#", ...), ... }
@@ -148,18 +147,10 @@ end
 -- for errors of callbacks and spawned coroutines (default: luv's own path).
 -- Idempotent; clients made before and after are polled alike.
 function M.use(opts)
-    if opts ~= nil and type(opts) ~= "table" then
-        error("locker.luv.use: expected an options table or nothing, got " .. type(opts), 2)
-    end
-    if opts and opts.on_error ~= nil and type(opts.on_error) ~= "function" then
-        error("locker.luv.use: on_error must be a function", 2)
-    end
-    on_error = opts and opts.on_error or nil
+    on_error = sched.host_options("locker.luv.use", opts)
     if used then return M end
     used = true
-    sched.use(backend)
-    previous_on_error = sched.on_error
-    sched.on_error = report
+    sched.host_take(backend, report)
     return M
 end
 
@@ -169,8 +160,7 @@ end
 function M.stop()
     if not used then return end
     used = false
-    sched.use(nil)
-    if sched.on_error == report then sched.on_error = previous_on_error end
+    sched.host_leave(report)
     ready = {}
     if kick then kick:close() kick = nil end
 end

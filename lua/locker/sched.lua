@@ -55,6 +55,36 @@ function sched.backend()
     return B
 end
 
+local own_on_error  -- sched.on_error before an event loop's adapter took it
+
+--- For an event loop's adapter (locker.luv, .cqueues, .copas): checks the
+-- options of who's use() (nothing, or a table whose on_error is a
+-- function) and returns opts.on_error.
+function sched.host_options(who, opts)
+    if opts ~= nil and type(opts) ~= "table" then
+        error(who .. ": expected an options table or nothing, got " .. type(opts), 3)
+    end
+    if opts and opts.on_error ~= nil and type(opts.on_error) ~= "function" then
+        error(who .. ": on_error must be a function", 3)
+    end
+    return opts and opts.on_error or nil
+end
+
+--- An adapter takes over: backend runs waits, wakes and spawns, and errors
+-- of callbacks go to report (the host's error path) until host_leave.
+function sched.host_take(backend, report)
+    own_on_error = sched.on_error
+    sched.on_error = report
+    sched.use(backend)
+end
+
+--- The adapter whose errors went to report leaves: this file's scheduler
+-- again, and errors where they went before (unless replaced meanwhile).
+function sched.host_leave(report)
+    sched.use(nil)
+    if sched.on_error == report then sched.on_error = own_on_error end
+end
+
 --- Where errors of callbacks and spawned coroutines go. Replace it to log
 -- elsewhere; it receives one string (message and traceback).
 function sched.on_error(msg)
