@@ -114,11 +114,11 @@ check: deps ## the quick loop: lint, build, and the specs on LUA_VERSION but the
 	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw \
 	   $(BUILD)/codec_probe.so build/go-elect
 	@LOCKER_BUILD=$(BUILD) LUA="$(LUA)" SPEC_JOBS=$${SPEC_JOBS:-2} \
-	   SKIP_SPECS="$${SKIP_SPECS:-cluster chaos nginx}" sh tools/run-specs
+	   SKIP_SPECS="$${SKIP_SPECS:-cluster chaos nginx nginx_upstream}" sh tools/run-specs
 
 nginx-test: deps ## only the nginx specs (a real nginx with the Lua module, 2 workers)
 	@$(MAKE) --no-print-directory all ngx-build
-	@LOCKER_BUILD=$(BUILD) LOCKER_NGX_BUILD=$(NGX_BUILD) LUA="$(LUA)" SPECS=spec/nginx_spec.lua sh tools/run-specs
+	@LOCKER_BUILD=$(BUILD) LOCKER_NGX_BUILD=$(NGX_BUILD) LUA="$(LUA)" SPECS="spec/nginx_spec.lua spec/nginx_upstream_spec.lua" sh tools/run-specs
 
 nginx-demo: ## nginx gating on a record and holding its own, against a throwaway etcd
 	@$(MAKE) --no-print-directory ngx-build
@@ -132,7 +132,7 @@ sanitize: deps ## the specs with the core built under ASan + UBSan (not nginx's:
 	   OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	   LDFLAGS="-fsanitize=address,undefined" all build/sanitize/faultproxy build/sanitize/badgw \
 	   build/sanitize/codec_probe.so
-	@LOCKER_BUILD=build/sanitize LUA="$(LUA)" LOCKER_SANITIZE=1 SKIP_SPECS="$${SKIP_SPECS:-nginx}" sh tools/run-specs
+	@LOCKER_BUILD=build/sanitize LUA="$(LUA)" LOCKER_SANITIZE=1 SKIP_SPECS="$${SKIP_SPECS:-nginx nginx_upstream}" sh tools/run-specs
 
 LUA_ENV = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;"
 

@@ -52,6 +52,8 @@ build = {
         ["locker.cli"] = "lua/locker/cli.lua",
         ["locker.ngx"] = "lua/locker/ngx.lua",
         ["locker.ngx_status"] = "lua/locker/ngx_status.lua",
+        ["locker.ngx_upstream"] = "lua/locker/ngx_upstream.lua",
+        ["locker.peers"] = "lua/locker/peers.lua",
         -- event loops' adapters: each needs its host library (not a
         -- dependency: only who uses one has it)
         ["locker.luv"] = "lua/locker/luv.lua",

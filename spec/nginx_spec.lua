@@ -4,25 +4,12 @@
 -- module is the LuaJIT build (LOCKER_NGX_BUILD) that nginx's Lua loads.
 local locker = require "locker"
 local helper = require "helper"
+local nginx_helper = require "nginx_helper"
 
 local sh, quote = helper.sh, helper.quote
 
-local ngx_build = os.getenv("LOCKER_NGX_BUILD")
-local _, have_nginx = sh("command -v nginx && test -f /usr/lib/nginx/modules/ngx_http_lua_module.so")
-local why_not = not have_nginx and "nginx or its Lua module (libnginx-mod-http-lua) is not installed"
-    or not ngx_build and "LOCKER_NGX_BUILD is not set (make test builds the LuaJIT module)"
-    or not select(2, sh("test -f " .. quote(ngx_build .. "/locker/core.so")))
-        and ("no " .. ngx_build .. "/locker/core.so (make test builds it)")
-if why_not then
-    describe("nginx", function()
-        it("cannot run: " .. why_not, function()
-            pending("NOT RUN: " .. why_not)
-        end)
-    end)
-    return
-end
+if nginx_helper.skip("nginx") then return end
 
-local root = sh("pwd"):gsub("%s+$", "")
 local TTL = 3
 
 local CONF = [[
@@ -160,79 +147,9 @@ record "web" { value = "nginx web", requires = { "dep" }, hold_down = 0, every =
                check = function() ngx.sleep(0.01) return true end }
 ]]
 
--- A free loopback port: below the kernel's ephemeral range (32768 and up,
--- where outgoing connections take theirs), and no socket of any state on it.
-local function free_port()
-    for _ = 1, 20 do
-        local p = 10000 + math.random(0, 22000)
-        if sh(("ss -tanH '( sport = :%d )'"):format(p)) == "" then return p end
-    end
-    error("no free port")
-end
-
-local Nginx = {}
-Nginx.__index = Nginx
-
 local function start_nginx(etcd, prefix)
-    local dir = sh("mktemp -d /tmp/locker-nginx.XXXXXX"):gsub("%s+$", "")
-    sh("mkdir -p " .. quote(dir .. "/logs") .. " " .. quote(dir .. "/tmp") .. " && chmod 755 " .. quote(dir))
-    local port = free_port()
-    local conf = CONF:gsub("@(%u+)@", { ROOT = root, CPATH = root .. "/" .. ngx_build, ETCD = etcd.endpoint,
-                                        PREFIX = prefix, TTL = tostring(TTL), DIR = dir, PORT = tostring(port) })
-    local f = assert(io.open(dir .. "/nginx.conf", "w"))
-    f:write(conf)
-    f:close()
-    f = assert(io.open(dir .. "/health.lua", "w"))
-    f:write(HEALTH)
-    f:close()
-    local pid = helper.spawn(("exec nginx -p %s -c %s/nginx.conf -e %s/logs/error.log -g 'daemon off;'")
-        :format(quote(dir), quote(dir), quote(dir)))
-    local self = setmetatable({ dir = dir, port = port, pid = pid,
-                                url = "http://127.0.0.1:" .. port }, Nginx)
-    helper.wait_until("nginx to answer", function()
-        if not helper.alive(pid) then error("nginx exited: " .. helper.read(dir .. "/logs/error.log")) end
-        return self:get("/ping") == 200
-    end, 10)
-    return self
-end
-
---- GET path: status code, body, seconds taken, headers (lowercased names).
-function Nginx:get(path, header)
-    local out = sh(("curl -s -m 5 -D - %s -w '\\n%%{http_code} %%{time_total}' %s")
-        :format(header and ("-H " .. quote(header)) or "", quote(self.url .. path)))
-    local code, t = out:match("(%d+) ([%d.]+)%s*$")
-    local headers = {}
-    for k, v in out:gmatch("\n?([%w-]+): ([^\r\n]*)") do headers[k:lower()] = v end
-    local body = out:match("\r\n\r\n(.*)\n%d+ [%d.]+%s*$") or ""
-    return tonumber(code), body, tonumber(t), headers
-end
-
-function Nginx:dict()
-    local _, body = self:get("/dict")
-    local d = {}
-    for k, v in body:gmatch("([^\n=]+)=([^\n]*)") do d[k] = v end
-    return d
-end
-
--- Worker pids of the master (its children that are nginx processes).
-function Nginx:workers()
-    local out = sh("pgrep -P " .. self.pid)
-    local list = {}
-    for p in out:gmatch("%d+") do list[#list + 1] = tonumber(p) end
-    table.sort(list)
-    return list
-end
-
-function Nginx:log()
-    return helper.read(self.dir .. "/logs/error.log")
-end
-
-function Nginx:stop()
-    if helper.alive(self.pid) then
-        helper.kill(self.pid, "QUIT")
-        pcall(helper.wait_until, "nginx to quit", function() return not helper.alive(self.pid) end, 10)
-        if helper.alive(self.pid) then helper.kill(self.pid, "KILL") end
-    end
+    return nginx_helper.start(CONF, { ETCD = etcd.endpoint, PREFIX = prefix, TTL = TTL },
+                              { ["health.lua"] = HEALTH })
 end
 
 local function count(dir)
@@ -244,31 +161,7 @@ local function rss_kb(pid)
     return tonumber(helper.read("/proc/" .. pid .. "/status"):match("VmRSS:%s*(%d+)"))
 end
 
--- Lines at [error] in the error log, but for the spec's own deliberate
--- misuse (a client made before the fork, used in a worker).
-local function error_lines(log)
-    local list = {}
-    for line in log:gmatch("[^\n]+") do
-        if line:find("[error]", 1, true) and not line:find("another process", 1, true) then
-            list[#list + 1] = line
-        end
-    end
-    return list
-end
-
--- Alerts and crashes in the error log, but for the worker this spec killed.
-local function bad_lines(log, killed)
-    local bad = {}
-    for line in log:gmatch("[^\n]+") do
-        if line:find("signal 11", 1, true) or line:find("[alert]", 1, true)
-            or line:find("exited on signal", 1, true) then
-            if not (killed and line:find("process " .. killed .. " exited on signal 9", 1, true)) then
-                bad[#bad + 1] = line
-            end
-        end
-    end
-    return bad
-end
+local error_lines, bad_lines = nginx_helper.error_lines, nginx_helper.bad_lines
 
 describe("nginx (locker.ngx)", function()
     local etcd, nginx, prefix, c

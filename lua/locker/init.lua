@@ -71,6 +71,13 @@ local function check_name(where, name)
     end
 end
 
+-- A shallow copy of an options table.
+local function opts_copy(opts)
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    return o
+end
+
 -- A key of the caller's own (lock:put, lock:delete, client:read): any
 -- etcd key but one under the lock prefix, whose keys are the locks'.
 local function check_key(where, key, prefix)
@@ -705,6 +712,10 @@ end
 function Client:close()
     if self._closed then return true end
     self._closed = true
+    for name, g in pairs(self._groups) do
+        self._groups[name] = nil
+        g:close()
+    end
     -- an event loop's adapter stops polling the fd before it closes
     sched.remove_source(self)
     -- answers only: a callback would need a scheduler, and a host may allow
@@ -729,6 +740,25 @@ function Client:close()
     end
     busy[self] = nil
     return true
+end
+
+--- The client of group NAME: the same connection options as this one,
+-- with the prefix self.prefix .. NAME .. "/", so that the group's records
+-- are the names under it (its watch_all sees them all; locker.ngx's
+-- upstreams and the CLI's register --group use it). Made once per NAME; it
+-- closes with this client. Do not also lock NAME itself on this client:
+-- the group's keys are in that name's range.
+function Client:group(name)
+    check_name("client:group", name)
+    if self._closed then return nil, "client is closed", "closed" end
+    local g = self._groups[name]
+    if g and not g._closed then return g end
+    local o = opts_copy(self._opts)
+    o.prefix = self.prefix .. name .. "/"
+    local c, msg, code = _M.new(o)
+    if not c then return nil, msg, code end
+    self._groups[name] = c
+    return c
 end
 
 --- The session lease ID in hex (as etcdctl shows it), or nil before the
@@ -1069,6 +1099,7 @@ function _M.new(opts)
         _core = c, _pending = {}, _locks = {}, _watching = {}, _subs = {},
         prefix = prefix, ttl = ttl, timeout = timeout, endpoints = eps,
         margin = margin, user = secure.user, _on_event = { opts.on_event }, _event_calls = {},
+        _opts = opts_copy(opts), _groups = {},
     }, Client)
     sched.add_source(self)
     return self

@@ -220,76 +220,90 @@ end
 
 -- The fallback when the wake-up socket cannot be had (or broke): dispatch
 -- every POLL_S from a timer, so waits and callbacks go on, later.
-local function poll_dispatch(premature)
-    if premature or not client or client:closed() or ngx.worker.exiting() then return end
-    local fine, e = xpcall(client.dispatch, traceback, client)
+local function poll_dispatch(premature, c)
+    if premature or c:closed() or ngx.worker.exiting() then return end
+    local fine, e = xpcall(c.dispatch, traceback, c)
     if not fine then report(e) end
-    after_dispatch()
-    local ok, err = ngx.timer.at(POLL_S, poll_dispatch)
+    if c == client then after_dispatch() end
+    local ok, err = ngx.timer.at(POLL_S, poll_dispatch, c)
     if not ok then log(ngx.ERR, "cannot re-arm the polling dispatcher: ", err) end
 end
 
-local function fall_back(why)
+local function fall_back(why, c)
     log(ngx.ERR, why, "; dispatching every ", POLL_S, " s instead")
-    disp.polling = true
-    local ok, err = ngx.timer.at(POLL_S, poll_dispatch)
+    if c == client then disp.polling = true end
+    local ok, err = ngx.timer.at(POLL_S, poll_dispatch, c)
     if not ok then log(ngx.ERR, "cannot start the polling dispatcher: ", err) end
 end
 
--- The dispatcher: one ngx timer per worker reading the wake-up socket.
--- Each byte means "events are waiting" or is the engine's tick (every
+-- The dispatcher: one ngx timer per client of the worker (its own, and
+-- one per upstream group's) reading that client's wake-up socket. Each
+-- byte means "events are waiting" or is the engine's tick (every
 -- 0.25 s); either way it delivers what waits. It notices that the worker
 -- is exiting within a tick, and then returns, so reloads never leave a
 -- worker "shutting down". Its read timeout (STALL_S) is not a tick: an
 -- idle worker logs nothing.
-local function dispatcher(premature)
-    if premature or not client or client:closed() then return end
-    local ok, path = pcall(client.wake_socket, client)
+local function dispatcher(premature, c)
+    if premature or c:closed() then return end
+    local main = c == client
+    local ok, path = pcall(c.wake_socket, c)
     if not ok or not path then
-        return fall_back("cannot make the wake-up socket: " .. tostring(path))
+        return fall_back("cannot make the wake-up socket: " .. tostring(path), c)
     end
     local sock = ngx.socket.stream()
     local connected, err = sock:connect("unix:" .. path)
     if not connected then
-        return fall_back("cannot connect to the wake-up socket: " .. tostring(err))
+        return fall_back("cannot connect to the wake-up socket: " .. tostring(err), c)
     end
-    local accepted, why = client:wake_accept()
+    local accepted, why = c:wake_accept()
     if not accepted then
         sock:close()
-        return fall_back(tostring(why))
+        return fall_back(tostring(why), c)
     end
-    disp.running = true
-    disp.alive_at = ngx.now()
+    if main then
+        disp.running = true
+        disp.alive_at = ngx.now()
+    end
     sock:settimeout(STALL_S * 1000)
     local warned = false
     while true do
-        local fine, e = xpcall(client.dispatch, traceback, client)
+        local fine, e = xpcall(c.dispatch, traceback, c)
         if not fine then report(e) end
-        if ngx.worker.exiting() or client:closed() then break end
-        after_dispatch()
+        if ngx.worker.exiting() or c:closed() then break end
+        if main then after_dispatch() end
         local data, rerr = sock:receiveany(256)
         if data then
-            disp.wakeups = disp.wakeups + 1
-            disp.alive_at = ngx.now()
+            if main then
+                disp.wakeups = disp.wakeups + 1
+                disp.alive_at = ngx.now()
+            end
             if warned then
                 log(ngx.NOTICE, "engine thread ticks again")
                 warned = false
             end
         elseif rerr == "timeout" then
             if not warned then
-                log(ngx.WARN, "engine thread has not ticked for ", STALL_S, " s")
+                log(ngx.WARN, "engine thread has not ticked for ", STALL_S, " s",
+                    main and "" or (" (the client of prefix " .. c.prefix .. ")"))
                 warned = true
             end
         else
-            disp.running = false
+            if main then disp.running = false end
             sock:close()
-            if client:closed() then return end
-            return fall_back("wake-up socket: " .. tostring(rerr))
+            if c:closed() then return end
+            return fall_back("wake-up socket: " .. tostring(rerr), c)
         end
     end
-    disp.running = false
+    if main then disp.running = false end
     sock:close()
-    if ngx.worker.exiting() then stop_healths() end
+    if ngx.worker.exiting() and main then stop_healths() end
+end
+
+-- Starts the dispatcher of client c (this worker's, or a group's).
+local function start_dispatcher(c)
+    local ok, err = ngx.timer.at(0, dispatcher, c)
+    if not ok then return nil, "cannot start the dispatcher: " .. tostring(err) end
+    return true
 end
 
 -- ------------------------------------------------------------------- api --
@@ -348,8 +362,8 @@ function _M.init(opts)
         client:follow(name)
         followed[name] = true
     end
-    local ok, err = ngx.timer.at(0, dispatcher)
-    if not ok then error("locker.ngx.init: cannot start the dispatcher: " .. tostring(err), 2) end
+    local ok, err = start_dispatcher(client)
+    if not ok then error("locker.ngx.init: " .. err, 2) end
     disp.started, disp.started_at = true, ngx.now()
     return client
 end
@@ -449,6 +463,56 @@ function _M.health(path, opts)
     return h
 end
 
+-- ------------------------------------------------------------- upstreams --
+-- Upstreams made of live records (locker.ngx_upstream; README, "Service
+-- discovery in nginx").
+
+local upstreams  -- locker.ngx_upstream, loaded with the first group
+
+--- Declares upstream group GROUP in init_worker_by_lua*: its records are
+-- every name under prefix .. GROUP .. "/" (or opts.names, records of this
+-- client), their values addresses ("HOST:PORT [weight=N]", see
+-- locker.peers; a malformed one is skipped and logged). opts: fail = "503"
+-- (default: nothing to pick when no record is held), "stale" (the last
+-- peers for stale_after seconds after the last record went) or "fallback"
+-- (opts.fallback, a list of addresses); stale_after, retry_after (default:
+-- init's); tries (more tries after a failed peer, default 2); on_change =
+-- fn(peers, group) after each change of this worker's view.
+function _M.upstream(group, opts)
+    need_client("upstream")
+    upstreams = upstreams or require "locker.ngx_upstream"
+    upstreams.declare({ client = client, settings = settings, log = log, start = start_dispatcher },
+                      group, opts)
+    return true
+end
+
+local function need_upstreams(where)
+    if not upstreams then
+        error("locker.ngx." .. where .. ": no upstream group is declared (locker.ngx.upstream "
+              .. "in init_worker_by_lua)", 3)
+    end
+    return upstreams
+end
+
+--- In balancer_by_lua*: picks a peer of GROUP among the records held now
+-- (round robin, weighted; with a hash key, consistent hashing: opts is the
+-- key or { hash = key }) and sets it; a retry picks another. Returns its
+-- address and record name.
+function _M.balance(group, opts)
+    return (upstreams or need_upstreams("balance")).balance(group, opts)
+end
+
+--- In access_by_lua*: the number of peers GROUP would pick from, or the
+-- request ends with 503 and Retry-After when there are none.
+function _M.admit(group)
+    return need_upstreams("admit").admit(group)
+end
+
+--- What this worker knows of GROUP (see locker.ngx_upstream.state).
+function _M.upstream_state(group)
+    return need_upstreams("upstream_state").state(group)
+end
+
 --- Waiting calls on this worker's client (they yield; see client()).
 function _M.lock(name, value, opts) return need_client("lock"):lock(name, value, opts) end
 function _M.get(name) return need_client("get"):get(name) end
@@ -499,6 +563,12 @@ function _M.report()
     end
     for _, e in ipairs(healths) do
         out.health[#out.health + 1] = { path = e.path, state = e.h:state() }
+    end
+    if upstreams then
+        out.upstreams = setmetatable({}, ARRAY)
+        for _, group in ipairs(upstreams.names()) do
+            out.upstreams[#out.upstreams + 1] = upstreams.state(group)
+        end
     end
     return out
 end

@@ -222,8 +222,14 @@ const char *lk_engine_wake_listen(lk_engine *e, char *err, size_t err_size)
 
 /* Lua thread. Publishes the connection's fd to the engine thread, and
  * signals it at once if events are already waiting. */
+static int ensure_started(lk_engine *e, char *err, size_t err_size);
+
+/* The engine starts here if it has not yet: its tick on the socket is what
+ * says it is alive, so a client dispatched through one always ticks (an
+ * idle one too). */
 int lk_engine_wake_accept(lk_engine *e, char *err, size_t err_size)
 {
+    if (ensure_started(e, err, err_size)) return -1;
     if (e->wake_listen_fd < 0) {
         snprintf(err, err_size, "no wake-up socket is listening");
         return -1;
