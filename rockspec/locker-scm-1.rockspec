@@ -50,6 +50,7 @@ build = {
         ["locker.json"] = "lua/locker/json.lua",
         ["locker.health"] = "lua/locker/health.lua",
         ["locker.cli"] = "lua/locker/cli.lua",
+        ["locker.cli_register"] = "lua/locker/cli_register.lua",
         ["locker.ngx"] = "lua/locker/ngx.lua",
         ["locker.ngx_status"] = "lua/locker/ngx_status.lua",
         ["locker.ngx_upstream"] = "lua/locker/ngx_upstream.lua",

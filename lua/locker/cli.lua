@@ -16,6 +16,7 @@ commands:
   elect NAME VALUE -- CMD [ARGS...]    run CMD while leader of NAME
   elect --observe NAME                 print a line per change of NAME's leader
   hold NAME VALUE                      hold NAME until interrupted
+  register NAME ADDR -- CMD...         run CMD, hold NAME = ADDR while it is healthy
   get NAME                             print the owner's value
   watch NAME                           print a line per change of NAME's owner
   status [--json|--prometheus|--watch] names under the prefix, owners, waiters
@@ -108,6 +109,8 @@ healthy, watches their dependencies, and logs each transition, until
 SIGINT or SIGTERM.]],
 }
 
+USAGE.register = require("locker.cli_register").USAGE
+
 local function say(...)
     io.stderr:write("locker: ", ...)
     io.stderr:write("\n")
@@ -127,7 +130,8 @@ local KNOWN_OPTIONS = { endpoints = true, prefix = true, ttl = true, timeout = t
                         json = true, prometheus = true, watch = true, grace = true,
                         ["wait-timeout"] = true, help = true, observe = true, limit = true,
                         cacert = true, cert = true, key = true, user = true,
-                        ["insecure-skip-tls-verify"] = true }
+                        ["insecure-skip-tls-verify"] = true,
+                        group = true, check = true, every = true, ["check-timeout"] = true }
 local function parse(args)
     local opts, words, rest = {}, {}, nil
     local i = 1
@@ -667,6 +671,11 @@ function commands.lock(client, opts, words, rest, _, as)
     process.close(watchdog)
     lock:release()
     return status
+end
+
+function commands.register(client, opts, words, rest)
+    return require("locker.cli_register").run(client, opts, words, rest, {
+        say = say, stamp = stamp, usage_error = usage_error, on_signals = on_signals })
 end
 
 function commands.health(client, _opts, _words, _, spec)
