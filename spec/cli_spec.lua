@@ -356,6 +356,7 @@ describe("the locker command", function()
             assert.equal(2, code)
             assert.matches('ADDR "' .. bad:gsub("%p", "%%%0") .. '"', out)
         end
+        local _
         out, _, code = cli("register s2 127.0.0.1:80")
         assert.equal(2, code, out)
         assert.matches("needs a command after %-%-", out)
