@@ -80,6 +80,14 @@ record "b" { requires = { "p", "q", "r" }, drop_when = "all" }
         fails('record "b" { requires = { "c" }, drop_when = "most" }', "field 'drop_when' must be")
     end)
 
+    it("refuses a group member whose value is not an address", function()
+        fails('record "b1" { group = "web", value = "localhost:80" }',
+              "^mesh/b%.lua:1: record 'b1' of group 'web': field 'value' must be an address")
+        fails('record "b1" { group = "web" }', "must be an address")
+        fails('record "b1" { group = "a/b", value = "10.0.0.1:80" }', "group")
+        assert(parse('record "b1" { group = "web", value = "10.0.0.1:80 weight=3" }'))
+    end)
+
     it("refuses a record declared twice", function()
         fails('record "b" {}\nrecord "b" {}', "^mesh/b%.lua:2: record 'b' is declared twice %(first at mesh/b%.lua:1%)")
     end)

@@ -63,6 +63,20 @@ describe("health records", function()
         c:close()
     end)
 
+    it("holds a group member's record under the group, while its requirement is up", function()
+        local c = client()
+        local web = assert(c:group("web"))
+        local seen = {}
+        web:watch_all(function(v, ev) seen[ev.name] = v end)
+        local lc = assert(c:lock("db", "db-addr"))
+        start('record "b1" { group = "web", value = "127.0.0.1:8081", requires = { "db" } }')
+        helper.wait_until("web/b1 held", function() return seen.b1 == "127.0.0.1:8081" end)
+        assert.is_nil(c:get("b1"))  -- not a name of the base prefix
+        lc:release()
+        helper.wait_until("web/b1 dropped with db", function() return seen.b1 == nil end)
+        c:close()
+    end)
+
     it("drops only when k of n requirements are down", function()
         local up = observer({ "r" })
         local c = client()

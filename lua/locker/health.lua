@@ -8,7 +8,8 @@
 --         drop_when = "any",             -- "any" (default), "all", or k of n down
 --         hold_down = 1,                 -- a dependency stays down this long first
 --         hold_up = 0,                   -- all stays healthy this long before return
---     }
+--         group = "web",                 -- optional: held as web/b, a member of the
+--     }                                  -- nginx upstream "web" (value: an address)
 --     watch "c" {
 --         up = function(value) end, down = function() end,
 --         change = function(value) end,
@@ -24,6 +25,7 @@
 -- dropped otherwise; it comes back by itself when they recover.
 local locker = require "locker"
 local sched = require "locker.sched"
+local peers = require "locker.peers"
 
 local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
 local concat = table.concat
@@ -35,7 +37,7 @@ local health = {}
 local RECORD_FIELDS = {
     value = { "string", "function" }, check = { "function" }, every = { "number" },
     requires = { "table" }, drop_when = { "string", "number" },
-    hold_down = { "number" }, hold_up = { "number" },
+    hold_down = { "number" }, hold_up = { "number" }, group = { "string" },
 }
 local WATCH_FIELDS = { up = { "function" }, down = { "function" }, change = { "function" } }
 -- connect { ... }: the options of locker.new (a secured etcd included)
@@ -83,8 +85,18 @@ local function record_spec(pos, name, t)
     local r = {
         name = name, pos = pos, value = t.value or "", check = t.check,
         every = t.every or 5, requires = {}, hold_down = t.hold_down or 0,
-        hold_up = t.hold_up or 0,
+        hold_up = t.hold_up or 0, group = t.group,
     }
+    if t.group ~= nil then  -- a member of an upstream group: its value is an address
+        check_name(pos, "record '" .. name .. "': group", t.group)
+        if type(t.value) ~= "function" then
+            local ok, why = peers.parse(t.value)
+            if not ok then
+                mistake(pos, "record '%s' of group '%s': field 'value' must be an address "
+                        .. "(HOST:PORT [weight=N]): %s", name, t.group, why)
+            end
+        end
+    end
     for i, dep in ipairs(t.requires or {}) do
         check_name(pos, "record '" .. name .. "': requires[" .. i .. "]", dep)
         r.requires[#r.requires + 1] = dep
@@ -302,7 +314,9 @@ end
 local function acquire(self, st)
     local value = current_value(self, st)
     if not value then return end
-    st.lock = self.client:lock(st.name, value, {
+    local client = self.client
+    if st.spec.group then client = assert(client:group(st.spec.group)) end
+    st.lock = client:lock(st.name, value, {
         background = true, keep = true,
         on_change = function(owned, lock, msg, code)
             if lock ~= st.lock then return end
