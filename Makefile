@@ -45,7 +45,7 @@ PROCESS  = $(BUILD)/locker/process.so
 LMOD_DIR ?= $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)
 CMOD_DIR ?= $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)
 
-.PHONY: all help deps test check sanitize bench chaos fuzz tsan demo nginx-demo nginx-test ngx-build install uninstall lint clean
+.PHONY: all help deps test check sanitize bench chaos fuzz tsan demo nginx-demo upstream-demo nginx-test ngx-build install uninstall lint clean
 
 all: $(CORE) $(PROCESS) ## build locker/core.so and locker/process.so for LUA_VERSION (5.4 by default)
 
@@ -123,6 +123,11 @@ nginx-test: deps ## only the nginx specs (a real nginx with the Lua module, 2 wo
 nginx-demo: ## nginx gating on a record and holding its own, against a throwaway etcd
 	@$(MAKE) --no-print-directory ngx-build
 	@LOCKER_CPATH=$(CURDIR)/$(NGX_BUILD) LUA=luajit sh tools/with-etcd sh examples/nginx/run
+
+upstream-demo: ## nginx balancing over live records: three backends register, one crashes and leaves rotation, comes back
+	@$(MAKE) --no-print-directory ngx-build
+	@sh tools/install-deps python3 curl
+	@LOCKER_CPATH=$(CURDIR)/$(NGX_BUILD) LUA=luajit sh tools/with-etcd sh examples/upstream/run
 
 example-http: deps all ## a lua-http service (over cqueues) with locker in its loop: its record, /api gated on a dependency's
 	@LOCKER_CPATH=$(CURDIR)/$(BUILD) LUA=$(LUA) sh tools/with-etcd sh examples/http/run

@@ -11,9 +11,11 @@
 -- allocation but the request's list of tried peers when it retries.
 local peers = require "locker.peers"
 local balancer = require "ngx.balancer"
+local ARRAY = require("locker.ngx_status").ARRAY  -- lists that are arrays even when empty
 
 local ngx = ngx
 local type, tostring, pairs, ipairs, error, pcall = type, tostring, pairs, ipairs, error, pcall
+local setmetatable = setmetatable
 local min, ceil = math.min, math.ceil
 
 local M = {}
@@ -33,7 +35,7 @@ end
 
 -- The peers as a list of plain tables (for on_change and the status).
 local function listing(set)
-    local out = {}
+    local out = setmetatable({}, ARRAY)
     for i, p in ipairs(set.list) do
         out[i] = { name = p.name, addr = p.addr, weight = p.weight, token = p.token }
     end
@@ -273,14 +275,14 @@ function M.state(group)
     local set, how = serving(g)
     local state = g.stale and g.seen and "stale" or g.view.set.n > 0 and "up"
         or (g.seen or stream_age(g)) and "empty" or "pending"
-    local skipped = {}
+    local skipped = setmetatable({}, ARRAY)
     for name, b in pairs(g.view.bad) do
         skipped[#skipped + 1] = { name = name, value = b.value, error = b.err }
     end
     table.sort(skipped, function(a, b) return a.name < b.name end)
     return {
         group = group, state = state, serving = how, fail = g.fail,
-        peers = set and listing(set) or {}, skipped = skipped, changes = g.changes,
+        peers = set and listing(set) or setmetatable({}, ARRAY), skipped = skipped, changes = g.changes,
         changed = g.changed_at and ngx.now() - g.changed_at or nil, refused = g.refused,
     }
 end
