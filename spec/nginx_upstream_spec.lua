@@ -126,6 +126,7 @@ http {
                 ngx.say(lngx.json(lngx.upstream_state(ngx.var.arg_g)))
             }
         }
+        location /status { content_by_lua_block { require("locker.ngx").status() } }
         location /bal {
             content_by_lua_block {
                 local n = math.min(bal.n, 4096)
@@ -266,6 +267,12 @@ describe("nginx upstreams (locker.ngx.upstream, balance)", function()
         assert.is_true((got.b1 or 0) >= 6 and (got.b2 or 0) >= 6 and (got.b3 or 0) >= 14,
                        "spread: " .. show(got))
         assert.equal(40, (got.b1 or 0) + (got.b2 or 0) + (got.b3 or 0))
+        -- the status page shows the group, as JSON and as HTML
+        local _, json = nginx:get("/status", "Accept: application/json")
+        assert.matches('"group":"web"', json, 1, true)
+        assert.matches('"addr":"' .. addr(3) .. '"', json, 1, true)
+        local _, html = nginx:get("/status")
+        assert.matches("<h3>upstream web: <span class=up>up</span>", html, 1, true)
     end)
 
     it("sends a hash key to the same peer in every worker", function()
@@ -427,7 +434,7 @@ describe("nginx upstreams (locker.ngx.upstream, balance)", function()
                 local _, body = nginx:get("/state?g=web")
                 return body:find('"state":"stale"', 1, true)
             end, 12)
-            print(("  etcd stopped -> marked stale in %.1f s (stale_after 6 s)"):format(locker.now() - t0))
+            print(("  etcd stopped -> marked stale %.1f s after the stop (stale_after 6 s from the stream's last message)"):format(locker.now() - t0))
             local got = spread("/web/", 12)
             assert.equal(12, (got.b1 or 0) + (got.b2 or 0) + (got.b3 or 0), show(got))
         end)

@@ -117,6 +117,20 @@ local function section(r)
         end
         b[#b + 1] = "</table>"
     end
+    for _, u in ipairs(r.upstreams or {}) do
+        b[#b + 1] = ("<h3>upstream %s: <span class=%s>%s</span>, serving %s (fail mode %s)</h3>"
+            .. "<table><tr><th>record</th><th>address</th><th>weight</th><th>token</th></tr>")
+            :format(esc(u.group), esc(u.state), esc(u.state), esc(u.serving), esc(u.fail))
+        for _, p in ipairs(u.peers) do
+            b[#b + 1] = ("<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>")
+                :format(esc(p.name), esc(p.addr), esc(p.weight), esc(p.token or "-"))
+        end
+        for _, k in ipairs(u.skipped) do
+            b[#b + 1] = ("<tr><td>%s</td><td colspan=3>skipped: %s (%s)</td></tr>")
+                :format(esc(k.name), esc(k.value), esc(k.error))
+        end
+        b[#b + 1] = "</table>"
+    end
     for _, e in ipairs(r.health or {}) do
         b[#b + 1] = ("<h3>health %s</h3><table><tr><th>record</th><th>held</th><th>check</th><th>reason</th></tr>")
             :format(esc(e.path))
