@@ -143,6 +143,27 @@ describe("client:watch_all()", function()
         a:close(); c:close()
     end)
 
+    it("follows a group's records through client:group(), apart from the parent's names", function()
+        local c = client()
+        local web = assert(c:group("web"))
+        assert.equal(web, c:group("web"))         -- one per name
+        assert.equal(prefix .. "web/", web.prefix)
+        local seen, fn = recorder()
+        web:watch_all(fn)
+        local a = assert(web:lock("a", "10.0.0.1:80"))
+        local other = assert(c:lock("other", "x"))  -- a name of the parent: not the group's
+        wait_for(seen, "a=10.0.0.1:80")
+        assert.same({ prefix .. "web/a/" }, { etcd:keys(prefix .. "web/")[1]:match("^(.*/)") })
+        a:release()
+        wait_for(seen, "a gone")
+        for _, line in ipairs(seen) do assert.not_matches("^other", line) end
+        assert.has_error(function() c:group("a/b") end)
+        c:close()                                  -- closes the group's client too
+        assert.is_true(web:closed())
+        assert.same({ nil, "client is closed", "closed" }, { c:group("web") })
+        assert.is_truthy(other)
+    end)
+
     it("refuses a callback that is not a function, and ends with the client", function()
         local c = client()
         assert.has_error(function() c:watch_all(42) end,
