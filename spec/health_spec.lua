@@ -74,6 +74,26 @@ describe("health records", function()
         assert.is_nil(c:get("b1"))  -- not a name of the base prefix
         lc:release()
         helper.wait_until("web/b1 dropped with db", function() return seen.b1 == nil end)
+        -- values computed at run time must be addresses too: kept back, said once
+        local _, log = start([[
+record "b2" { group = "web", value = function() return "not-an-address" end }
+record "b3" { group = "web", value = "127.0.0.1:8083", every = 0.05,
+              check = function() return true, "localhost:8083" end }
+]])
+        helper.wait_until("web/b3 held", function() return seen.b3 == "127.0.0.1:8083" end)
+        helper.wait_until("both refusals said", function()
+            local n = 0
+            for _, ev in ipairs(log) do
+                if ev.state == "error" and tostring(ev.reason):find("not", 1, true) then n = n + 1 end
+            end
+            return n >= 2
+        end)
+        locker.sleep(0.3)  -- more checks ran: the value stays, said once
+        assert.equal("127.0.0.1:8083", seen.b3)
+        assert.is_nil(seen.b2)
+        local said = 0
+        for _, ev in ipairs(log) do if ev.state == "error" and ev.name == "b3" then said = said + 1 end end
+        assert.equal(1, said)
         c:close()
     end)
 

@@ -259,6 +259,22 @@ local function down_count(self, r)
     return n
 end
 
+-- A group member's value computed at run time (a value function, a
+-- check's new value) must be an address as well: true when v may go out;
+-- otherwise it is said once per value, and kept back.
+local function address_ok(self, st, v)
+    local group = st.spec.group
+    if not group then return true end
+    local ok, why = peers.parse(v)
+    if ok then return true end
+    if st.refused ~= v then
+        st.refused = v
+        self:_log({ kind = "record", name = st.name, state = "error", reason = why },
+            "record %s of group %s: value %q is not an address (kept back): %s", st.name, group, v, why)
+    end
+    return false
+end
+
 local function current_value(self, st)
     local v = st.value
     if type(v) == "function" then
@@ -270,6 +286,7 @@ local function current_value(self, st)
         end
         v = got
     end
+    if not address_ok(self, st, v) then return nil end
     return v
 end
 
@@ -432,7 +449,7 @@ local function run_checks(self, st)
                 passed and "" or (" (" .. tostring(why) .. ")"))
         end
         st.check_ok, st.check_reason = passed, why
-        if passed and type(value) == "string" and value ~= st.current then
+        if passed and type(value) == "string" and value ~= st.current and address_ok(self, st, value) then
             st.value = value
             st.current = value
         end
