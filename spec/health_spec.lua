@@ -82,11 +82,11 @@ record "b3" { group = "web", value = "127.0.0.1:8083", every = 0.05,
 ]])
         helper.wait_until("web/b3 held", function() return seen.b3 == "127.0.0.1:8083" end)
         helper.wait_until("both refusals said", function()
-            local n = 0
+            local errors = 0
             for _, ev in ipairs(log) do
-                if ev.state == "error" and tostring(ev.reason):find("not", 1, true) then n = n + 1 end
+                if ev.state == "error" and tostring(ev.reason):find("not", 1, true) then errors = errors + 1 end
             end
-            return n >= 2
+            return errors >= 2
         end)
         locker.sleep(0.3)  -- more checks ran: the value stays, said once
         assert.equal("127.0.0.1:8083", seen.b3)
