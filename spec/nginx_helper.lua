@@ -43,17 +43,39 @@ local Nginx = {}
 Nginx.__index = Nginx
 M.Nginx = Nginx
 
---- Starts nginx (2 workers as the conf says) in a private directory:
--- conf's @NAME@ are replaced from subst (and @ROOT@, @CPATH@, @DIR@, @PORT@:
--- the checkout, the LuaJIT build, the directory, a free port), files are
--- { name = text } written beside it. Waits for GET /ping to answer 200.
+-- What every spec's nginx.conf starts with: @MAIN@ at the top (2 workers,
+-- the Lua module, logs in the private directory), @HTTP@ first in the
+-- http block (temporary files there too, the checkout's Lua modules).
+local MAIN = [[
+worker_processes 2;
+error_log logs/error.log info;
+pid logs/nginx.pid;
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+worker_shutdown_timeout 10s;]]
+local HTTP = [[
+    access_log off;
+    client_body_temp_path tmp/body;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
+    lua_package_path "@ROOT@/lua/?.lua;@ROOT@/lua/?/init.lua;;";
+    lua_package_cpath "@CPATH@/?.so;;";]]
+
+--- Starts nginx in a private directory: conf's @MAIN@ and @HTTP@ are the
+-- common parts above, its other @NAME@ are replaced from subst (and @ROOT@,
+-- @CPATH@, @DIR@, @PORT@: the checkout, the LuaJIT build, the directory, a
+-- free port), files are { name = text } written beside it. Waits for GET
+-- /ping to answer 200.
 function M.start(conf, subst, files)
     local dir = sh("mktemp -d /tmp/locker-nginx.XXXXXX"):gsub("%s+$", "")
     sh("mkdir -p " .. quote(dir .. "/logs") .. " " .. quote(dir .. "/tmp") .. " && chmod 755 " .. quote(dir))
     local port = M.free_port()
     local all = { ROOT = root, CPATH = root .. "/" .. M.build, DIR = dir, PORT = tostring(port) }
     for k, v in pairs(subst or {}) do all[k] = tostring(v) end
-    local text = conf:gsub("@(%u[%u%d]*)@", all)
+    local text = conf:gsub("@MAIN@", function() return MAIN end):gsub("@HTTP@", function() return HTTP end)
+    text = text:gsub("@(%u[%u%d]*)@", all)
     local f = assert(io.open(dir .. "/nginx.conf", "w"))
     f:write(text)
     f:close()

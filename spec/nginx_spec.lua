@@ -13,22 +13,10 @@ if nginx_helper.skip("nginx") then return end
 local TTL = 3
 
 local CONF = [[
-worker_processes 2;
-error_log logs/error.log info;
-pid logs/nginx.pid;
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_shutdown_timeout 10s;
+@MAIN@
 events { worker_connections 512; }
 http {
-    access_log off;
-    client_body_temp_path tmp/body;
-    proxy_temp_path tmp/proxy;
-    fastcgi_temp_path tmp/fastcgi;
-    uwsgi_temp_path tmp/uwsgi;
-    scgi_temp_path tmp/scgi;
-    lua_package_path "@ROOT@/lua/?.lua;@ROOT@/lua/?/init.lua;;";
-    lua_package_cpath "@CPATH@/?.so;;";
+@HTTP@
     lua_shared_dict t 4m;
     lua_shared_dict locker_status 1m;
 

@@ -14,22 +14,10 @@ if nginx_helper.skip("nginx upstreams") then return end
 local TTL = 3
 
 local CONF = [==[
-worker_processes 2;
-error_log logs/error.log info;
-pid logs/nginx.pid;
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_shutdown_timeout 10s;
+@MAIN@
 events { worker_connections 1024; }
 http {
-    access_log off;
-    client_body_temp_path tmp/body;
-    proxy_temp_path tmp/proxy;
-    fastcgi_temp_path tmp/fastcgi;
-    uwsgi_temp_path tmp/uwsgi;
-    scgi_temp_path tmp/scgi;
-    lua_package_path "@ROOT@/lua/?.lua;@ROOT@/lua/?/init.lua;;";
-    lua_package_cpath "@CPATH@/?.so;;";
+@HTTP@
     lua_shared_dict t 4m;
 
     init_worker_by_lua_block {
@@ -178,12 +166,16 @@ describe("nginx upstreams (locker.ngx.upstream, balance)", function()
         end
         nginx = nginx_helper.start(CONF, { ETCD = etcd.endpoint, PREFIX = prefix, TTL = TTL,
                                            B1 = ports[1], B2 = ports[2], B3 = ports[3] })
-        local d = nginx:dict()
-        workers = {}
-        for k in pairs(d) do
-            local pid = k:match("^worker:(%d+)$")
-            if pid then workers[#workers + 1] = pid end
-        end
+        -- nginx answers once one worker runs: the other's init_worker may
+        -- still be on its way
+        pcall(helper.wait_until, "both workers to note themselves", function()
+            workers = {}
+            for k in pairs(nginx:dict()) do
+                local pid = k:match("^worker:(%d+)$")
+                if pid then workers[#workers + 1] = pid end
+            end
+            return #workers >= 2
+        end, 10)
         assert.equal(2, #workers)
     end)
     teardown(function()

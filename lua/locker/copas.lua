@@ -134,12 +134,6 @@ function backend.blocked(what)
            .. "copas.addthread(fn) or locker.spawn(fn)"):format(what), 0)
 end
 
-function backend.sleep(seconds)
-    local w = backend.current()
-    if not w then backend.blocked("locker.sleep") end
-    backend.suspend(w, sched.now() + seconds)
-end
-
 function backend.add_source(client)
     if readers[client] then return end
     local r = setmetatable({ fd = client:fd() }, Reader)

@@ -117,12 +117,6 @@ function backend.blocked(what)
            .. "locker.spawn(fn) or another coroutine the loop resumes"):format(what), 0)
 end
 
-function backend.sleep(seconds)
-    local w = backend.current()
-    if not w then backend.blocked("locker.sleep") end
-    backend.suspend(w, sched.now() + seconds)
-end
-
 function backend.add_source(client)
     if polls[client] then return end
     local p = uv.new_poll(client:fd())

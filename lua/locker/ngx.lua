@@ -9,9 +9,10 @@
 --     location / { access_by_lua_block { require("locker.ngx").gate("db") } ... }
 --
 -- One client per worker, made in init_worker_by_lua (never before nginx
--- forks). The engine thread tells the worker that events wait through a
--- unix socket that a cosocket reads (client:wake_socket): a dispatcher,
--- one ngx timer per worker, reads it and delivers events as they arrive,
+-- forks), and one per upstream group (locker.ngx_upstream). Each engine
+-- thread tells the worker that events wait through a unix socket that a
+-- cosocket reads (client:wake_socket): a dispatcher, one ngx timer per
+-- client, reads it and delivers events as they arrive,
 -- with no polling timer and no thread pool. Waiting calls (lock, get,
 -- release, w:next) wait on an ngx.semaphore posted by the dispatcher, so
 -- they never block the worker; callbacks, health checks and spawned

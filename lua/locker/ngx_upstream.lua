@@ -8,7 +8,8 @@
 -- changed by the watch's events off the request path: a record that goes
 -- leaves the view at its event, its set of peers is rebuilt in a timer
 -- right after. balance() only reads that view: no etcd call, no lock, no
--- allocation but the request's list of tried peers when it retries.
+-- allocation but ngx.ctx's (once a request) and the list of tried peers
+-- when it retries.
 local peers = require "locker.peers"
 local balancer = require "ngx.balancer"
 local ARRAY = require("locker.ngx_status").ARRAY  -- lists that are arrays even when empty
@@ -71,19 +72,14 @@ end
 local function on_record(g, value, ev)
     local name = ev.name
     if value ~= nil then
+        local said = g.view.bad[name]
         local p, err = g.view:put(name, value, ev.token)
-        if not p then
-            if g.reported[name] ~= value then  -- once per bad value, not per event
-                g.reported[name] = value
-                g.env.log(ngx.WARN, ("upstream %s: record %s skipped: its value %q is not "
-                    .. "an address: %s"):format(g.name, name, value, err))
-            end
-        else
-            g.reported[name] = nil
+        if not p and not (said and said.value == value) then  -- once per bad value
+            g.env.log(ngx.WARN, ("upstream %s: record %s skipped: its value %q is not "
+                .. "an address: %s"):format(g.name, name, value, err))
         end
     else
         g.view:drop(name)
-        g.reported[name] = nil
     end
     g.seen = true
     if g.view.dirty then rebuild_soon(g) end
@@ -131,7 +127,7 @@ function M.declare(env, group, opts)
     if not FAIL[fail] then fail_opt("fail", '"503", "stale" or "fallback"', fail) end
     local g = {
         name = group, env = env, fail = fail, view = peers.view(ngx.worker.id() or 0),
-        reported = {}, changes = 0, refused = 0, stale = false, seen = false,
+        changes = 0, refused = 0, stale = false, seen = false,
         stale_after = opts.stale_after or env.settings.stale_after,
         retry_after = opts.retry_after or env.settings.retry_after,
         tries = opts.tries or 2, on_change = opts.on_change,
@@ -145,7 +141,10 @@ function M.declare(env, group, opts)
     if g.on_change ~= nil and type(g.on_change) ~= "function" then
         fail_opt("on_change", "a function", g.on_change)
     end
-    if fail == "fallback" or opts.fallback ~= nil then
+    if opts.fallback ~= nil and fail ~= "fallback" then
+        error('locker.ngx.upstream: fallback is used with fail = "fallback" (fail is "' .. fail .. '")', 3)
+    end
+    if fail == "fallback" then
         if type(opts.fallback) ~= "table" or #opts.fallback == 0 then
             fail_opt("fallback", "a non-empty list of addresses (fail = \"fallback\")", opts.fallback)
         end
@@ -199,8 +198,13 @@ local function serving(g)
     if g.fail == "stale" and g.last and ngx.now() - g.empty_since < g.stale_after then
         return g.last, "last known"
     end
-    if g.fail == "fallback" then return g.fallback, "fallback" end
+    if g.fallback then return g.fallback, "fallback" end
     return nil, "none"
+end
+
+local function pick(set, key, st)
+    if key then return set:by_hash(key, st) end
+    return set:round(st)
 end
 
 --- For balancer_by_lua: picks a peer of group and sets it (see
@@ -219,17 +223,10 @@ function M.balance(group, opts)
         ctx.locker_tried = st
     end
     local set = serving(g)
-    local p
-    if set then
-        if key then p = set:by_hash(key, st) else p = set:round(st) end
-        if not p and set == g.view.set then  -- every live one gone or tried
-            local other = g.fail == "fallback" and g.fallback
-                or g.fail == "stale" and g.last and ngx.now() - (g.empty_since or 0) < g.stale_after and g.last
-            if other then
-                set = other
-                if key then p = set:by_hash(key, st) else p = set:round(st) end
-            end
-        end
+    local p = set and pick(set, key, st)
+    if not p and set == g.view.set and g.fallback then  -- every live one gone or tried
+        set = g.fallback
+        p = pick(set, key, st)
     end
     if not p then
         g.refused = g.refused + 1

@@ -125,10 +125,14 @@ end
 
 --- The peer that key hashes to (the first point at or after its hash,
 -- going round), skipping gone and tried ones; nil when none is left.
+local function with_ring(self)
+    self.points, self.owner = ring(self.list)
+    self.npoints = #self.points
+end
+
 function Set:by_hash(key, st)
     if not self.points then  -- the first hash pick of this set's view
-        self.points, self.owner = ring(self.list)
-        self.npoints = #self.points
+        with_ring(self)
         if self.view then self.view.hashed = true end
     end
     local pts, n = self.points, self.npoints
@@ -221,10 +225,7 @@ local function build(by_name, cursor, view)
     local self = setmetatable({ list = list, n = #list }, Set)
     self.sched, self.nsched = schedule(list)
     self.view = view
-    if view and view.hashed then
-        self.points, self.owner = ring(list)
-        self.npoints = #self.points
-    end
+    if view and view.hashed then with_ring(self) end
     -- where the round goes on (a worker's own, so workers do not march in
     -- step); within the new round's length
     self.cursor = self.nsched > 0 and (cursor or 0) % self.nsched or 0
@@ -301,13 +302,6 @@ function View:rebuild()
     local old = self.set
     self.set = build(self.records, old.cursor, self)
     return self.set, old
-end
-
---- How many records hold an address right now (gone ones no more).
-function View:live()
-    local n = 0
-    for _ in pairs(self.records) do n = n + 1 end
-    return n
 end
 
 return peers

@@ -35,8 +35,10 @@ local B = nil                                       -- another host's backend
 --- Hands spawning, waiting and waking to a backend (nil: this file's own
 -- scheduler). A backend has current() -> a waiter or nil (nil: this
 -- context cannot wait), suspend(w, deadline, still_waiting) -> the values
--- given to wake, wake(w, ...), spawn(fn, ...), sleep(seconds), and
--- blocked(what), which raises: a wait where nothing may wait. A backend
+-- given to wake, wake(w, ...), spawn(fn, ...), and blocked(what), which
+-- raises: a wait where nothing may wait; sleep(seconds) when it sleeps its
+-- own way (without it, a sleep suspends the current waiter until its
+-- deadline, and raises through blocked() where there is none). A backend
 -- that polls the clients' fds itself (an event loop's adapter) also has
 -- add_source(client) and remove_source(client): told of every client,
 -- those made before it too, and of each one's close before its fd closes.
@@ -317,7 +319,13 @@ function sched.sleep(seconds)
     if type(seconds) ~= "number" or seconds < 0 then
         error("locker.sleep: seconds must be a number >= 0", 2)
     end
-    if B then return B.sleep(seconds) end
+    if B then
+        if B.sleep then return B.sleep(seconds) end
+        local w = B.current()
+        if not w then B.blocked("locker.sleep") end
+        B.suspend(w, now() + seconds)
+        return
+    end
     local co = sched.current()
     if co then
         timers[#timers + 1] = { at = now() + seconds, co = co }
