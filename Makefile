@@ -18,8 +18,8 @@ endif
 # Read once, when first used: after `make deps` installed what pkg-config
 # reads (so `make deps all` works on a fresh machine).
 LUA_CFLAGS ?= $(eval LUA_CFLAGS := $$(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null))$(LUA_CFLAGS)
-DEP_CFLAGS  = $(eval DEP_CFLAGS := $$(shell $(PKG_CONFIG) --cflags libcurl libcjson 2>/dev/null))$(DEP_CFLAGS)
-DEP_LIBS    = $(eval DEP_LIBS := $$(shell $(PKG_CONFIG) --libs libcurl libcjson 2>/dev/null || echo -lcurl -lcjson))$(DEP_LIBS)
+DEP_CFLAGS  = $(eval DEP_CFLAGS := $$(shell $(PKG_CONFIG) --cflags libcurl libcjson libprotobuf-c 2>/dev/null))$(DEP_CFLAGS)
+DEP_LIBS    = $(eval DEP_LIBS := $$(shell $(PKG_CONFIG) --libs libcurl libcjson libprotobuf-c 2>/dev/null || echo -lcurl -lcjson -lprotobuf-c))$(DEP_LIBS)
 
 WARN       = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
              -Wno-unused-function $(if $(WERROR),-Werror)
@@ -36,7 +36,7 @@ BUILD   ?= build/$(LUA_VERSION)
 # bound by src/binding/lprocess.c). src/'s folders are its layers (README,
 # "Architecture"); includes name the folder: "base/buf.h".
 PROC_SRCS = src/binding/lprocess.c src/process/proc.c src/process/guard.c
-SRCS     = $(filter-out $(PROC_SRCS),$(wildcard src/*/*.c))
+SRCS     = $(filter-out $(PROC_SRCS),$(wildcard src/*/*.c src/*/*/*.c))
 OBJS     = $(SRCS:src/%.c=$(BUILD)/%.o)
 PROC_OBJS = $(PROC_SRCS:src/%.c=$(BUILD)/%.o)
 CORE     = $(BUILD)/locker/core.so
@@ -45,14 +45,14 @@ PROCESS  = $(BUILD)/locker/process.so
 LMOD_DIR ?= $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)
 CMOD_DIR ?= $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)
 
-.PHONY: all help deps test check sanitize bench chaos fuzz tsan demo nginx-demo upstream-demo nginx-test ngx-build install uninstall lint clean
+.PHONY: all help deps proto test check sanitize bench chaos fuzz tsan demo nginx-demo upstream-demo nginx-test ngx-build install uninstall lint clean
 
 all: $(CORE) $(PROCESS) ## build locker/core.so and locker/process.so for LUA_VERSION (5.4 by default)
 
 help: ## list the documented targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
-$(BUILD)/%.o: src/%.c $(wildcard src/*/*.h)
+$(BUILD)/%.o: src/%.c $(wildcard src/*/*.h src/*/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -67,7 +67,8 @@ $(PROCESS): $(PROC_OBJS)
 # Debian packages the build and the tests need (idempotent; sudo when not root).
 DEPS_DEB = gcc make pkg-config curl procps iproute2 libcurl4-openssl-dev libcjson-dev \
            lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client openssl \
-           python3-prometheus-client lua-luv lua-cqueues lua-copas lua-socket lua-http
+           python3-prometheus-client lua-luv lua-cqueues lua-copas lua-socket lua-http \
+           libprotobuf-c-dev
 # nginx's Lua module links OpenResty's LuaJIT (luajit2): Debian's luajit and
 # libluajit-5.1-dev conflict with it, so they are never asked for
 NGINX_DEB = luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua wrk
@@ -81,11 +82,17 @@ endif
 deps: ## install the Debian packages needed to build and test
 	@sh tools/install-deps $(DEPS_DEB)
 
+# The gRPC transport's protobuf code, generated from the trimmed copy of
+# etcd's API in src/transport/proto/ (committed: a build needs no protoc-c).
+proto: ## regenerate src/transport/proto/*.pb-c.[ch] with protoc-c
+	@sh tools/install-deps protobuf-c-compiler
+	cd src/transport/proto && protoc-c --c_out=. kv.proto rpc.proto
+
 lint: ## the thread boundary, the engine's layers, the rockspec's file list, luacheck
 	@b=$$(grep -l -E '#include *[<"](lua|lauxlib|lualib|binding/compat)\.h' src/*/*.c | grep -v '^src/binding/' | tr '\n' ' '); \
 	 test -z "$$b" || { echo "lint: only src/binding/ may include lua.h: $$b"; exit 1; }
 	@sh tools/lint-layers
-	@for f in src/*/*.c lua/locker/*.lua; do grep -q "\"$$f\"" rockspec/*.rockspec || \
+	@for f in src/*/*.c src/*/*/*.c lua/locker/*.lua; do grep -q "\"$$f\"" rockspec/*.rockspec || \
 	   { echo "lint: $$f is not in the rockspec"; exit 1; }; done
 	@sh tools/install-deps lua-check && luacheck -qq --no-color . >/dev/null || luacheck --no-color -q .
 

@@ -19,6 +19,7 @@ dependencies = { "lua >= 5.1", "lua-cjson" }  -- lua-cjson: `locker status --jso
 external_dependencies = {
     CURL = { library = "curl" },
     CJSON = { header = "cjson/cJSON.h" },
+    PROTOBUF_C = { header = "protobuf-c/protobuf-c.h" },
 }
 build = {
     type = "builtin",
@@ -31,13 +32,15 @@ build = {
                 "src/engine/io.c", "src/engine/keys.c", "src/engine/lock.c", "src/engine/msg.c",
                 "src/engine/query.c", "src/engine/session.c", "src/engine/wake.c",
                 "src/engine/watch.c", "src/etcd/answers.c", "src/etcd/recipes.c",
-                "src/transport/auth.c", "src/transport/gateway.c", "src/transport/gateway_answer.c", "src/transport/http.c",
-                "src/transport/tls.c",
+                "src/transport/auth.c", "src/transport/gateway.c",
+                "src/transport/gateway_answer.c", "src/transport/grpc.c",
+                "src/transport/grpc_answer.c", "src/transport/http.c", "src/transport/tls.c",
+                "src/transport/proto/kv.pb-c.c", "src/transport/proto/rpc.pb-c.c",
             },
             defines = { "_GNU_SOURCE" },
             incdirs = { "src", "$(CJSON_INCDIR)/cjson", "$(CURL_INCDIR)" },
-            libdirs = { "$(CURL_LIBDIR)", "$(CJSON_LIBDIR)" },
-            libraries = { "curl", "cjson", "pthread" },
+            libdirs = { "$(CURL_LIBDIR)", "$(CJSON_LIBDIR)", "$(PROTOBUF_C_LIBDIR)" },
+            libraries = { "curl", "cjson", "protobuf-c", "pthread" },
         },
         ["locker.process"] = {
             sources = { "src/binding/lprocess.c", "src/process/proc.c", "src/process/guard.c" },

@@ -975,7 +975,9 @@ Lock.__close = Lock.release
 local new_opts = { on_event = true, endpoints = true, prefix = true, ttl = true, timeout = true,
                    margin = true, cacert = true, cert = true, key = true,
                    insecure = true, proxy_env = true, user = true, password = true,
-                   lock_delay = true }
+                   lock_delay = true, transport = true }
+
+_M.TRANSPORTS = { grpc = true, gateway = true }
 
 -- TLS and authentication options, checked now: a file that cannot be read
 -- is named at once, not at the first request. Never echoes a password.
@@ -1037,7 +1039,9 @@ end
 -- A secured etcd: cacert (CA file that signed etcd's certificate), cert and
 -- key (client certificate, PEM), insecure (true: no verification, warns),
 -- proxy_env (true: honour http(s)_proxy), user and password (etcd's
--- authentication).
+-- authentication). transport: "grpc" (etcd's native protocol: HTTP/2,
+-- protobuf) or "gateway" (its JSON gateway over HTTP/1.1); by default the
+-- LOCKER_TRANSPORT environment variable, else "gateway".
 -- Misuse raises; no I/O happens until the first call.
 function _M.new(opts)
     if type(opts) ~= "table" then error("locker.new: expected an options table", 2) end
@@ -1090,14 +1094,20 @@ function _M.new(opts)
     if opts.on_event ~= nil and type(opts.on_event) ~= "function" then
         fail_opt("locker.new", "on_event", "a function", opts.on_event)
     end
+    local transport = opts.transport
+    if transport == nil then transport = os.getenv("LOCKER_TRANSPORT") or "gateway" end
+    if not _M.TRANSPORTS[transport] then
+        fail_opt("locker.new", "transport", '"grpc" or "gateway"', transport)
+    end
     local secure = secure_opts(opts, eps)
+    secure.transport = transport
     -- whole milliseconds, at least one (0 would mean no limit to libcurl)
     local c, msg, code = core.new(eps, prefix, ttl, ceil(timeout * 1000),
                                   floor(margin * 1000), secure, floor(lock_delay * 1000))
     if not c then return nil, msg, code end
     local self = setmetatable({
         _core = c, _pending = {}, _locks = {}, _watching = {}, _subs = {},
-        prefix = prefix, ttl = ttl, timeout = timeout, endpoints = eps,
+        prefix = prefix, ttl = ttl, timeout = timeout, endpoints = eps, transport = transport,
         margin = margin, user = secure.user, _on_event = { opts.on_event }, _event_calls = {},
         _opts = opts_copy(opts), _groups = {},
     }, Client)

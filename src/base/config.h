@@ -7,7 +7,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* How requests travel: etcd's native gRPC (HTTP/2, protobuf), or its
+ * JSON gateway (HTTP/1.1). */
+typedef enum { LK_TRANSPORT_GATEWAY = 0, LK_TRANSPORT_GRPC = 1 } lk_transport;
+
 typedef struct lk_config {
+    lk_transport transport;
     char **endpoints;          /* "http://host:port", no trailing slash */
     int n_endpoints;
     char *prefix;              /* key prefix, e.g. "/locker/" */

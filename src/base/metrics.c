@@ -14,6 +14,13 @@ static const char *const kind_paths[LK_RQ_OTHER] = {
     "/v3/lease/grant", "/v3/lease/keepalive", "/v3/lease/revoke",
     "/v3/watch", "/v3/auth/authenticate",
 };
+/* the same calls as gRPC methods */
+static const char *const kind_methods[LK_RQ_OTHER] = {
+    "/etcdserverpb.KV/Range", "/etcdserverpb.KV/Put", "/etcdserverpb.KV/DeleteRange",
+    "/etcdserverpb.KV/Txn", "/etcdserverpb.Lease/LeaseGrant",
+    "/etcdserverpb.Lease/LeaseKeepAlive", "/etcdserverpb.Lease/LeaseRevoke",
+    "/etcdserverpb.Watch/Watch", "/etcdserverpb.Auth/Authenticate",
+};
 
 static const char *const kind_names[LK_RQ_KINDS] = {
     "range", "put", "delete", "txn", "lease_grant", "lease_keepalive",
@@ -23,7 +30,8 @@ static const char *const kind_names[LK_RQ_KINDS] = {
 lk_rq_kind lk_rq_kind_of(const char *path)
 {
     for (int k = 0; k < LK_RQ_OTHER; k++)
-        if (path && !strcmp(path, kind_paths[k])) return (lk_rq_kind)k;
+        if (path && (!strcmp(path, kind_paths[k]) || !strcmp(path, kind_methods[k])))
+            return (lk_rq_kind)k;
     return LK_RQ_OTHER;
 }
 

@@ -88,7 +88,7 @@ static char *opt_string(lua_State *L, int t, const char *k)
 
 /* core.new(endpoints, prefix, ttl_s, timeout_ms, margin_ms [, secure])
  * -> client | nil, msg, code. secure: { cacert, cert, key, insecure,
- * proxy_env, user, password } (checked by the facade). */
+ * proxy_env, user, password, transport } (checked by the facade). */
 static int l_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -123,7 +123,10 @@ static int l_new(lua_State *L)
         cfg.insecure = lua_toboolean(L, -1);
         lua_getfield(L, 6, "proxy_env");
         cfg.proxy_env = lua_toboolean(L, -1);
-        lua_pop(L, 2);
+        lua_getfield(L, 6, "transport");
+        const char *t = lua_tostring(L, -1);
+        cfg.transport = t && !strcmp(t, "grpc") ? LK_TRANSPORT_GRPC : LK_TRANSPORT_GATEWAY;
+        lua_pop(L, 3);
     }
     client_box *b = lua_newuserdata(L, sizeof *b);
     b->engine = NULL;  /* closed until made: __gc sees a consistent box */

@@ -415,6 +415,7 @@ static int ensure_started(lk_engine *e, char *err, size_t err_size)
         snprintf(err, err_size, "cannot create event fd: %s", strerror(errno));
         return -1;
     }
+    e->io.wire = lk_wire_of(&e->io.cfg);
     e->io.http = lk_http_new(&e->io.cfg, (long)e->io.cfg.timeout_ms);
     if (e->io.http && e->io.cfg.user &&
         !(e->io.auth = lk_auth_new(e->io.http, &e->io.cfg, &e->io.stats))) {

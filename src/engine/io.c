@@ -7,8 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "transport/gateway.h"
-#include "transport/gateway_answer.h"
+#include "transport/wire.h"
 #include "engine/wake.h"
 
 void lk_count(int64_t *counter)
@@ -88,17 +87,23 @@ static void note_revision(const lk_req *r, int64_t rev)
     io->answer_at = r->sent_at;
 }
 
+/* The transport r went by. */
+static const lk_wire *wire(const lk_req *r)
+{
+    return lk_wire_of(lk_http_config(r->http));
+}
+
 #define ANSWER(fn, type, transport_answer)                                            \
 int fn(lk_req *r, type *out, lk_err *code, char *msg, size_t msg_size)             \
 {                                                                                   \
-    if (transport_answer(r, out, code, msg, msg_size)) return -1;                   \
+    if (wire(r)->transport_answer(r, out, code, msg, msg_size)) return -1;          \
     note_revision(r, out->revision);                                                \
     return 0;                                                                       \
 }
-ANSWER(lk_answer_range, lk_range_resp, lk_gw_answer_range)
-ANSWER(lk_answer_txn, lk_txn_resp, lk_gw_answer_txn)
-ANSWER(lk_answer_lease, lk_lease_resp, lk_gw_answer_lease)
-ANSWER(lk_answer_plain, lk_plain_resp, lk_gw_answer_plain)
+ANSWER(lk_answer_range, lk_range_resp, answer_range)
+ANSWER(lk_answer_txn, lk_txn_resp, answer_txn)
+ANSWER(lk_answer_lease, lk_lease_resp, answer_lease)
+ANSWER(lk_answer_plain, lk_plain_resp, answer_plain)
 
 int lk_answer_ok(lk_req *r, lk_err *code, char *msg, size_t msg_size)
 {
@@ -151,7 +156,7 @@ lk_req *lk_send_range(lk_io *io, const lk_range_req *q, lk_req_done_fn done, voi
                       int64_t timeout_ms, int urgent)
 {
     lk_buf body = {0};
-    return send_body(io, lk_gw_range_body(&body, q), LK_PATH_RANGE, done, owner, &body,
+    return send_body(io, io->wire->range_body(&body, q), io->wire->range, done, owner, &body,
                      timeout_ms, urgent);
 }
 
@@ -159,7 +164,7 @@ lk_req *lk_send_txn(lk_io *io, const lk_txn_req *q, lk_req_done_fn done, void *o
                     int64_t timeout_ms)
 {
     lk_buf body = {0};
-    return send_body(io, lk_gw_txn_body(&body, q), LK_PATH_TXN, done, owner, &body,
+    return send_body(io, io->wire->txn_body(&body, q), io->wire->txn, done, owner, &body,
                      timeout_ms, 0);
 }
 
@@ -167,7 +172,7 @@ lk_req *lk_send_put(lk_io *io, const lk_put_req *q, lk_req_done_fn done, void *o
                     int64_t timeout_ms, int urgent)
 {
     lk_buf body = {0};
-    return send_body(io, lk_gw_put_body(&body, q), LK_PATH_PUT, done, owner, &body,
+    return send_body(io, io->wire->put_body(&body, q), io->wire->put, done, owner, &body,
                      timeout_ms, urgent);
 }
 
@@ -175,14 +180,14 @@ lk_req *lk_send_delete(lk_io *io, const lk_delete_req *q, lk_req_done_fn done, v
                        int64_t timeout_ms)
 {
     lk_buf body = {0};
-    return send_body(io, lk_gw_delete_body(&body, q), LK_PATH_DELETE, done, owner, &body,
+    return send_body(io, io->wire->delete_body(&body, q), io->wire->del, done, owner, &body,
                      timeout_ms, 0);
 }
 
 lk_req *lk_send_grant(lk_io *io, int64_t ttl, lk_req_done_fn done, void *owner)
 {
     lk_buf body = {0};
-    return send_body(io, lk_etcd_grant_body(&body, ttl), LK_PATH_GRANT, done, owner, &body,
+    return send_body(io, io->wire->grant_body(&body, ttl), io->wire->grant, done, owner, &body,
                      0, 1);
 }
 
@@ -190,7 +195,7 @@ lk_req *lk_send_keepalive(lk_io *io, int64_t lease, lk_req_done_fn done, void *o
                           int64_t timeout_ms)
 {
     lk_buf body = {0};
-    return send_body(io, lk_etcd_lease_body(&body, lease), LK_PATH_KEEPALIVE, done, owner,
+    return send_body(io, io->wire->lease_body(&body, lease), io->wire->keepalive, done, owner,
                      &body, timeout_ms, 1);
 }
 
@@ -198,16 +203,16 @@ lk_req *lk_send_revoke(lk_io *io, int64_t lease, lk_req_done_fn done, void *owne
                        int64_t timeout_ms)
 {
     lk_buf body = {0};
-    return send_body(io, lk_etcd_lease_body(&body, lease), LK_PATH_REVOKE, done, owner,
+    return send_body(io, io->wire->lease_body(&body, lease), io->wire->revoke, done, owner,
                      &body, timeout_ms, 1);
 }
 
 lk_req *lk_open_watch(lk_io *io, const lk_watch_req *q, lk_req_line_fn on_line,
                       lk_req_done_fn done, void *owner)
 {
-    lk_req *r = lk_req_new(io->http, LK_PATH_WATCH, done, owner, 0);
+    lk_req *r = lk_req_new(io->http, io->wire->watch, done, owner, 0);
     if (!r) return NULL;
-    if (lk_gw_watch_body(&r->body, q)) {  /* no memory */
+    if (io->wire->watch_body(&r->body, q)) {  /* no memory */
         lk_buf_free(&r->body);
         free(r);
         return NULL;
@@ -220,14 +225,13 @@ lk_req *lk_open_watch(lk_io *io, const lk_watch_req *q, lk_req_line_fn on_line,
 int lk_stream_message(const lk_req *r, const char *line, size_t n, lk_watch_resp *out,
                       char *msg, size_t msg_size, int *grpc_code)
 {
-    int rc = lk_gw_stream_message(r, line, n, out, msg, msg_size, grpc_code);
-    return rc == LK_GW_OK ? LK_STREAM_OK : rc == LK_GW_REFUSED ? LK_STREAM_REFUSED
-                                                                : LK_STREAM_MALFORMED;
+    int rc = wire(r)->stream_message(r, line, n, out, msg, msg_size, grpc_code);
+    return rc == 0 ? LK_STREAM_OK : rc == -1 ? LK_STREAM_REFUSED : LK_STREAM_MALFORMED;
 }
 
 int lk_stream_end(lk_req *r, lk_err *code, char *msg, size_t msg_size)
 {
-    return lk_gw_stream_end(r, code, msg, msg_size);
+    return wire(r)->stream_end(r, code, msg, msg_size);
 }
 
 /* ---- the keepalive flow ---- */

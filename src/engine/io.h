@@ -15,6 +15,7 @@
 #include "base/clock.h"
 #include "base/config.h"
 #include "transport/http.h"
+#include "transport/wire.h"
 #include "base/metrics.h"
 #include "engine/msg.h"
 
@@ -22,6 +23,7 @@
 
 typedef struct lk_io {
     lk_config cfg;
+    const lk_wire *wire;       /* how requests are encoded and answers read */
     lk_http *http;
     lk_auth *auth;             /* NULL: no user, no token */
     lk_queue *events;          /* to the Lua thread (own mutex) */

@@ -9,8 +9,7 @@
 
 #include "base/backoff.h"
 #include "base/clock.h"
-#include "transport/gateway.h"
-#include "transport/gateway_json.h"
+#include "transport/wire.h"
 
 #define REFUSED_MIN_MS 1000    /* after a refusal, requests fail at once */
 #define REFUSED_MAX_MS 30000   /* for this long, growing with each */
@@ -46,6 +45,7 @@ int lk_auth_token_refused(const char *m)
 static int answer_refuses_token(const lk_req *r)
 {
     if (r->status == 401) return 1;
+    if (r->grpc_status > 0 && lk_auth_token_refused(r->grpc_msg)) return 1;
     for (size_t i = 0; r->answer.len && i < sizeof refused_token / sizeof *refused_token; i++)
         if (memmem(r->answer.data, r->answer.len, refused_token[i], strlen(refused_token[i])))
             return 1;
@@ -119,7 +119,6 @@ static void on_authenticated(lk_req *r)
     lk_err code;
     char msg[512];
     int grpc = -1;
-    cJSON *root = NULL;
     if (r->fail_code || lk_req_transport_failed(r) || r->too_big) {
         code = r->fail_code ? r->fail_code : r->too_big ? LK_ERR_PROTOCOL : LK_ERR_UNAVAILABLE;
         snprintf(msg, sizeof msg, "authenticating with etcd at %s: %s",
@@ -127,10 +126,10 @@ static void on_authenticated(lk_req *r)
         lk_http_release_held(a->http, code, msg);
         return;
     }
-    root = lk_etcd_parse(r->answer.data, r->answer.len, r->status, msg, sizeof msg, &grpc);
-    const cJSON *token = cJSON_GetObjectItemCaseSensitive(root, "token");
-    if (root && cJSON_IsString(token) && token->valuestring[0]) {
-        if (lk_http_set_token(a->http, token->valuestring) == 0) {
+    lk_buf token = {0};
+    int got = lk_wire_of(a->cfg)->auth_answer(r, &token, &grpc, msg, sizeof msg);
+    if (got > 0) {
+        if (lk_http_set_token(a->http, token.data) == 0) {
             __atomic_add_fetch(&a->stats->tokens, 1, __ATOMIC_RELAXED);
             a->have_token = 1;
             a->refusals = 0;
@@ -138,7 +137,7 @@ static void on_authenticated(lk_req *r)
         } else {
             lk_http_release_held(a->http, LK_ERR_NOMEM, "out of memory");
         }
-    } else if (root) {  /* etcd has authentication off: nothing to send */
+    } else if (got == 0) {  /* etcd has authentication off: nothing to send */
         a->have_token = 1;
         lk_http_release_held(a->http, LK_OK, NULL);
     } else if (grpc == 9 && strstr(msg, "not enabled")) {  /* auth is off */
@@ -158,22 +157,20 @@ static void on_authenticated(lk_req *r)
         lk_http_release_held(a->http, grpc == 14 || grpc == 4 || grpc == 8 || r->status >= 500
                              ? LK_ERR_UNAVAILABLE : grpc >= 0 ? LK_ERR_ETCD : LK_ERR_PROTOCOL, why);
     }
-    if (root) {  /* the token is a secret too */
-        if (cJSON_IsString(token)) explicit_bzero(token->valuestring, strlen(token->valuestring));
-        cJSON_Delete(root);
-    }
+    lk_buf_free_secret(&token);
 }
 
 static void authenticate(lk_auth *a)
 {
     if (a->req) return;  /* single flight */
     lk_buf body = {0};
-    if (lk_etcd_auth_body(&body, a->cfg->user, a->cfg->password ? a->cfg->password : "")) {
+    const lk_wire *w = lk_wire_of(a->cfg);
+    if (w->auth_body(&body, a->cfg->user, a->cfg->password ? a->cfg->password : "")) {
         lk_buf_free_secret(&body);
         lk_http_release_held(a->http, LK_ERR_NOMEM, "out of memory");
         return;
     }
-    lk_req *r = lk_req_new(a->http, LK_PATH_AUTH, on_authenticated, a,
+    lk_req *r = lk_req_new(a->http, w->auth, on_authenticated, a,
                            (long)a->cfg->timeout_ms);
     if (!r) {
         lk_buf_free_secret(&body);

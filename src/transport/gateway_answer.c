@@ -6,30 +6,8 @@
 
 #include "transport/auth.h"
 #include "transport/gateway.h"
-
-/* What every answer is checked for before its body is read: 0, or -1
- * with code and msg. */
-static int transport_fault(lk_req *r, lk_err *code, char *msg, size_t msg_size)
-{
-    if (r->fail_code) {  /* tls, auth: http said why */
-        *code = r->fail_code;
-        snprintf(msg, msg_size, "%s", r->fail_msg ? r->fail_msg : lk_err_name(r->fail_code));
-        return -1;
-    }
-    if (r->too_big) {
-        *code = LK_ERR_PROTOCOL;
-        snprintf(msg, msg_size, "etcd at %s sent an answer over %d MiB",
-                 lk_req_endpoint(r), LK_MAX_ANSWER >> 20);
-        return -1;
-    }
-    if (lk_req_transport_failed(r)) {
-        *code = LK_ERR_UNAVAILABLE;
-        snprintf(msg, msg_size, "etcd at %s unreachable: %s",
-                 lk_req_endpoint(r), lk_req_error(r));
-        return -1;
-    }
-    return 0;
-}
+#include "transport/gateway_json.h"
+#include "transport/wire.h"
 
 /* After a decoder ran: 0, or -1 with the code of what etcd (or the
  * decoder) said. */
@@ -56,7 +34,7 @@ static int judged(const lk_req *r, int rc, int grpc, const char *text,
 int fn(lk_req *r, type *out, lk_err *code, char *msg, size_t msg_size)             \
 {                                                                                   \
     *out = (type){0};                                                               \
-    if (transport_fault(r, code, msg, msg_size)) return -1;                         \
+    if (lk_req_fault(r, code, msg, msg_size)) return -1;                             \
     int grpc = -1;                                                                  \
     char text[512];                                                                 \
     int rc = decoder(r->answer.data, r->answer.len, r->status, out, text,           \
@@ -85,3 +63,45 @@ int lk_gw_stream_end(lk_req *r, lk_err *code, char *msg, size_t msg_size)
     }
     return 0;
 }
+
+/* An Authenticate answer: {"token": ...}, or none when auth is off. */
+static int auth_answer(lk_req *r, lk_buf *token, int *grpc_code, char *msg, size_t msg_size)
+{
+    cJSON *root = lk_etcd_parse(r->answer.data, r->answer.len, r->status, msg, msg_size,
+                                grpc_code);
+    if (!root) return -1;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "token");
+    int rc = 0;
+    if (cJSON_IsString(t) && t->valuestring[0]) {
+        rc = 1;
+        if (lk_buf_puts(token, t->valuestring)) {
+            snprintf(msg, msg_size, "out of memory");
+            rc = -1;
+        }
+        explicit_bzero(t->valuestring, strlen(t->valuestring));  /* a secret */
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+static int stream_message(const lk_req *r, const char *m, size_t n, lk_watch_resp *out,
+                          char *msg, size_t msg_size, int *grpc_code)
+{
+    return lk_gw_stream_message(r, m, n, out, msg, msg_size, grpc_code);
+}
+
+const lk_wire lk_gateway_wire = {
+    .name = "gateway",
+    .range = LK_PATH_RANGE, .put = LK_PATH_PUT, .del = LK_PATH_DELETE, .txn = LK_PATH_TXN,
+    .grant = LK_PATH_GRANT, .keepalive = LK_PATH_KEEPALIVE, .revoke = LK_PATH_REVOKE,
+    .watch = LK_PATH_WATCH, .auth = LK_PATH_AUTH,
+    .range_body = lk_gw_range_body, .put_body = lk_gw_put_body,
+    .delete_body = lk_gw_delete_body, .txn_body = lk_gw_txn_body,
+    .watch_body = lk_gw_watch_body, .grant_body = lk_etcd_grant_body,
+    .lease_body = lk_etcd_lease_body, .auth_body = lk_etcd_auth_body,
+    .answer_range = lk_gw_answer_range, .answer_txn = lk_gw_answer_txn,
+    .answer_lease = lk_gw_answer_lease,
+    .answer_plain = lk_gw_answer_plain,
+    .stream_message = stream_message, .stream_end = lk_gw_stream_end,
+    .auth_answer = auth_answer,
+};

@@ -1,13 +1,16 @@
 #include "transport/http.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
 
 #include "base/backoff.h"
 #include "base/clock.h"
+#include "transport/grpc.h"
 #include "transport/tls.h"
 
 #define POOL_MAX 16
@@ -25,6 +28,7 @@ struct lk_http {
     lk_failover_fn on_failover;
     void *failover_ctx;
     int64_t *down_until;       /* per endpoint: failed, rests until then */
+    int *h2;                   /* gRPC, per endpoint: H2_NONE, H2_OPENING, H2_UP */
     int *fails;                /* per endpoint: failures in a row */
     long connect_timeout_ms;
     struct curl_slist *headers;
@@ -35,7 +39,9 @@ struct lk_http {
     lk_req *resting;           /* requests waiting to try again (retry_at) */
     lk_req *held;              /* requests the guard holds */
     lk_http_guard guard;
-    char *auth_line;           /* "Authorization: <token>", or NULL */
+    int grpc;                  /* gRPC calls over HTTP/2, not the gateway */
+    char *auth_line;           /* "Authorization: <token>" (gRPC: "token:
+                                  <token>", metadata), or NULL */
     int auth_gen;
     int release;               /* held requests are due to go on */
     lk_err release_code;  /* ...or to fail with this */
@@ -61,8 +67,10 @@ lk_http *lk_http_new(const lk_config *cfg, long connect_timeout_ms)
     h->endpoints = cfg->endpoints;
     h->n_endpoints = n;
     h->connect_timeout_ms = connect_timeout_ms;
+    h->grpc = cfg->transport == LK_TRANSPORT_GRPC;
     h->down_until = calloc((size_t)n, sizeof *h->down_until);
     h->fails = calloc((size_t)n, sizeof *h->fails);
+    h->h2 = calloc((size_t)n, sizeof *h->h2);
     h->multi = curl_multi_init();
     /* curl waits up to a second for "100 Continue" on bodies over 1 KiB;
      * hasleader: etcd refuses (or cancels a watch) at once when the member
@@ -71,19 +79,32 @@ lk_http *lk_http_new(const lk_config *cfg, long connect_timeout_ms)
     static const char *const headers[] = {
         "Content-Type: application/json", "Expect:", "Grpc-Metadata-hasleader: true",
     };
-    for (size_t i = 0; i < sizeof headers / sizeof *headers; i++) {
-        struct curl_slist *more = curl_slist_append(h->headers, headers[i]);
+    /* gRPC: TE says trailers (grpc-status) are understood; hasleader as
+     * metadata, as etcd's Go client sends it */
+    static const char *const grpc_headers[] = {
+        "Content-Type: application/grpc", "TE: trailers", "hasleader: true",
+    };
+    const char *const *hs = h->grpc ? grpc_headers : headers;
+    size_t n_hs = h->grpc ? sizeof grpc_headers / sizeof *grpc_headers
+                          : sizeof headers / sizeof *headers;
+    for (size_t i = 0; i < n_hs; i++) {
+        struct curl_slist *more = curl_slist_append(h->headers, hs[i]);
         if (!more) {
             lk_http_free(h);
             return NULL;
         }
         h->headers = more;
     }
-    if (!h->multi || !h->down_until || !h->fails) {
+    if (!h->multi || !h->down_until || !h->fails || !h->h2) {
         lk_http_free(h);
         return NULL;
     }
     return h;
+}
+
+const lk_config *lk_http_config(const lk_http *h)
+{
+    return h->cfg;
 }
 
 CURLM *lk_http_multi(lk_http *h)
@@ -111,9 +132,10 @@ int lk_http_set_token(lk_http *h, const char *token)
 {
     char *line = NULL;
     if (token) {
-        size_t n = strlen(token) + sizeof "Authorization: ";
+        const char *name = h->grpc ? "token" : "Authorization";
+        size_t n = strlen(token) + strlen(name) + 3;
         if (!(line = malloc(n))) return -1;
-        snprintf(line, n, "Authorization: %s", token);
+        snprintf(line, n, "%s: %s", name, token);
     }
     lk_free_secret(h->auth_line);
     h->auth_line = line;
@@ -210,6 +232,7 @@ void lk_http_free(lk_http *h)
     free(h->release_msg);
     free(h->down_until);
     free(h->fails);
+    free(h->h2);
     free(h);
 }
 
@@ -232,12 +255,63 @@ static int line_to_req(void *ctx, const char *line, size_t n)
     return r->on_line(r, line, n);
 }
 
-/* Hands each complete line to on_line; nonzero when on_line ended it. */
+/* Hands each whole gRPC frame's message to on_line: 1 when on_line ended
+ * the stream, -1 when the stream cannot be read on (r->error says why). */
+static int split_frames(lk_req *r)
+{
+    size_t at = 0;
+    int stop = 0;
+    for (;;) {
+        const char *m;
+        size_t n, used;
+        int rc = lk_grpc_frame(r->answer.data + at, r->answer.len - at, LK_MAX_ANSWER,
+                               &m, &n, &used, r->error, sizeof r->error);
+        if (rc == LK_GRPC_PARTIAL) break;
+        if (rc == LK_GRPC_BAD) {
+            stop = -1;
+            break;
+        }
+        at += used;
+        if ((stop = r->on_line(r, m, n)) != 0) {
+            stop = 1;
+            break;
+        }
+    }
+    lk_buf_consume(&r->answer, at);
+    return stop;
+}
+
+/* Hands each complete message to on_line: nonzero when on_line ended it
+ * (1) or the stream cannot be read on (-1). */
 static int split_lines(lk_req *r)
 {
-    int stop = lk_buf_lines(&r->answer, line_to_req, r);
-    lk_buf_shrink(&r->answer);  /* after a big line, a stream stays small */
+    int stop = r->http->grpc ? split_frames(r) : lk_buf_lines(&r->answer, line_to_req, r);
+    lk_buf_shrink(&r->answer);  /* after a big message, a stream stays small */
     return stop;
+}
+
+/* gRPC: grpc-status and grpc-message, from the answer's headers (an
+ * answer with no message) or its trailers. Only collects. */
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    lk_req *r = ud;
+    size_t len = size * n;
+    char line[sizeof r->grpc_msg + 16];
+    if (len >= sizeof line) len = sizeof line - 1;
+    memcpy(line, p, len);
+    line[len] = '\0';
+    while (len && (line[len - 1] == '\r' || line[len - 1] == '\n')) line[--len] = '\0';
+    if (!strncasecmp(line, "grpc-status:", 12)) {
+        char *end;
+        long v = strtol(line + 12, &end, 10);
+        r->grpc_status = end != line + 12 && v >= 0 && v < 1000 ? (int)v : 2;  /* Unknown */
+    } else if (!strncasecmp(line, "grpc-message:", 13)) {
+        const char *v = line + 13;
+        while (*v == ' ') v++;
+        snprintf(r->grpc_msg, sizeof r->grpc_msg, "%.*s", (int)sizeof r->grpc_msg - 1, v);
+        lk_grpc_unescape(r->grpc_msg);
+    }
+    return size * n;
 }
 
 /* libcurl's write callback: only collects (no API calls from callbacks). */
@@ -303,6 +377,22 @@ static long attempt_timeout(const lk_req *r)
     return (long)(share < left ? share : left);
 }
 
+/* gRPC over cleartext: libcurl 7.88 breaks a connection it reuses for a
+ * request that asks for HTTP/2 "by prior knowledge" (curl issue 10634,
+ * fixed in 7.89), so only the request that opens an endpoint's connection
+ * asks so; the others ask for HTTP/2 and, waiting (PIPEWAIT), share that
+ * connection. One that finds none goes out as HTTP/1.1, which etcd's
+ * gRPC does not serve: it goes again by prior knowledge (see perform). */
+enum { H2_NONE, H2_OPENING, H2_UP };
+
+static long h2_version(lk_http *h, int i, const char *url)
+{
+    if (!strncmp(url, "https://", 8)) return (long)CURL_HTTP_VERSION_2TLS;  /* ALPN h2 */
+    if (h->h2[i] != H2_NONE) return (long)CURL_HTTP_VERSION_2_0;
+    h->h2[i] = H2_OPENING;
+    return (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
+}
+
 /* Sets up the easy handle for r->endpoint and adds it. */
 static int launch(lk_req *r)
 {
@@ -345,6 +435,21 @@ static int launch(lk_req *r)
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 5L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, 2L);
+    if (h->grpc) {
+        /* HTTP/2 (ALPN h2 over TLS, h2 from the first byte otherwise), every
+         * call on the endpoint's one connection; etcd ends a call that
+         * overruns its grpc-timeout too */
+        curl_easy_setopt(c, CURLOPT_HTTP_VERSION, h2_version(h, r->endpoint, url));
+        curl_easy_setopt(c, CURLOPT_PIPEWAIT, 1L);
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+        char deadline[48];
+        snprintf(deadline, sizeof deadline, "grpc-timeout: %ldm", timeout);
+        if (timeout > 0 && !(r->headers = curl_slist_append(r->headers, deadline))) return -1;
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, r->headers);
+    }
+    r->grpc_status = -1;
+    r->grpc_msg[0] = '\0';
     r->error[0] = '\0';
     r->result = CURLE_OK;
     r->status = 0;
@@ -450,6 +555,28 @@ void lk_req_cancel(lk_req *r)
     start_queued(h);
 }
 
+int lk_req_fault(const lk_req *r, lk_err *code, char *msg, size_t msg_size)
+{
+    if (r->fail_code) {  /* tls, auth, an unreadable stream: we said why */
+        *code = r->fail_code;
+        snprintf(msg, msg_size, "%s", r->fail_msg ? r->fail_msg : lk_err_name(r->fail_code));
+        return -1;
+    }
+    if (r->too_big) {
+        *code = LK_ERR_PROTOCOL;
+        snprintf(msg, msg_size, "etcd at %s sent an answer over %d MiB",
+                 lk_req_endpoint(r), LK_MAX_ANSWER >> 20);
+        return -1;
+    }
+    if (lk_req_transport_failed(r)) {
+        *code = LK_ERR_UNAVAILABLE;
+        snprintf(msg, msg_size, "etcd at %s unreachable: %s",
+                 lk_req_endpoint(r), lk_req_error(r));
+        return -1;
+    }
+    return 0;
+}
+
 int lk_req_transport_failed(const lk_req *r)
 {
     return r->result != CURLE_OK;
@@ -469,10 +596,11 @@ const char *lk_req_endpoint(const lk_req *r)
  * off or without a leader (5xx). Another member may do better; every
  * request we send is safe to repeat (puts are guarded, deletes and reads
  * idempotent; a repeated grant leaves a lease that expires unused). */
-static int endpoint_fault(CURLcode rc, long status)
+static int endpoint_fault(CURLcode rc, long status, int grpc_status)
 {
     switch (rc) {
-    case CURLE_OK: return status >= 500;
+    case CURLE_OK: return status >= 500 || grpc_status == 14;  /* Unavailable */
+    case CURLE_HTTP2: case CURLE_HTTP2_STREAM:  /* RST_STREAM, GOAWAY */
     case CURLE_COULDNT_CONNECT: case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY: case CURLE_OPERATION_TIMEDOUT:
     case CURLE_GOT_NOTHING: case CURLE_RECV_ERROR: case CURLE_SEND_ERROR:
@@ -500,7 +628,8 @@ static void count_done(const lk_req *r)
     lk_metrics *m = r->http->metrics;
     if (!m) return;
     lk_rq_kind kind = lk_rq_kind_of(r->path);
-    int failed = r->result != CURLE_OK || r->status < 200 || r->status >= 300 || r->fail_code;
+    int failed = r->result != CURLE_OK || r->status < 200 || r->status >= 300 || r->fail_code ||
+                 r->grpc_status > 0;
     lk_metric_add(&m->requests[kind][failed], 1);
     if (!r->on_line && r->started_us)
         lk_hist_observe(&m->request_seconds[kind], lk_now_us() - r->started_us);
@@ -524,13 +653,20 @@ static void deliver_lines(lk_http *h)
     lk_req *streams[MAX_STREAMS];
     int n = 0;
     for (lk_req *r = h->inflight; r && n < MAX_STREAMS; r = r->next)
-        if (r->on_line && memchr(r->answer.data ? r->answer.data : "", '\n',
-                                 r->answer.len))
+        if (r->on_line && (h->grpc ? r->answer.len >= LK_GRPC_PREFIX
+                                   : memchr(r->answer.data ? r->answer.data : "", '\n',
+                                            r->answer.len) != NULL))
             streams[n++] = r;
     for (int i = 0; i < n; i++) {
-        if (split_lines(streams[i])) {
+        int stop = split_lines(streams[i]);
+        if (stop > 0) {
             streams[i]->result = CURLE_ABORTED_BY_CALLBACK;
             finish(streams[i]);
+        } else if (stop < 0) {
+            char why[CURL_ERROR_SIZE + 64];
+            snprintf(why, sizeof why, "etcd at %s sent %s", lk_req_endpoint(streams[i]),
+                     streams[i]->error);
+            fail_req(streams[i], CURLE_RECV_ERROR, LK_ERR_PROTOCOL, why);
         }
     }
 }
@@ -704,6 +840,24 @@ static int tls_handled(lk_req *r, CURLcode rc)
     }
 }
 
+/* gRPC: notes whether r went over HTTP/2; one that found no connection
+ * and went as HTTP/1.1 goes again, opening one. Whether r went again. */
+static int h2_settled(lk_req *r, CURLcode rc)
+{
+    lk_http *h = r->http;
+    long version = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &version);
+    if (rc == CURLE_OK && version == CURL_HTTP_VERSION_2_0) {
+        h->h2[r->endpoint] = H2_UP;
+        return 0;
+    }
+    if (rc != CURLE_OK || version != 0) h->h2[r->endpoint] = H2_NONE;
+    if (rc != CURLE_OK || version == CURL_HTTP_VERSION_2_0 || r->h2_retries++ >= 2) return 0;
+    if (launch(r) == 0) return 1;
+    r->result = CURLE_OUT_OF_MEMORY;
+    return 0;
+}
+
 int lk_http_perform(lk_http *h)
 {
     int running = 0;
@@ -720,6 +874,7 @@ int lk_http_perform(lk_http *h)
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
         curl_multi_remove_handle(h->multi, m->easy_handle);
         if (rc == CURLE_FILESIZE_EXCEEDED) r->too_big = 1;
+        if (h->grpc && h2_settled(r, rc)) continue;
         if (rc != CURLE_OK) {
             r->result = rc;  /* for lk_req_error */
             if (tls_handled(r, rc)) continue;
@@ -731,7 +886,7 @@ int lk_http_perform(lk_http *h)
             link_held(r);
             continue;
         }
-        int fault = !r->too_big && endpoint_fault(rc, status);
+        int fault = !r->too_big && endpoint_fault(rc, status, r->grpc_status);
         if (fault) lk_http_endpoint_failed(h, r->endpoint);
         else if (rc == CURLE_OK && !r->on_line) endpoint_ok(h, r->endpoint);
         if (fault && try_again(r)) continue;
@@ -739,7 +894,7 @@ int lk_http_perform(lk_http *h)
         r->status = status;
         if (r->on_line) {  /* lines not yet handed over, and a last one */
             /* (not after on_line asked to stop: the rest is not for it) */
-            if (split_lines(r) == 0 && r->answer.len)
+            if (split_lines(r) == 0 && r->answer.len && !h->grpc)
                 r->on_line(r, r->answer.data, r->answer.len);
             lk_buf_reset(&r->answer);
         }

@@ -1,4 +1,6 @@
-/* HTTP requests to etcd's gateway over one libcurl multi handle. Everything
+/* HTTP requests to etcd over one libcurl multi handle: to its JSON gateway
+ * (HTTP/1.1, a connection per request in flight), or gRPC calls (HTTP/2,
+ * every call and stream multiplexed on one connection per endpoint). Everything
  * here runs on the engine thread only (libcurl-thread: one thread owns every
  * handle). A request that meets a fault that is not etcd's answer (no
  * connection, a timeout, an empty reply, a 5xx such as "no leader") is
@@ -32,7 +34,8 @@ typedef struct lk_req lk_req;
 /* Called once when a request is over (answer complete, or failed). The
  * callee reads the outcome from the request; the request is freed after. */
 typedef void (*lk_req_done_fn)(lk_req *r);
-/* Stream requests: called with each complete newline-terminated message,
+/* Stream requests: called with each complete message (the gateway: a
+ * newline-terminated line; gRPC: a frame's message, without its prefix),
  * outside libcurl's callbacks (so it may start and cancel other requests, but
  * not its own: it returns nonzero to end the stream, and on_done follows). */
 typedef int (*lk_req_line_fn)(lk_req *r, const char *line, size_t n);
@@ -67,6 +70,7 @@ struct lk_req {
     int auth_gen;            /* the token it was last sent with */
     int auth_retries;        /* sent again after "invalid auth token" */
     int tls12;               /* this attempt is capped at TLS 1.2 */
+    int h2_retries;          /* gRPC: sent again for want of an HTTP/2 connection */
     int secret;              /* carries a password or token: its buffers
                                 are overwritten before they are freed */
     struct curl_slist *headers;  /* this attempt's (the token changes) */
@@ -74,6 +78,8 @@ struct lk_req {
     char *fail_msg;          /* reason of ours ("tls", "auth") */
     CURLcode result;
     long status;
+    int grpc_status;         /* gRPC: grpc-status of the answer, -1: none came */
+    char grpc_msg[256];      /* gRPC: grpc-message, decoded */
     char error[CURL_ERROR_SIZE];
     lk_req *prev, *next;     /* in-flight list */
 };
@@ -92,6 +98,8 @@ typedef struct lk_http_guard {
  * the lk_http. */
 lk_http *lk_http_new(const lk_config *cfg, long connect_timeout_ms);
 void lk_http_set_guard(lk_http *h, const lk_http_guard *g);
+/* The settings it was made with. */
+const lk_config *lk_http_config(const lk_http *h);
 /* Where finished requests and failovers are counted (NULL: nowhere); it
  * must outlive the lk_http. */
 void lk_http_set_metrics(lk_http *h, lk_metrics *m);
@@ -119,6 +127,10 @@ int lk_req_start(lk_req *r);
 void lk_req_cancel(lk_req *r);
 /* Whether the request failed before an answer came (no connection, timeout). */
 int lk_req_transport_failed(const lk_req *r);
+/* What every answer is checked for before its body is read: a reason of
+ * ours (tls, auth), an answer over LK_MAX_ANSWER, no answer at all. 0, or
+ * -1 with code and msg. */
+int lk_req_fault(const lk_req *r, lk_err *code, char *msg, size_t msg_size);
 /* A readable reason for a transport failure. */
 const char *lk_req_error(const lk_req *r);
 /* The URL it went to (endpoint + path), for messages. */
