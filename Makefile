@@ -68,7 +68,7 @@ $(PROCESS): $(PROC_OBJS)
 DEPS_DEB = gcc make pkg-config curl procps iproute2 libcurl4-openssl-dev libcjson-dev \
            lua5.4 liblua5.4-dev lua-busted lua-cjson etcd-server etcd-client openssl \
            python3-prometheus-client lua-luv lua-cqueues lua-copas lua-socket lua-http \
-           libprotobuf-c-dev
+           libprotobuf-c-dev libnghttp2-dev
 # nginx's Lua module links OpenResty's LuaJIT (luajit2): Debian's luajit and
 # libluajit-5.1-dev conflict with it, so they are never asked for
 NGINX_DEB = luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua wrk
@@ -159,7 +159,7 @@ $(BUILD)/floor: bench/floor.c
 # The fault specs' proxy (not sanitized: it is a test tool, not the module).
 $(BUILD)/faultproxy: tools/faultproxy.c
 	@mkdir -p $(dir $@)
-	$(CC) -std=c99 -O2 -Wall -Wextra -o $@ tools/faultproxy.c
+	$(CC) -std=c99 -O2 -Wall -Wextra -o $@ tools/faultproxy.c -lnghttp2
 
 # The codec specs' test-only binding of the pure codecs (never installed).
 CODEC_OBJS = $(addprefix $(BUILD)/,base/b64.o base/buf.o etcd/answers.o etcd/recipes.o transport/gateway.o engine/keys.o transport/tls.o)

@@ -36,7 +36,8 @@ end
 local clients = {}
 
 local function client(gw)
-    local c = assert(locker.new{ endpoints = { gw.endpoint }, timeout = TIMEOUT, ttl = 3 })
+    local c = assert(locker.new{ endpoints = { gw.endpoint }, timeout = TIMEOUT, ttl = 3,
+                                  transport = "gateway" })  -- badgw is a JSON gateway
     clients[#clients + 1] = c
     return c
 end

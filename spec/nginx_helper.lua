@@ -46,8 +46,10 @@ M.Nginx = Nginx
 -- What every spec's nginx.conf starts with: @MAIN@ at the top (2 workers,
 -- the Lua module, logs in the private directory), @HTTP@ first in the
 -- http block (temporary files there too, the checkout's Lua modules).
+-- LOCKER_TRANSPORT reaches the workers (nginx clears the environment).
 local MAIN = [[
 worker_processes 2;
+env LOCKER_TRANSPORT;
 error_log logs/error.log info;
 pid logs/nginx.pid;
 load_module /usr/lib/nginx/modules/ndk_http_module.so;

@@ -5,7 +5,9 @@
  * once listening, and reads commands, one a line, from stdin:
  *   pass             forward normally (the default)
  *   blackhole        keep every connection open but forward nothing: data
- *                    from either side is read and discarded
+ *                    from either side is read and discarded; pass then
+ *                    cuts each connection that lost data to it (a byte
+ *                    stream with a hole in it is broken)
  *   cut              close every current connection (both sides)
  *   refuse           cut, and stop listening; pass/blackhole listen again
  *   drop PATH        swallow (never forward, never answer) each HTTP/1.1
@@ -23,7 +25,16 @@
  *                    no TCP connection is: for the client's defences)
  *   delay MS         hold server->client data MS ms (0: no delay)
  *   stats            print "conns=N accepted=N dropped=N"
- * EOF on stdin ends it. Single-threaded, poll()-based, libc only.
+ * EOF on stdin ends it. Single-threaded, poll()-based, libc and nghttp2's
+ * header decoder only.
+ *
+ * HTTP/2 (gRPC) connections get the same rules per stream: a rule's path
+ * (the gateway's, /v3/watch) also names its gRPC methods
+ * (/etcdserverpb.Watch/...). drop swallows a new stream's frames, both
+ * ways (etcd never hears of it); mute discards what etcd sends on a
+ * stream; unmute cuts a connection that lost some. Header blocks may
+ * then go missing, so the proxy asks both sides (in the SETTINGS it
+ * passes on) to keep no HPACK dynamic table: no block depends on another.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -40,6 +51,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <nghttp2/nghttp2.h>
+
 #define MAXCONN  512
 #define MAXRULES 16
 #define HEADMAX  65536          /* a longer request head is not parsed */
@@ -50,10 +63,14 @@ enum { HEAD, BODY, RAW };
 struct buf { char *p; size_t n, cap; };
 struct chunk { struct chunk *next; long long due; size_t n; char data[]; };
 
+struct h2;
+
 struct conn {
+    struct h2 *h2;              /* an HTTP/2 connection: its frames' state */
     int cfd, sfd, ci, si;       /* fds, their pollfd slots (-1: none) */
     int connecting, cl_eof, sv_eof, shut, dead;
     int lost;                   /* data discarded by a mute since it began */
+    int holed;                  /* data discarded by a black hole */
     struct buf to_srv, to_cli, head;
     struct chunk *delayed, *last;
     int state, drop;            /* request parser; drop: swallow this one */
@@ -67,6 +84,11 @@ static char *rules[MAXRULES], *mutes[MAXRULES];
 static int nrules, nmutes;
 static long accepted, dropped;
 static struct addrinfo *target;
+
+static void to_client(struct conn *c, const char *p, size_t n);
+static void h2_client(struct conn *c, const char *p, size_t n);
+static void h2_server(struct conn *c, const char *p, size_t n);
+static void h2_free(struct h2 *h);
 
 static long long now_ms(void)
 {
@@ -123,6 +145,7 @@ static int open_listener(void)
 /* Forgets what waits to be forwarded (entering a black hole). */
 static void discard(struct conn *c)
 {
+    if (c->to_srv.n || c->to_cli.n || c->delayed) c->holed = 1;
     c->to_srv.n = c->to_cli.n = 0;
     while (c->delayed) {
         struct chunk *next = c->delayed->next;
@@ -137,6 +160,7 @@ static void conn_free(struct conn *c)
     if (c->sfd >= 0) close(c->sfd);
     discard(c);
     free(c->to_srv.p); free(c->to_cli.p); free(c->head.p);
+    h2_free(c->h2);
     free(c);
 }
 
@@ -164,12 +188,16 @@ static int accept_one(void)
 
 static void to_server(struct conn *c, const char *p, size_t n, int drop)
 {
+    if (blackhole && n) c->holed = 1;
     if (!drop && !blackhole && c->sfd >= 0) buf_add(&c->to_srv, p, n);
 }
 
 /* Runs client bytes through the HTTP/1.1 request parser. */
+#define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
 static void client_data(struct conn *c, const char *p, size_t n)
 {
+    if (c->h2) { h2_client(c, p, n); return; }
     while (n > 0) {
         if (c->state == RAW) { to_server(c, p, n, 0); return; }
         if (c->state == BODY) {
@@ -181,6 +209,14 @@ static void client_data(struct conn *c, const char *p, size_t n)
         }
         size_t old = c->head.n, end = 0;
         buf_add(&c->head, p, n);
+        if (c->head.n >= sizeof H2_PREFACE - 1 && !memcmp(c->head.p, H2_PREFACE, sizeof H2_PREFACE - 1)) {
+            to_server(c, c->head.p, sizeof H2_PREFACE - 1, 0);
+            struct buf rest = c->head;
+            c->head = (struct buf){0};
+            h2_client(c, rest.p + sizeof H2_PREFACE - 1, rest.n - (sizeof H2_PREFACE - 1));
+            free(rest.p);
+            return;
+        }
         for (size_t i = old > 3 ? old - 3 : 0; i + 4 <= c->head.n; i++)
             if (!memcmp(c->head.p + i, "\r\n\r\n", 4)) { end = i + 4; break; }
         if (!end) {
@@ -229,11 +265,21 @@ static int muted(const struct conn *c)
 
 static void server_data(struct conn *c, const char *p, size_t n)
 {
-    if (blackhole) return;
+    if (blackhole) {
+        c->holed = 1;
+        return;
+    }
+    if (c->h2) { h2_server(c, p, n); return; }
     if (muted(c)) {
         c->lost = 1;
         return;
     }
+    to_client(c, p, n);
+}
+
+/* Passes server bytes on to the client, delayed when delay is on. */
+static void to_client(struct conn *c, const char *p, size_t n)
+{
     if (delay_ms <= 0 && !c->delayed) { buf_add(&c->to_cli, p, n); return; }
     struct chunk *k = malloc(sizeof *k + n);
     if (!k) { perror("faultproxy"); exit(1); }
@@ -253,7 +299,7 @@ static void command(char *cmd)
         blackhole = cmd[0] == 'b';
         for (int i = 0; i < nconns; i++)
             if (blackhole) discard(conns[i]);
-            else if (conns[i]->sfd < 0 && !conns[i]->sv_eof) conns[i]->dead = 1;
+            else if ((conns[i]->sfd < 0 && !conns[i]->sv_eof) || conns[i]->holed) conns[i]->dead = 1;
         if (lfd < 0) open_listener();
     } else if (!strcmp(cmd, "cut") || !strcmp(cmd, "refuse")) {
         for (int i = 0; i < nconns; i++) conns[i]->dead = 1;
@@ -407,4 +453,190 @@ int main(int argc, char **argv)
             if (conns[i]->dead) { conn_free(conns[i]); conns[i] = conns[--nconns]; }
             else i++;
     }
+}
+
+/* ---- HTTP/2 ---- */
+
+#define H2_STREAMS 128
+
+struct h2stream { uint32_t id; int drop; char path[256]; };
+
+struct h2 {
+    struct buf in_c, in_s;      /* partial frames from the client, the server */
+    struct buf block, held;     /* a client header block being gathered, and its frames */
+    nghttp2_hd_inflater *inf;   /* the client's header blocks, all of them, in order */
+    struct h2stream s[H2_STREAMS];
+    int next;
+};
+
+/* gRPC methods that a gateway path's rule names too */
+static const char *const H2_METHODS[][2] = {
+    {"/v3/kv/range", "/etcdserverpb.KV/Range"}, {"/v3/kv/put", "/etcdserverpb.KV/Put"},
+    {"/v3/kv/deleterange", "/etcdserverpb.KV/DeleteRange"}, {"/v3/kv/txn", "/etcdserverpb.KV/Txn"},
+    {"/v3/lease/grant", "/etcdserverpb.Lease/LeaseGrant"},
+    {"/v3/lease/revoke", "/etcdserverpb.Lease/LeaseRevoke"},
+    {"/v3/lease/keepalive", "/etcdserverpb.Lease/LeaseKeepAlive"},
+    {"/v3/watch", "/etcdserverpb.Watch/"}, {"/v3/auth/authenticate", "/etcdserverpb.Auth/"},
+};
+
+static int h2_matches(const char *path, const char *rule)
+{
+    if (!strncmp(path, rule, strlen(rule))) return 1;
+    for (size_t i = 0; i < sizeof H2_METHODS / sizeof *H2_METHODS; i++)
+        if (!strncmp(H2_METHODS[i][0], rule, strlen(rule)) &&
+            !strncmp(path, H2_METHODS[i][1], strlen(H2_METHODS[i][1])))
+            return 1;
+    return 0;
+}
+
+static void h2_free(struct h2 *h)
+{
+    if (!h) return;
+    free(h->in_c.p); free(h->in_s.p); free(h->block.p); free(h->held.p);
+    if (h->inf) nghttp2_hd_inflate_del(h->inf);
+    free(h);
+}
+
+static struct h2stream *h2_stream(struct h2 *h, uint32_t id)
+{
+    for (int i = 0; i < H2_STREAMS; i++) if (h->s[i].id == id) return &h->s[i];
+    return NULL;
+}
+
+/* A SETTINGS frame with HEADER_TABLE_SIZE 0 (added, or in place of the
+ * sender's), into out. */
+static void h2_settings(struct buf *out, const unsigned char *f, size_t len)
+{
+    unsigned char frame[9 + 6 * 64];
+    size_t n = 0;
+    for (size_t i = 0; i + 6 <= len && n < 6 * 63; i += 6) {
+        if (f[9 + i] == 0 && f[9 + i + 1] == 1) continue;  /* the sender's table size */
+        memcpy(frame + 9 + n, f + 9 + i, 6);
+        n += 6;
+    }
+    static const unsigned char none[6] = {0, 1, 0, 0, 0, 0};
+    memcpy(frame + 9 + n, none, 6);
+    n += 6;
+    memcpy(frame, f, 9);
+    frame[0] = (unsigned char)(n >> 16); frame[1] = (unsigned char)(n >> 8); frame[2] = (unsigned char)n;
+    buf_add(out, (const char *)frame, 9 + n);
+}
+
+/* The :path of a whole header block ("" when there is none). */
+static void h2_path(struct h2 *h, char *path, size_t size)
+{
+    path[0] = 0;
+    if (!h->inf && nghttp2_hd_inflate_new(&h->inf)) return;
+    const uint8_t *in = (const uint8_t *)h->block.p;
+    size_t left = h->block.n;
+    for (;;) {
+        nghttp2_nv nv;
+        int flags = 0;
+        ssize_t used = nghttp2_hd_inflate_hd2(h->inf, &nv, &flags, in, left, 1);
+        if (used < 0) return;  /* broken: the server will say so */
+        in += used;
+        left -= (size_t)used;
+        if ((flags & NGHTTP2_HD_INFLATE_EMIT) && nv.namelen == 5 && !memcmp(nv.name, ":path", 5))
+            snprintf(path, size, "%.*s", (int)nv.valuelen, nv.value);
+        if (flags & NGHTTP2_HD_INFLATE_FINAL) break;
+        if (used == 0 && left == 0) break;
+    }
+    nghttp2_hd_inflate_end_headers(h->inf);
+}
+
+/* Splits data into whole frames: fn(c, frame, length, type, flags, stream). */
+static void h2_frames(struct conn *c, struct buf *in, const char *p, size_t n,
+                      void (*fn)(struct conn *, const unsigned char *, size_t, int, int, uint32_t))
+{
+    buf_add(in, p, n);
+    size_t at = 0;
+    while (in->n - at >= 9) {
+        const unsigned char *f = (const unsigned char *)in->p + at;
+        size_t len = (size_t)f[0] << 16 | (size_t)f[1] << 8 | f[2];
+        if (in->n - at < 9 + len) break;
+        uint32_t sid = (uint32_t)(f[5] & 0x7f) << 24 | (uint32_t)f[6] << 16 | (uint32_t)f[7] << 8 | f[8];
+        fn(c, f, len, f[3], f[4], sid);
+        at += 9 + len;
+    }
+    memmove(in->p, in->p + at, in->n - at);
+    in->n -= at;
+}
+
+enum { F_DATA, F_HEADERS, F_PRIORITY, F_RST, F_SETTINGS, F_PUSH, F_PING, F_GOAWAY, F_WINDOW, F_CONT };
+
+static void client_frame(struct conn *c, const unsigned char *f, size_t len, int type, int flags,
+                         uint32_t sid)
+{
+    struct h2 *h = c->h2;
+    if (type == F_SETTINGS && !(flags & 1)) {
+        struct buf b = {0};
+        h2_settings(&b, f, len);
+        to_server(c, b.p, b.n, 0);
+        free(b.p);
+        return;
+    }
+    if (type == F_HEADERS || type == F_CONT) {
+        buf_add(&h->held, (const char *)f, 9 + len);
+        size_t from = 9, to = 9 + len;
+        if (type == F_HEADERS && (flags & 0x8) && len > 0) { from++; to -= f[9] < len ? f[9] : len - 1; }
+        if (type == F_HEADERS && (flags & 0x20)) from += 5;
+        if (from < to) buf_add(&h->block, (const char *)f + from, to - from);
+        if (!(flags & 0x4)) return;  /* CONTINUATION follows */
+        struct h2stream *st = h2_stream(h, sid);
+        if (!st) {
+            st = &h->s[h->next];
+            h->next = (h->next + 1) % H2_STREAMS;
+            st->id = sid;
+            h2_path(h, st->path, sizeof st->path);
+            st->drop = 0;
+            for (int r = 0; r < nrules; r++) st->drop |= h2_matches(st->path, rules[r]);
+            dropped += st->drop;
+        } else {
+            char ignored[8];
+            h2_path(h, ignored, sizeof ignored);  /* trailers: the table goes on */
+        }
+        to_server(c, h->held.p, h->held.n, st->drop);
+        h->held.n = h->block.n = 0;
+        return;
+    }
+    struct h2stream *st = sid ? h2_stream(h, sid) : NULL;
+    to_server(c, (const char *)f, 9 + len, st && st->drop);
+}
+
+static void server_frame(struct conn *c, const unsigned char *f, size_t len, int type, int flags,
+                         uint32_t sid)
+{
+    if (type == F_SETTINGS && !(flags & 1)) {
+        struct buf b = {0};
+        h2_settings(&b, f, len);
+        to_client(c, b.p, b.n);
+        free(b.p);
+        return;
+    }
+    struct h2stream *st = sid ? h2_stream(c->h2, sid) : NULL;
+    if (st && (type == F_DATA || type == F_HEADERS || type == F_CONT || type == F_RST)) {
+        for (int r = 0; r < nmutes; r++) {
+            if (!h2_matches(st->path, mutes[r])) continue;
+            c->lost = 1;
+            snprintf(c->path, sizeof c->path, "%s", mutes[r]);  /* for unmute */
+            return;
+        }
+    }
+    to_client(c, (const char *)f, 9 + len);
+}
+
+static struct h2 *h2_of(struct conn *c)
+{
+    if (!c->h2 && !(c->h2 = calloc(1, sizeof *c->h2))) { perror("faultproxy"); exit(1); }
+    return c->h2;
+}
+
+static void h2_client(struct conn *c, const char *p, size_t n)
+{
+    h2_frames(c, &h2_of(c)->in_c, p, n, client_frame);
+}
+
+static void h2_server(struct conn *c, const char *p, size_t n)
+{
+    h2_frames(c, &c->h2->in_s, p, n, server_frame);
 }

@@ -27,6 +27,8 @@ options (also from the environment):
   --prefix P                LOCKER_PREFIX     (default /locker/)
   --ttl SECONDS             LOCKER_TTL        (default 10)
   --timeout SECONDS         LOCKER_TIMEOUT    (default 5, per etcd request)
+  --transport grpc|gateway  LOCKER_TRANSPORT  (default gateway: etcd's JSON
+                                              gateway; grpc: its native protocol)
 
 a secured etcd (see README, "Connecting to a secured etcd"):
   --cacert FILE             LOCKER_CACERT     CA that signed etcd's certificate
@@ -129,7 +131,7 @@ local FLAGS = { json = true, prometheus = true, watch = true, help = true, obser
 local KNOWN_OPTIONS = { endpoints = true, prefix = true, ttl = true, timeout = true,
                         json = true, prometheus = true, watch = true, grace = true,
                         ["wait-timeout"] = true, help = true, observe = true, limit = true,
-                        cacert = true, cert = true, key = true, user = true,
+                        cacert = true, cert = true, key = true, user = true, transport = true,
                         ["insecure-skip-tls-verify"] = true,
                         group = true, check = true, every = true, ["check-timeout"] = true }
 local function parse(args)
@@ -244,6 +246,7 @@ local function new_client(opts, file)
         ttl = number_opt(opts, "ttl", "LOCKER_TTL") or file.ttl,
         timeout = number_opt(opts, "timeout", "LOCKER_TIMEOUT") or file.timeout,
         margin = file.margin,
+        transport = pick("transport", "LOCKER_TRANSPORT"),
         cacert = pick("cacert", "LOCKER_CACERT"),
         cert = pick("cert", "LOCKER_CERT"),
         key = pick("key", "LOCKER_KEY"),

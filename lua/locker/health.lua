@@ -45,7 +45,7 @@ local CONNECT_FIELDS = {
     endpoints = { "table", "string" }, prefix = { "string" }, ttl = { "number" },
     timeout = { "number" }, margin = { "number" }, cacert = { "string" },
     cert = { "string" }, key = { "string" }, insecure = { "boolean" },
-    user = { "string" }, password = { "string" },
+    user = { "string" }, password = { "string" }, transport = { "string" },
 }
 
 -- A config mistake: "file:line: what" (raised with level 0: no position

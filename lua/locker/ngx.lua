@@ -321,7 +321,7 @@ local own_opts = { stale_after = true, retry_after = true, pending = true, names
 
 --- Makes this worker's client (in init_worker_by_lua*). opts: what
 -- locker.new takes (endpoints, prefix, ttl, timeout, margin, cacert, cert,
--- key, insecure, user, password, proxy_env), plus defaults for gate and
+-- key, insecure, user, password, proxy_env, transport), plus defaults for gate and
 -- state: stale_after (seconds, default max(10, 2 * ttl)), retry_after
 -- (seconds for 503's Retry-After, default ttl), pending ("closed" or
 -- "open", default "closed"), and names (a list to follow from the start,

@@ -385,11 +385,14 @@ static long attempt_timeout(const lk_req *r)
  * gRPC does not serve: it goes again by prior knowledge (see perform). */
 enum { H2_NONE, H2_OPENING, H2_UP };
 
-static long h2_version(lk_http *h, int i, const char *url)
+static long h2_version(lk_req *r, const char *url)
 {
+    lk_http *h = r->http;
+    r->h2_pk = 0;
     if (!strncmp(url, "https://", 8)) return (long)CURL_HTTP_VERSION_2TLS;  /* ALPN h2 */
-    if (h->h2[i] != H2_NONE) return (long)CURL_HTTP_VERSION_2_0;
-    h->h2[i] = H2_OPENING;
+    if (h->h2[r->endpoint] != H2_NONE) return (long)CURL_HTTP_VERSION_2_0;
+    h->h2[r->endpoint] = H2_OPENING;
+    r->h2_pk = 1;
     return (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
 }
 
@@ -439,7 +442,7 @@ static int launch(lk_req *r)
         /* HTTP/2 (ALPN h2 over TLS, h2 from the first byte otherwise), every
          * call on the endpoint's one connection; etcd ends a call that
          * overruns its grpc-timeout too */
-        curl_easy_setopt(c, CURLOPT_HTTP_VERSION, h2_version(h, r->endpoint, url));
+        curl_easy_setopt(c, CURLOPT_HTTP_VERSION, h2_version(r, url));
         curl_easy_setopt(c, CURLOPT_PIPEWAIT, 1L);
         curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
         curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
@@ -818,7 +821,12 @@ static int tls_handled(lk_req *r, CURLcode rc)
     if (rc == CURLE_OK || r->too_big || r->received || strncmp(ep, "https://", 8) != 0)
         return 0;
     curl_off_t handshake = 0;
+    long connects = 1;
     curl_easy_getinfo(r->easy, CURLINFO_APPCONNECT_TIME_T, &handshake);
+    /* a request on a connection others opened had its handshake too, and
+     * HTTP/2 speaks only after one (ALPN) */
+    curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &connects);
+    if (connects == 0 || rc == CURLE_HTTP2 || rc == CURLE_HTTP2_STREAM) handshake = 1;
     char msg[512];
     switch (lk_tls_failure(rc, lk_req_error(r), handshake > 0 && !r->received,
                            r->tls12, h->cfg, ep, msg, sizeof msg)) {
@@ -840,19 +848,31 @@ static int tls_handled(lk_req *r, CURLcode rc)
     }
 }
 
-/* gRPC: notes whether r went over HTTP/2; one that found no connection
- * and went as HTTP/1.1 goes again, opening one. Whether r went again. */
+/* gRPC: notes whether r went over HTTP/2. One that found no connection
+ * went as HTTP/1.1 (etcd's 404): it goes again, opening one; one that met
+ * libcurl's bug (prior knowledge on a connection that exists) goes again
+ * on that connection. Whether r went again. */
 static int h2_settled(lk_req *r, CURLcode rc)
 {
     lk_http *h = r->http;
-    long version = 0;
+    long version = 0, connects = 1;
     curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &version);
+    curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &connects);
+    int again;
     if (rc == CURLE_OK && version == CURL_HTTP_VERSION_2_0) {
         h->h2[r->endpoint] = H2_UP;
-        return 0;
+        again = 0;
+    } else if (rc == CURLE_OK) {            /* HTTP/1.1: there was no connection */
+        h->h2[r->endpoint] = H2_NONE;
+        again = 1;
+    } else if (rc == CURLE_HTTP2 && r->h2_pk && connects == 0) {  /* the bug */
+        h->h2[r->endpoint] = H2_UP;
+        again = 1;
+    } else {                                /* a fault: the connection may be gone */
+        if (h->h2[r->endpoint] == H2_OPENING && r->h2_pk) h->h2[r->endpoint] = H2_NONE;
+        again = 0;
     }
-    if (rc != CURLE_OK || version != 0) h->h2[r->endpoint] = H2_NONE;
-    if (rc != CURLE_OK || version == CURL_HTTP_VERSION_2_0 || r->h2_retries++ >= 2) return 0;
+    if (!again || r->h2_retries++ >= 2) return 0;
     if (launch(r) == 0) return 1;
     r->result = CURLE_OUT_OF_MEMORY;
     return 0;

@@ -71,6 +71,7 @@ struct lk_req {
     int auth_retries;        /* sent again after "invalid auth token" */
     int tls12;               /* this attempt is capped at TLS 1.2 */
     int h2_retries;          /* gRPC: sent again for want of an HTTP/2 connection */
+    int h2_pk;               /* gRPC: this attempt opens a connection (prior knowledge) */
     int secret;              /* carries a password or token: its buffers
                                 are overwritten before they are freed */
     struct curl_slist *headers;  /* this attempt's (the token changes) */

@@ -64,6 +64,7 @@ int lk_tls_failure(CURLcode rc, const char *curl_msg, int handshake_done,
         snprintf(msg, n, "TLS with %s failed: %s", endpoint, m);
         return LK_TLS_FAILED;
     case CURLE_SSL_CONNECT_ERROR: case CURLE_SEND_ERROR: case CURLE_RECV_ERROR:
+    case CURLE_HTTP2: case CURLE_HTTP2_STREAM: case CURLE_PARTIAL_FILE:  /* the same, by HTTP/2 */
         break;
     default:
         return LK_TLS_NONE;

@@ -1,0 +1,178 @@
+-- make bench, second table: locker on each transport (gRPC, the JSON
+-- gateway) beside etcd's own Go lock (clientv3/concurrency.Mutex, built
+-- from Debian's golang-etcd-server-dev when a Go toolchain is there:
+-- GO_MUTEX names the program), interleaved round by round, each scenario
+-- in a process of its own. etcd's CPU is read from /proc/PID/stat of the
+-- bench's own etcd (LOCKER_ETCD_PID, set by tools/with-etcd) around each
+-- run; the client's CPU by the client itself. Rounds: TRANSPORT_ROUNDS (5);
+-- each run BENCH_SECONDS (2).
+local locker = require "locker"
+
+local SECONDS = tonumber(os.getenv("BENCH_SECONDS") or "2")
+local ENDPOINT = assert(os.getenv("LOCKER_ENDPOINTS"), "LOCKER_ENDPOINTS not set"):match("[^,]+")
+local now = locker.now
+
+local function self_cpu()
+    local f = assert(io.open("/proc/self/stat"))
+    local s = f:read("*a")
+    f:close()
+    local fields = {}
+    for x in s:match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = x end
+    return (tonumber(fields[12]) + tonumber(fields[13])) / 100  -- utime, stime (ticks)
+end
+
+local function pct(list, p)
+    table.sort(list)
+    return list[math.max(1, math.ceil(#list * p))] or 0
+end
+
+-- ---------------------------------------------------------------- child --
+
+local function child(transport, mode, secs, arg)
+    local prefix = ("/bench-%s-%d/"):format(transport, math.random(1, 1e9))
+    local function client()
+        return assert(locker.new { endpoints = { ENDPOINT }, transport = transport,
+                                   prefix = prefix })
+    end
+    local c0, t0
+    local cycles, extra = 0, ""
+    if mode == "uncontended" then
+        local c = client()
+        assert(c:lock("warm", "v")):release()
+        c0, t0 = self_cpu(), now()
+        while now() - t0 < secs do
+            assert(c:lock("x", "v")):release()
+            cycles = cycles + 1
+        end
+    elseif mode == "contended" then
+        local cs = {}
+        for i = 1, arg do
+            cs[i] = client()
+            assert(cs[i]:lock("warm" .. i, "v")):release()
+        end
+        c0, t0 = self_cpu(), now()
+        for i = 1, arg do
+            locker.spawn(function()
+                while now() - t0 < secs do
+                    assert(cs[i]:lock("one", "v")):release()
+                    cycles = cycles + 1
+                end
+            end)
+        end
+        locker.run()
+    else  -- handover
+        local a, b = client(), client()
+        assert(a:lock("warm-a", "v")):release()
+        assert(b:lock("warm-b", "v")):release()
+        local lat, released_at = {}, nil
+        c0, t0 = self_cpu(), now()
+        for _, c in ipairs { a, b } do
+            locker.spawn(function()
+                while now() - t0 < secs do
+                    local l = assert(c:lock("one", "v"))
+                    if released_at then lat[#lat + 1] = (now() - released_at) * 1000 end
+                    locker.sleep(arg / 1000)
+                    released_at = now()
+                    assert(l:release())
+                end
+            end)
+        end
+        locker.run()
+        cycles = #lat
+        extra = (" p50 %.3f p99 %.3f"):format(pct(lat, 0.5), pct(lat, 0.99))
+    end
+    print(("cycles %d seconds %.4f cpu %.4f%s"):format(cycles, now() - t0, self_cpu() - c0, extra))
+end
+
+if arg[1] == "child" then
+    child(arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]))
+    return
+end
+
+-- --------------------------------------------------------------- parent --
+
+local ETCD_PID = os.getenv("LOCKER_ETCD_PID")
+local GO = os.getenv("GO_MUTEX")
+if GO == "" or (GO and not io.open(GO)) then GO = nil end
+local LUA = os.getenv("BENCH_LUA") or "lua5.4"
+
+local function etcd_cpu()
+    if not ETCD_PID then return 0 end
+    local f = io.open("/proc/" .. ETCD_PID .. "/stat")
+    if not f then return 0 end
+    local s = f:read("*a")
+    f:close()
+    local fields = {}
+    for x in s:match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = x end
+    return (tonumber(fields[12]) + tonumber(fields[13])) / 100
+end
+
+local function run(who, mode, a)
+    local cmd = who == "go" and ("%s %s %s %s %s"):format(GO, ENDPOINT, mode, SECONDS, a)
+        or ("%s bench/transports.lua child %s %s %s %s"):format(LUA, who, mode, SECONDS, a)
+    local e0 = etcd_cpu()
+    local p = io.popen(cmd .. " 2>&1")
+    local out = p:read("*a")
+    p:close()
+    local e1 = etcd_cpu()
+    local cycles, secs, cpu = out:match("cycles (%d+) seconds ([%d.]+) cpu ([%d.]+)")
+    assert(cycles, who .. " " .. mode .. " failed: " .. out)
+    cycles = tonumber(cycles)
+    return { rate = cycles / tonumber(secs), etcd = (e1 - e0) / cycles * 1000,
+             client = tonumber(cpu) / cycles * 1000,
+             p50 = tonumber(out:match("p50 ([%d.]+)")), p99 = tonumber(out:match("p99 ([%d.]+)")) }
+end
+
+local function median(xs)
+    table.sort(xs)
+    local n = #xs
+    if n == 0 then return 0 end
+    return n % 2 == 1 and xs[(n + 1) // 2] or (xs[n // 2] + xs[n // 2 + 1]) / 2
+end
+
+local ROUNDS = tonumber(os.getenv("TRANSPORT_ROUNDS") or "5")
+local whos = { "grpc", "gateway" }
+if GO then whos[#whos + 1] = "go" end
+local got = {}
+for _, w in ipairs(whos) do got[w] = { u = {}, c = {}, h = {} } end
+for _ = 1, ROUNDS do
+    for _, w in ipairs(whos) do
+        local g = got[w]
+        g.u[#g.u + 1] = run(w, "uncontended", 0)
+        g.c[#g.c + 1] = run(w, "contended", 8)
+        g.h[#g.h + 1] = run(w, "handover", 5)
+    end
+end
+
+local function med(list, key)
+    local xs = {}
+    for _, r in ipairs(list) do xs[#xs + 1] = r[key] end
+    return median(xs)
+end
+
+-- per round ratios to Go's (paired: the machine drifts between rounds)
+local function ratio(w, set, key)
+    if not GO then return nil end
+    local xs = {}
+    for i, r in ipairs(got[w][set]) do xs[#xs + 1] = r[key] / got.go[set][i][key] end
+    return median(xs)
+end
+
+print(("\ntransports, %d interleaved rounds of %g s each (medians; ratios to Go's per round)")
+      :format(ROUNDS, SECONDS))
+print("| who | uncontended cycles/s | ÷ Go | etcd CPU ms / cycle | ÷ Go | client CPU ms / cycle"
+      .. " | 8→1 contended cycles/s | ÷ Go | handover p50 / p99 ms |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+local names = { grpc = "locker, gRPC", gateway = "locker, gateway", go = "Go concurrency.Mutex" }
+for _, w in ipairs(whos) do
+    local g = got[w]
+    local function r(set, key)
+        local x = ratio(w, set, key)
+        return x and ("%.2f"):format(x) or "—"
+    end
+    print(("| %s | %.0f | %s | %.3f | %s | %.3f | %.0f | %s | %.2f / %.2f |"):format(
+        names[w], med(g.u, "rate"), r("u", "rate"), med(g.u, "etcd"),
+        r("u", "etcd"), med(g.u, "client"), med(g.c, "rate"), r("c", "rate"),
+        med(g.h, "p50"), med(g.h, "p99")))
+end
+if not GO then print("(no Go toolchain: etcd's Go client not measured)") end
