@@ -472,6 +472,7 @@ function commands.status(client, opts, words)
         say(explain(msg, code))
         return 3
     end
+    local revision = msg  -- on success: etcd's revision when it answered
     if opts.json and opts.prometheus then
         return usage_error("status", "--json and --prometheus: one or the other")
     end
@@ -481,12 +482,15 @@ function commands.status(client, opts, words)
         for i, e in ipairs(list) do
             local holders = json.array()
             for j, h in ipairs(e.holders) do
-                holders[j] = { value = h.value, token = json.int(h.token), lease = h.lease }
+                holders[j] = { value = h.value, token = json.int(h.token), lease = h.lease,
+                               mod_revision = json.int(h.mod_revision) }
             end
             out[i] = { name = e.name, value = e.value, token = json.int(e.token),
-                       lease = e.lease, waiters = e.waiters, limit = e.limit, holders = holders }
+                       mod_revision = json.int(e.mod_revision), lease = e.lease,
+                       waiters = e.waiters, limit = e.limit, holders = holders }
         end
-        io.stdout:write(json.encode({ prefix = client.prefix, locks = out }), "\n")
+        io.stdout:write(json.encode({ prefix = client.prefix, revision = json.int(revision),
+                                      locks = out }), "\n")
         return 0
     end
     if opts.prometheus then  -- the names' state, then this client's own figures

@@ -668,10 +668,12 @@ function Client:owner(name)
 end
 
 --- Every name under the client's prefix that has contenders, sorted by
--- name: { name =, value = <owner's>, token =, lease = <owner's, hex>,
--- waiters = <contenders behind the owners>, limit = <N: a semaphore's,
--- 1: a lock>, holders = { { value =, token =, lease = }, ... } (the N
--- oldest, oldest first) }. The limit is the oldest contender's. One request.
+-- name: { name =, value = <owner's>, token =, mod_revision = <the owner
+-- key's last write>, lease = <owner's, hex>, waiters = <contenders behind
+-- the owners>, limit = <N: a semaphore's, 1: a lock>, holders = { { value
+-- =, token =, mod_revision =, lease = }, ... } (the N oldest, oldest first)
+-- }, and etcd's revision when it answered. The limit is the oldest
+-- contender's. One request.
 function Client:status()
     if self._closed then return nil, "client is closed", "closed" end
     check_can_wait("client:status")
@@ -689,7 +691,7 @@ function Client:status()
                 list[#list + 1] = e
             end
             e.contenders[#e.contenders + 1] = { value = kv.value, token = kv.create_revision,
-                                                lease = kv.lease }
+                                                lease = kv.lease, mod_revision = kv.mod_revision }
         end
     end
     for _, e in ipairs(list) do
@@ -697,6 +699,7 @@ function Client:status()
         table.sort(all, function(a, b) return a.token < b.token end)
         local oldest = all[1]
         e.token, e.value, e.lease = oldest.token, oldest.value, oldest.lease
+        e.mod_revision = oldest.mod_revision
         e.limit = limits[e.name .. "\0" .. oldest.lease] or 1
         e.holders = {}
         for i = 1, math.min(e.limit, #all) do e.holders[i] = all[i] end
@@ -704,7 +707,7 @@ function Client:status()
         e.contenders = nil
     end
     table.sort(list, function(a, b) return a.name < b.name end)
-    return list
+    return list, ev.revision
 end
 
 --- Closes the client: every lock is released at once (the session lease is

@@ -513,6 +513,8 @@ static void push_kvs(lua_State *L, const lk_event *ev)
         lua_setfield(L, -2, "value");
         push_int64(L, kv->create_rev);
         lua_setfield(L, -2, "create_revision");
+        push_int64(L, kv->mod_rev);
+        lua_setfield(L, -2, "mod_revision");
         char hex[32];
         snprintf(hex, sizeof hex, "%" PRIx64, (uint64_t)kv->lease);
         lua_pushstring(L, hex);

@@ -64,6 +64,7 @@ typedef struct lk_event_kv {
     char *value;
     size_t value_len;
     int64_t create_rev;
+    int64_t mod_rev;             /* its last write (a set by the owner) */
     int64_t lease;
     int limit_key;               /* a semaphore contender's limit (value: N) */
 } lk_event_kv;

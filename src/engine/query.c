@@ -126,6 +126,7 @@ static void on_list(lk_req *r)
         o->key = take_buf(&kv->key, &o->key_len);
         o->value = take_buf(&kv->value, &o->value_len);
         o->create_rev = kv->create_rev;
+        o->mod_rev = kv->mod_rev;
         o->lease = kv->lease;
     }
     lk_range_resp_free(&range);
