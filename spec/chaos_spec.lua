@@ -60,6 +60,13 @@ describe("mutual exclusion under chaos", function()
         assert.equal(0, code, out)
     end)
 
+    it("never lets two holders own the lock at once with lock-delay on", function()
+        -- every contender's client delays a takeover after an unclean end
+        local out, code = chaos(math.floor(SECONDS / 3), "--lock-delay 1")
+        assert.matches("lock_delay=1", out, 1, true)
+        assert.equal(0, code, out)
+    end)
+
     it("never lets more than N holders own a semaphore of N at once", function()
         local out, code, figure = chaos(math.floor(SECONDS * 3 / 4), "--limit 2")
         assert.equal(2, figure("limit"), out)

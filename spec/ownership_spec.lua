@@ -233,6 +233,50 @@ describe("ownership", function()
         etcd:ctl(("del --prefix /elsewhere%d/"):format(n))
     end)
 
+    it("leaves no key behind after every primitive, and while working only keys of its lease (17.4)", function()
+        local c = client({ ttl = 3, lock_delay = 0.5 })
+        local lease
+        local function only_leased(when)
+            -- every key under the prefix is on the session lease: gone with it
+            for _, key in ipairs(etcd:keys(prefix, true)) do
+                local json = etcd:ctl("get -w json " .. helper.quote(key))
+                local l = json:match('"lease":(%d+)')
+                assert.is_truthy(l, when .. ": " .. key .. " carries no lease")
+                lease = lease or l
+                assert.equal(lease, l, when .. ": " .. key .. " on another lease")
+            end
+        end
+        local w = assert(c:watch("a", function() end))
+        local all = assert(c:watch_all(function() end))
+        local l = assert(c:lock("a", "1", { timeout = 5 }))  -- a lock, set, released cleanly
+        assert(l:set("2"))
+        only_leased("a lock held")
+        l:release()
+        only_leased("a lock released (its lock-delay mark)")
+        -- a semaphore: limit keys (a client holds one place of a name: its key
+        -- is the name and its lease, so the second holder is another client)
+        local c2 = client({ ttl = 3 })
+        local s1 = assert(c:lock("sem", "1", { limit = 2, timeout = 5 }))
+        local s2 = assert(c2:lock("sem", "2", { limit = 2, timeout = 5 }))
+        s2:release()
+        c2:close()
+        only_leased("a semaphore held")
+        s1:release()
+        local leader = assert(c:campaign("elect", "v1", { timeout = 5 }))  -- proclaimed, resigned
+        assert(leader:proclaim("v2"))
+        only_leased("a leader")
+        leader:resign()
+        local g = assert(c:lock("guard", "g", { timeout = 5 }))  -- guarded writes of the caller's key
+        assert(g:put("/own-data" .. n .. "/k", "x"))
+        assert(g:delete("/own-data" .. n .. "/k"))
+        g:release()
+        only_leased("after every primitive")
+        w:cancel(); all:cancel()
+        c:close()
+        assert.same({}, etcd:keys(prefix, true))
+        assert.same({}, etcd:keys("/own-data" .. n .. "/", true))
+    end)
+
     describe("timeouts (17.6)", function()
         it("answers lock{timeout} in time with 'timeout' while a txn hangs, leaving nothing", function()
             local p = helper.proxy(etcd)

@@ -83,8 +83,9 @@ local timeout, margin = 1, math.min(2, ttl / 5)
 local limit = tonumber(os.getenv("CHAOS_LIMIT") or "1") or 1  -- > 1: a semaphore
 local election = os.getenv("CHAOS_PRIMITIVE") == "election"
 local DATA_KEY = "/chaos-data/fence"
+local lock_delay = tonumber(os.getenv("CHAOS_LOCK_DELAY") or "0") or 0
 local client = assert(locker.new{ endpoints = endpoints, prefix = "/chaos/", ttl = ttl, timeout = timeout,
-                                  margin = margin })
+                                  margin = margin, lock_delay = lock_delay })
 event(fmt("B %s %d %.6f\n", pid, ttl, now()))
 event(fmt("C %s %.3f %.3f %d\n", pid, timeout, margin, limit))
 

@@ -1,11 +1,15 @@
--- chaos.lua [--seconds N] [--contenders N] [--limit N] [--election] [--seed N] [--min-acquisitions N]
---           [--keep]
+-- chaos.lua [--seconds N] [--contenders N] [--limit N] [--election] [--lock-delay S] [--seed N]
+--           [--min-acquisitions N] [--keep]
 --
 -- With --election the contenders campaign (client:campaign) instead of
 -- locking, and their leaders proclaim new values now and then.
 -- With --limit N (> 1) the contenders share a semaphore of N holders
 -- (N + 3 of them unless told), and the checker looks for more than N
 -- owners at one moment instead of two.
+-- With --lock-delay S every contender's client has lock_delay = S: a
+-- waiter whose predecessor vanished without a clean release (killed,
+-- frozen past its lease, its key deleted) owns S later; the fence's checks
+-- are the same.
 -- chaos.lua --check DIR   (only the checker, on the files a --keep run left)
 -- A mutual-exclusion checker for the lock library. Starts a 3-member etcd
 -- cluster (tools/cluster-up), N contender processes (tools/chaos-contender.lua)
@@ -63,7 +67,7 @@ local fmt = string.format
 -- ------------------------------------------------------------- options --
 
 local opts = { seconds = 60, contenders = nil, limit = 1, seed = nil, min_acquisitions = nil, keep = false,
-               election = false }
+               election = false, lock_delay = 0 }
 do
     local i = 1
     while i <= #arg do
@@ -88,7 +92,8 @@ do
             i = i + 1
         else
             io.stderr:write(("chaos: unknown argument '%s'\n"):format(a),
-                "usage: chaos.lua [--seconds N] [--contenders N] [--limit N] [--election] [--seed N]"
+                "usage: chaos.lua [--seconds N] [--contenders N] [--limit N] [--election] [--lock-delay S]"
+                .. " [--seed N]"
                 .. " [--min-acquisitions N] [--keep]\n",
                 "       chaos.lua --check DIR\n")
             os.exit(2)
@@ -408,7 +413,8 @@ local function start_contender(role)
     for _, e in ipairs(endpoints) do argv[#argv + 1] = e end
     -- the log path travels in the environment (process.spawn's extra env)
     local env = { "CHAOS_LOG=" .. c.log, "CHAOS_LIMIT=" .. opts.limit, "CHAOS_ROLE=" .. c.role,
-                  "CHAOS_PRIMITIVE=" .. (opts.election and "election" or "lock") }
+                  "CHAOS_PRIMITIVE=" .. (opts.election and "election" or "lock"),
+                  "CHAOS_LOCK_DELAY=" .. opts.lock_delay }
     if process.spawn then
         c.pid = assert(process.spawn(argv, env))
         procs[c.pid] = { what = c.role }
@@ -824,13 +830,13 @@ local function report(ev, fence, interrupted, hist)
     for _, c in ipairs(crashes) do print("CRASH " .. c) end
     print(fmt("chaos: acquisitions=%d faults=%d accepted=%d rejected=%d violations=%d crashes=%d "
               .. "deletes=%d muted_deletes=%d noticed=%d expected_overlaps=%d worst_delay_ms=%d bound_ms=%d "
-              .. "limit=%d most_owners=%d guarded=%d reports=%d history=%s",
+              .. "limit=%d most_owners=%d guarded=%d reports=%d history=%s lock_delay=%d",
               ev.acquired, total_faults, fence.accepted, fence.rejected, #fence.violations + #hv, #crashes,
               del.count, del.muted, del.noticed, fence.expected_overlaps,
               math.floor((del.worst and del.worst.delay or 0) * 1000 + 0.5),
               math.floor(((del.bound_hi or 0) + fence_checker.allowance) * 1000 + 0.5),
               fence.limit, fence.most, hist and hist.puts or 0, hist and hist.reports or 0,
-              hist and (hist.error and "unread" or "ok") or "none"))
+              hist and (hist.error and "unread" or "ok") or "none", opts.lock_delay))
     local failed = {}
     if #fence.violations + #hv > 0 then failed[#failed + 1] = fmt("%d violations", #fence.violations + #hv) end
     if hist and hist.error then failed[#failed + 1] = "etcd's history could not be checked" end
