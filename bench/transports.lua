@@ -9,6 +9,7 @@
 local locker = require "locker"
 
 local SECONDS = tonumber(os.getenv("BENCH_SECONDS") or "2")
+local IDLE_SECONDS = tonumber(os.getenv("TRANSPORT_IDLE_SECONDS") or "6")
 local ENDPOINT = assert(os.getenv("LOCKER_ENDPOINTS"), "LOCKER_ENDPOINTS not set"):match("[^,]+")
 local now = locker.now
 
@@ -60,6 +61,24 @@ local function child(transport, mode, secs, arg)
             end)
         end
         locker.run()
+    elseif mode == "idle" then
+        -- arg clients (ttl 3), each holding a lock, for secs: what renewals
+        -- (and whatever else an idle client sends) cost etcd
+        local cs = {}
+        for i = 1, arg do
+            cs[i] = assert(locker.new { endpoints = { ENDPOINT }, transport = transport,
+                                        prefix = prefix, ttl = 3 })
+            assert(cs[i]:lock("idle" .. i, "v"))
+        end
+        local k0, r0 = 0, 0
+        for i = 1, arg do k0, r0 = k0 + cs[i]:stats().keepalives, r0 + cs[i]:stats().requests end
+        c0, t0 = self_cpu(), now()
+        locker.sleep(secs)
+        local k1, r1 = 0, 0
+        for i = 1, arg do k1, r1 = k1 + cs[i]:stats().keepalives, r1 + cs[i]:stats().requests end
+        cycles = k1 - k0
+        extra = (" requests %d"):format(r1 - r0)
+        for i = 1, arg do cs[i]:close() end
     else  -- handover
         local a, b = client(), client()
         assert(a:lock("warm-a", "v")):release()
@@ -108,8 +127,9 @@ local function etcd_cpu()
 end
 
 local function run(who, mode, a)
-    local cmd = who == "go" and ("%s %s %s %s %s"):format(GO, ENDPOINT, mode, SECONDS, a)
-        or ("%s bench/transports.lua child %s %s %s %s"):format(LUA, who, mode, SECONDS, a)
+    local span = mode == "idle" and IDLE_SECONDS or SECONDS
+    local cmd = who == "go" and ("%s %s %s %s %s"):format(GO, ENDPOINT, mode, span, a)
+        or ("%s bench/transports.lua child %s %s %s %s"):format(LUA, who, mode, span, a)
     local e0 = etcd_cpu()
     local p = io.popen(cmd .. " 2>&1")
     local out = p:read("*a")
@@ -118,9 +138,18 @@ local function run(who, mode, a)
     local cycles, secs, cpu = out:match("cycles (%d+) seconds ([%d.]+) cpu ([%d.]+)")
     assert(cycles, who .. " " .. mode .. " failed: " .. out)
     cycles = tonumber(cycles)
-    return { rate = cycles / tonumber(secs), etcd = (e1 - e0) / cycles * 1000,
+    return { rate = cycles / tonumber(secs), etcd = (e1 - e0) / cycles * 1000, n = cycles,
+             requests = tonumber(out:match("requests (%d+)")),
              client = tonumber(cpu) / cycles * 1000,
              p50 = tonumber(out:match("p50 ([%d.]+)")), p99 = tonumber(out:match("p99 ([%d.]+)")) }
+end
+
+-- etcd's CPU over the idle span with no client at all (raft ticks, its
+-- own housekeeping): the idle runs' figures are net of it
+local function etcd_alone()
+    local e0 = etcd_cpu()
+    locker.sleep(IDLE_SECONDS)
+    return etcd_cpu() - e0
 end
 
 local function median(xs)
@@ -131,16 +160,21 @@ local function median(xs)
 end
 
 local ROUNDS = tonumber(os.getenv("TRANSPORT_ROUNDS") or "5")
+local IDLE_CLIENTS = 50
 local whos = { "grpc", "gateway" }
 if GO then whos[#whos + 1] = "go" end
 local got = {}
-for _, w in ipairs(whos) do got[w] = { u = {}, c = {}, h = {} } end
+for _, w in ipairs(whos) do got[w] = { u = {}, c = {}, h = {}, i = {} } end
 for _ = 1, ROUNDS do
     for _, w in ipairs(whos) do
         local g = got[w]
         g.u[#g.u + 1] = run(w, "uncontended", 0)
         g.c[#g.c + 1] = run(w, "contended", 8)
         g.h[#g.h + 1] = run(w, "handover", 5)
+        local alone = etcd_alone()
+        local r = run(w, "idle", IDLE_CLIENTS)
+        r.etcd = r.n > 0 and math.max(0, r.etcd - alone / r.n * 1000) or 0
+        g.i[#g.i + 1] = r
     end
 end
 
@@ -174,5 +208,17 @@ for _, w in ipairs(whos) do
         names[w], med(g.u, "rate"), r("u", "rate"), med(g.u, "etcd"),
         r("u", "etcd"), med(g.u, "client"), med(g.c, "rate"), r("c", "rate"),
         med(g.h, "p50"), med(g.h, "p99")))
+end
+print(("\n%d idle clients (ttl 3), each holding a lock, for %g s: etcd's CPU per renewal"
+       .. " (and whatever else idle clients send; net of etcd's CPU alone over as long)")
+      :format(IDLE_CLIENTS, IDLE_SECONDS))
+print("| who | renewals | requests | etcd CPU µs / renewal | ÷ Go |")
+print("|---|---:|---:|---:|---:|")
+for _, w in ipairs(whos) do
+    local g = got[w]
+    local x = ratio(w, "i", "etcd")
+    print(("| %s | %.0f | %s | %.0f | %s |"):format(names[w], med(g.i, "n"),
+          g.i[1].requests and tostring(med(g.i, "requests")) or "—", med(g.i, "etcd") * 1000,
+          x and ("%.2f"):format(x) or "—"))
 end
 if not GO then print("(no Go toolchain: etcd's Go client not measured)") end

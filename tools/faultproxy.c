@@ -30,8 +30,9 @@
  *
  * HTTP/2 (gRPC) connections get the same rules per stream: a rule's path
  * (the gateway's, /v3/watch) also names its gRPC methods
- * (/etcdserverpb.Watch/...). drop swallows a new stream's frames, both
- * ways (etcd never hears of it); mute discards what etcd sends on a
+ * (/etcdserverpb.Watch/...). drop swallows a new stream's frames (etcd
+ * never hears of it), and the messages a running stream sends from then
+ * on (each a request of its own); mute discards what etcd sends on a
  * stream; unmute cuts a connection that lost some. Header blocks may
  * then go missing, so the proxy asks both sides (in the SETTINGS it
  * passes on) to keep no HPACK dynamic table: no block depends on another.
@@ -600,7 +601,14 @@ static void client_frame(struct conn *c, const unsigned char *f, size_t len, int
         return;
     }
     struct h2stream *st = sid ? h2_stream(h, sid) : NULL;
-    to_server(c, (const char *)f, 9 + len, st && st->drop);
+    int drop = st && st->drop;
+    /* a rule made after a stream began swallows its messages from then on
+     * (a LeaseKeepAlive call's renewals, each a request of its own) */
+    for (int r = 0; st && !drop && type == F_DATA && len && r < nrules; r++) {
+        drop = h2_matches(st->path, rules[r]);
+        dropped += drop;
+    }
+    to_server(c, (const char *)f, 9 + len, drop);
 }
 
 static void server_frame(struct conn *c, const unsigned char *f, size_t len, int type, int flags,

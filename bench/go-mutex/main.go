@@ -5,6 +5,7 @@
 //	go-mutex ENDPOINT uncontended SECONDS
 //	go-mutex ENDPOINT contended SECONDS N
 //	go-mutex ENDPOINT handover SECONDS HOLD_MS
+//	go-mutex ENDPOINT idle SECONDS N   (N sessions, ttl 3, each holding a lock)
 //
 // Prints one line: "cycles N seconds S cpu C [p50 X p99 Y]" (cpu: this
 // process's user+system seconds; p50/p99: handover ms).
@@ -148,6 +149,46 @@ func main() {
 		}
 		fmt.Printf("cycles %d seconds %.4f cpu %.4f p50 %.3f p99 %.3f\n", len(lat),
 			time.Since(t0).Seconds(), cpu()-c0, p(0.5), p(0.99))
+	case "idle":
+		// each session renews its lease on its own LeaseKeepAlive stream
+		// every TTL/3; the renewals are counted from the keepalive channel
+		var count int64
+		var mu sync.Mutex
+		for i := 0; i < arg; i++ {
+			resp, err := cli.Grant(context.Background(), 3)
+			if err != nil {
+				fail("grant: %v", err)
+			}
+			s, err := concurrency.NewSession(cli, concurrency.WithLease(resp.ID))
+			if err != nil {
+				fail("session: %v", err)
+			}
+			m := concurrency.NewMutex(s, fmt.Sprintf("%sidle%d/", name, i))
+			if err := m.Lock(context.Background()); err != nil {
+				fail("lock: %v", err)
+			}
+			ch, err := cli.KeepAlive(context.Background(), resp.ID)
+			if err != nil {
+				fail("keepalive: %v", err)
+			}
+			go func() {
+				for range ch {
+					mu.Lock()
+					count++
+					mu.Unlock()
+				}
+			}()
+		}
+		time.Sleep(500 * time.Millisecond)
+		mu.Lock()
+		k0 := count
+		mu.Unlock()
+		c0, t0 := cpu(), time.Now()
+		time.Sleep(time.Duration(secs * float64(time.Second)))
+		mu.Lock()
+		k1 := count
+		mu.Unlock()
+		fmt.Printf("cycles %d seconds %.4f cpu %.4f\n", k1-k0, time.Since(t0).Seconds(), cpu()-c0)
 	default:
 		fail("unknown mode %s", os.Args[2])
 	}

@@ -472,7 +472,6 @@ function commands.status(client, opts, words)
         say(explain(msg, code))
         return 3
     end
-    local revision = msg  -- on success: etcd's revision when it answered
     if opts.json and opts.prometheus then
         return usage_error("status", "--json and --prometheus: one or the other")
     end
@@ -489,8 +488,8 @@ function commands.status(client, opts, words)
                        mod_revision = json.int(e.mod_revision), lease = e.lease,
                        waiters = e.waiters, limit = e.limit, holders = holders }
         end
-        io.stdout:write(json.encode({ prefix = client.prefix, revision = json.int(revision),
-                                      locks = out }), "\n")
+        local revision = list[1] and json.int(list[1].revision) or nil  -- etcd's, at the read
+        io.stdout:write(json.encode({ prefix = client.prefix, revision = revision, locks = out }), "\n")
         return 0
     end
     if opts.prometheus then  -- the names' state, then this client's own figures

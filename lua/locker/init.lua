@@ -671,8 +671,8 @@ end
 -- name: { name =, value = <owner's>, token =, mod_revision = <the owner
 -- key's last write>, lease = <owner's, hex>, waiters = <contenders behind
 -- the owners>, limit = <N: a semaphore's, 1: a lock>, holders = { { value
--- =, token =, mod_revision =, lease = }, ... } (the N oldest, oldest first)
--- }, and etcd's revision when it answered. The limit is the oldest
+-- =, token =, mod_revision =, lease = }, ... } (the N oldest, oldest first),
+-- revision = <etcd's when it answered the read> }. The limit is the oldest
 -- contender's. One request.
 function Client:status()
     if self._closed then return nil, "client is closed", "closed" end
@@ -707,7 +707,8 @@ function Client:status()
         e.contenders = nil
     end
     table.sort(list, function(a, b) return a.name < b.name end)
-    return list, ev.revision
+    for _, e in ipairs(list) do e.revision = ev.revision end
+    return list
 end
 
 --- Closes the client: every lock is released at once (the session lease is

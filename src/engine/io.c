@@ -78,13 +78,18 @@ void lk_emit_fail(lk_io *io, uint64_t id, lk_err code,
     lk_emit(io, ev);
 }
 
-/* Keeps the newest answer's revision (see lk_io). */
+/* Keeps the newest answer's revision (see lk_io): rev, of a request that
+ * left at sent_at. */
+static void note_answer(lk_io *io, int64_t sent_at, int64_t rev)
+{
+    if (!io || sent_at < io->answer_at || rev <= 0) return;
+    io->answer_rev = rev;
+    io->answer_at = sent_at;
+}
+
 static void note_revision(const lk_req *r, int64_t rev)
 {
-    lk_io *io = r->sender;
-    if (!io || r->sent_at < io->answer_at || rev <= 0) return;
-    io->answer_rev = rev;
-    io->answer_at = r->sent_at;
+    note_answer(r->sender, r->sent_at, rev);
 }
 
 /* The transport r went by. */
@@ -238,7 +243,113 @@ int lk_stream_end(lk_req *r, lk_err *code, char *msg, size_t msg_size)
 
 void lk_lease_stream_open(lk_lease_stream *st, lk_io *io, lk_renewal_fn on_answer, void *owner)
 {
-    *st = (lk_lease_stream){io, on_answer, owner, NULL};
+    *st = (lk_lease_stream){.io = io, .on_answer = on_answer, .owner = owner};
+}
+
+/* gRPC: the renewal in flight is answered (m), or failed (code, why). */
+static void renewal_over(lk_lease_stream *st, const lk_lease_resp *resp, lk_err code,
+                         const char *why, const char *endpoint)
+{
+    st->waiting = 0;
+    lk_renewal m = {.ok = resp != NULL, .code = code, .msg = why, .sent_at = st->sent_at,
+                    .rtt_us = lk_now_us() - st->sent_us, .endpoint = endpoint};
+    if (resp) {
+        m.resp = *resp;
+        note_answer(st->io, st->sent_at, resp->revision);
+    }
+    st->on_answer(st->owner, &m);
+}
+
+static int on_renewal_message(lk_req *r, const char *p, size_t n)
+{
+    lk_lease_stream *st = r->owner;
+    lk_lease_resp resp;
+    char msg[LK_MSG_SIZE];
+    int bad = st->io->wire->lease_message(p, n, &resp, msg, sizeof msg) != 0;
+    if (!st->waiting && !bad) return 0;
+    /* what the answer sets off may close the flow: the call is then left
+     * to end here, not freed under this handler */
+    st->reading = r;
+    if (bad) {
+        char why[LK_MSG_SIZE + 64];
+        snprintf(why, sizeof why, "%s (from %s)", msg, lk_req_endpoint(r));
+        st->call = NULL;  /* an unreadable stream: this call ends */
+        renewal_over(st, NULL, LK_ERR_PROTOCOL, why, lk_req_endpoint(r));
+    } else {
+        renewal_over(st, &resp, LK_OK, NULL, lk_req_endpoint(r));
+    }
+    st->reading = NULL;
+    return st->call == r ? 0 : 1;
+}
+
+static void on_renewal_call_end(lk_req *r)
+{
+    lk_lease_stream *st = r->owner;
+    if (st->call != r) return;  /* detached: nobody's news */
+    st->call = NULL;
+    if (!st->waiting) return;
+    lk_err code = LK_ERR_UNAVAILABLE;
+    char msg[LK_MSG_SIZE];
+    if (st->io->wire->stream_end(r, &code, msg, sizeof msg))
+        snprintf(msg, sizeof msg, "the lease renewal stream ended");
+    renewal_over(st, NULL, code, msg, lk_req_endpoint(r));
+}
+
+/* gRPC: the renewal as a message on the call (opened when there is none). */
+static int stream_send(lk_lease_stream *st, int64_t lease, int64_t timeout_ms)
+{
+    lk_io *io = st->io;
+    lk_buf frame = {0};
+    if (io->wire->lease_body(&frame, lease)) {
+        lk_buf_free(&frame);
+        return -1;
+    }
+    int64_t now = lk_now_ms();
+    int rc = 0;
+    if (st->call) {
+        rc = lk_req_write(st->call, frame.data, frame.len);
+        lk_buf_free(&frame);
+    } else {
+        lk_req *r = lk_req_new(io->http, io->wire->keepalive, on_renewal_call_end, st, 0);
+        if (!r) {
+            lk_buf_free(&frame);
+            return -1;
+        }
+        r->on_line = on_renewal_message;
+        r->upload = 1;
+        r->urgent = 1;
+        r->sender = io;
+        r->body = frame;
+        lk_count(&io->stats.requests);
+        if (lk_req_start(r)) return -1;
+        st->call = r;
+    }
+    if (rc) return -1;
+    st->waiting = 1;
+    st->sent_at = now;  /* handed to the transport: the lease is alive from here */
+    st->sent_us = lk_now_us();
+    st->deadline = now + (timeout_ms ? timeout_ms : io->cfg.timeout_ms);
+    return 0;
+}
+
+int64_t lk_lease_stream_check(lk_lease_stream *st, int64_t now)
+{
+    if (!st->waiting) return 0;
+    if (now < st->deadline) return st->deadline;
+    lk_req *r = st->call;
+    char why[LK_MSG_SIZE];
+    snprintf(why, sizeof why, "etcd at %s did not answer a lease renewal in time",
+             r ? lk_req_endpoint(r) : "?");
+    const char *ep = r ? lk_req_endpoint(r) : NULL;
+    if (r) {
+        lk_http_endpoint_failed(st->io->http, r->endpoint);  /* the next call goes elsewhere */
+        st->call = NULL;
+        renewal_over(st, NULL, LK_ERR_UNAVAILABLE, why, ep);
+        lk_req_cancel(r);
+    } else {
+        renewal_over(st, NULL, LK_ERR_UNAVAILABLE, why, ep);
+    }
+    return 0;
 }
 
 static void on_renewal(lk_req *r)
@@ -254,6 +365,7 @@ static void on_renewal(lk_req *r)
 
 int lk_lease_stream_send(lk_lease_stream *st, int64_t lease, int64_t timeout_ms)
 {
+    if (st->io->wire->lease_message) return st->waiting ? 0 : stream_send(st, lease, timeout_ms);
     if (st->inflight) return 0;
     st->inflight = lk_send_keepalive(st->io, lease, on_renewal, st, timeout_ms);
     return st->inflight ? 0 : -1;
@@ -261,11 +373,13 @@ int lk_lease_stream_send(lk_lease_stream *st, int64_t lease, int64_t timeout_ms)
 
 int lk_lease_stream_waiting(const lk_lease_stream *st)
 {
-    return st->inflight != NULL;
+    return st->inflight != NULL || st->waiting;
 }
 
 void lk_lease_stream_close(lk_lease_stream *st)
 {
     if (st->inflight) lk_req_cancel(st->inflight);
-    st->inflight = NULL;
+    if (st->call && st->call != st->reading) lk_req_cancel(st->call);
+    st->inflight = st->call = NULL;
+    st->waiting = 0;
 }

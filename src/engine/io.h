@@ -104,8 +104,9 @@ lk_req *lk_open_watch(lk_io *io, const lk_watch_req *q, lk_req_line_fn on_line,
 /* ---- the keepalive flow, as a stream of typed messages ----
  * Open once; send a renewal of a lease; each answer comes back to the
  * stream's function as an lk_renewal; close drops a renewal in flight
- * unanswered. The gateway sends each renewal as a POST of its own; a
- * transport with bidirectional streams would keep one open. */
+ * unanswered. The gateway sends each renewal as a POST of its own; gRPC
+ * keeps one LeaseKeepAlive call open and sends each renewal as one
+ * message on it (opened at the first renewal, again after it ends). */
 typedef struct lk_renewal {
     int ok;                    /* etcd answered: resp (ttl 0: the lease is gone) */
     lk_lease_resp resp;
@@ -122,7 +123,13 @@ typedef struct lk_lease_stream {
     lk_io *io;
     lk_renewal_fn on_answer;
     void *owner;
-    lk_req *inflight;          /* the renewal sent, not yet answered */
+    lk_req *inflight;          /* gateway: the renewal sent, not yet answered */
+    lk_req *call;              /* gRPC: the LeaseKeepAlive call */
+    lk_req *reading;           /* gRPC: the call whose answer is being told
+                                  (closing then detaches it: it ends itself) */
+    int waiting;               /* gRPC: a renewal sent on it, not yet answered */
+    int64_t sent_at, sent_us;  /* ms, us: when that renewal left */
+    int64_t deadline;          /* ms: when it counts as failed */
 } lk_lease_stream;
 
 void lk_lease_stream_open(lk_lease_stream *st, lk_io *io, lk_renewal_fn on_answer, void *owner);
@@ -131,6 +138,9 @@ void lk_lease_stream_open(lk_lease_stream *st, lk_io *io, lk_renewal_fn on_answe
 int lk_lease_stream_send(lk_lease_stream *st, int64_t lease, int64_t timeout_ms);
 /* Whether a renewal is on its way. */
 int lk_lease_stream_waiting(const lk_lease_stream *st);
+/* A renewal on a stream unanswered by its deadline fails now (the call
+ * ends, its endpoint rests). When to look again (0: nothing waits). */
+int64_t lk_lease_stream_check(lk_lease_stream *st, int64_t now);
 void lk_lease_stream_close(lk_lease_stream *st);
 
 /* One message of a watch stream, decoded: LK_STREAM_OK and *out (free it

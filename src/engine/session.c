@@ -589,6 +589,7 @@ int64_t lk_session_tick(lk_session *s, int64_t now)
     int wanted = s->hooks.wanted(s->hooks.ctx);
     int64_t next = 0;
 #define SOONER(t) do { if ((t) && (!next || (t) < next)) next = (t); } while (0)
+    if (s->lease) SOONER(lk_lease_stream_check(&s->renewals, now));
     if (s->lease) {
         if (!s->expired && now >= s->deadline) {
             s->expired = 1;

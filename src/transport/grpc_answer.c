@@ -142,5 +142,6 @@ const lk_wire lk_grpc_wire = {
     .answer_lease = answer_lease,
     .answer_plain = answer_plain,
     .stream_message = stream_message, .stream_end = stream_end,
+    .lease_message = lk_grpc_lease,
     .auth_answer = auth_answer,
 };

@@ -290,6 +290,35 @@ static int split_lines(lk_req *r)
     return stop;
 }
 
+/* An upload stream's body, as libcurl asks for it: what waits, or a pause
+ * until lk_req_write brings more. Only copies. */
+static size_t on_read(char *p, size_t size, size_t n, void *ud)
+{
+    lk_req *r = ud;
+    size_t avail = r->body.len - r->body_off, k = size * n < avail ? size * n : avail;
+    if (k == 0) {
+        r->paused = 1;
+        return CURL_READFUNC_PAUSE;
+    }
+    memcpy(p, r->body.data + r->body_off, k);
+    r->body_off += k;
+    return k;
+}
+
+int lk_req_write(lk_req *r, const char *p, size_t n)
+{
+    if (r->body_off == r->body.len) {  /* all of it went: start again */
+        lk_buf_reset(&r->body);
+        r->body_off = 0;
+    }
+    if (lk_buf_append(&r->body, p, n)) return -1;
+    if (r->paused && r->easy && !r->queued && !r->held && !r->retry_at) {
+        r->paused = 0;
+        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    }
+    return 0;
+}
+
 /* gRPC: grpc-status and grpc-message, from the answer's headers (an
  * answer with no message) or its trailers. Only collects. */
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
@@ -421,8 +450,16 @@ static int launch(lk_req *r)
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, r->headers);
     lk_tls_setopt(c, h->cfg, r->tls12);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, r->body.data ? r->body.data : "");
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)r->body.len);
+    if (r->upload) {  /* what has not been answered goes (again) from its start */
+        r->body_off = 0;
+        r->paused = 0;
+        curl_easy_setopt(c, CURLOPT_POST, 1L);
+        curl_easy_setopt(c, CURLOPT_READFUNCTION, on_read);
+        curl_easy_setopt(c, CURLOPT_READDATA, r);
+    } else {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, r->body.data ? r->body.data : "");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)r->body.len);
+    }
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(c, CURLOPT_PRIVATE, r);

@@ -72,6 +72,10 @@ struct lk_req {
     int tls12;               /* this attempt is capped at TLS 1.2 */
     int h2_retries;          /* gRPC: sent again for want of an HTTP/2 connection */
     int h2_pk;               /* gRPC: this attempt opens a connection (prior knowledge) */
+    int upload;              /* a stream whose request goes on too: body is
+                                what waits to be sent (lk_req_write) */
+    size_t body_off;         /* upload: how much of body libcurl took */
+    int paused;              /* upload: libcurl waits for more (paused) */
     int secret;              /* carries a password or token: its buffers
                                 are overwritten before they are freed */
     struct curl_slist *headers;  /* this attempt's (the token changes) */
@@ -124,6 +128,10 @@ lk_req *lk_req_new(lk_http *h, const char *path, lk_req_done_fn on_done,
  * time counts against its timeout). 0, or -1 (the request was freed
  * without on_done). */
 int lk_req_start(lk_req *r);
+/* An upload stream's next message: appended to what waits to be sent
+ * (or in place of it, once all of it went), and libcurl woken to send it.
+ * 0, or -1 (no memory). */
+int lk_req_write(lk_req *r, const char *p, size_t n);
 /* Abandons a request in flight without calling on_done, and frees it. */
 void lk_req_cancel(lk_req *r);
 /* Whether the request failed before an answer came (no connection, timeout). */

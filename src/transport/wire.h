@@ -48,6 +48,10 @@ typedef struct lk_wire {
      * error, *grpc_code its code or -1), -2 (MALFORMED); msg says why. */
     int (*stream_message)(const lk_req *r, const char *m, size_t n, lk_watch_resp *out,
                           char *msg, size_t msg_size, int *grpc_code);
+    /* One answer of a LeaseKeepAlive stream (NULL: the transport has no
+     * such stream; each renewal is a request of its own): 0 with *out, or
+     * -1 with msg (malformed). */
+    int (*lease_message)(const char *m, size_t n, lk_lease_resp *out, char *msg, size_t msg_size);
     /* How a watch stream ended: 1 when we ended it, else 0 with code, msg. */
     int (*stream_end)(lk_req *r, lk_err *code, char *msg, size_t msg_size);
     /* An Authenticate answer: 1 with the token in *token (a secret), 0
