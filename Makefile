@@ -1,5 +1,7 @@
 # locker — build, test, benchmark. `make help` lists the targets.
 LUA_VERSION ?= 5.4
+# how the clients of make chaos reach etcd (grpc or gateway)
+TRANSPORT ?= gateway
 LUA        ?= lua$(LUA_VERSION)
 PREFIX     ?= /usr/local
 DESTDIR    ?=
@@ -175,6 +177,14 @@ build/go-elect: tools/go-elect/main.go
 	cd tools/go-elect && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \
 	   GOCACHE=$(CURDIR)/build/gocache go build -o $(CURDIR)/build/go-elect .
 
+# etcd's own Go lock (clientv3/concurrency.Mutex), timed beside locker by
+# make bench (bench/transports.lua), built the same way.
+build/go-mutex: bench/go-mutex/main.go
+	@sh tools/install-deps $(GO_DEB)
+	@mkdir -p build/gocache
+	cd bench/go-mutex && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \
+	   GOCACHE=$(CURDIR)/build/gocache go build -o $(CURDIR)/build/go-mutex .
+
 # The gateway specs' misbehaving etcd gateway (a test tool, not sanitized).
 $(BUILD)/badgw: tools/badgw.c
 	@mkdir -p $(dir $@)
@@ -187,15 +197,16 @@ fuzz: ## libFuzzer (ASan + UBSan): answer decoders, stream framer, base64; FUZZ_
 tsan: deps ## a subset of the specs with the core under ThreadSanitizer
 	@LUA="$(LUA)" LUA_VERSION=$(LUA_VERSION) MAKE="$(MAKE)" sh tools/tsan-specs
 
-bench: deps ## speed and memory table against a throwaway etcd (a few minutes)
-	@$(MAKE) --no-print-directory all $(BUILD)/floor
+bench: deps ## speed and memory tables against a throwaway etcd: the gateway beside its floor, then gRPC, the gateway and etcd's Go Mutex side by side (several minutes)
+	@$(MAKE) --no-print-directory all $(BUILD)/floor build/go-mutex
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/nometrics CFLAGS="$(CFLAGS) -DLK_NO_METRICS" all
 	@$(LUA_ENV) FLOOR=$(BUILD)/floor BENCH_NOMETRICS_CPATH="$(CURDIR)/$(BUILD)/nometrics/?.so" \
 	   sh tools/with-etcd $(LUA) bench/bench.lua
+	@$(LUA_ENV) GO_MUTEX=build/go-mutex BENCH_LUA=$(LUA) sh tools/with-etcd $(LUA) bench/transports.lua
 
-chaos: deps ## mutual exclusion under faults: 15 minutes against a 3-member etcd (CHAOS_ARGS="--election", "--limit 3": a semaphore)
+chaos: deps ## mutual exclusion under faults: 15 minutes against a 3-member etcd (CHAOS_ARGS="--election", "--limit 3": a semaphore, "--lock-delay 1"; TRANSPORT=grpc)
 	@$(MAKE) --no-print-directory all $(BUILD)/faultproxy
-	@$(LUA_ENV) LOCKER_FAULTPROXY=$(BUILD)/faultproxy $(LUA) tools/chaos.lua --seconds 900 $(CHAOS_ARGS)
+	@$(LUA_ENV) LOCKER_TRANSPORT=$(TRANSPORT) LOCKER_FAULTPROXY=$(BUILD)/faultproxy $(LUA) tools/chaos.lua --seconds 900 $(CHAOS_ARGS)
 
 install: all ## install the modules (PREFIX, DESTDIR)
 	install -d $(LMOD_DIR)/locker $(CMOD_DIR)/locker

@@ -5,7 +5,7 @@
 //	go-mutex ENDPOINT uncontended SECONDS
 //	go-mutex ENDPOINT contended SECONDS N
 //	go-mutex ENDPOINT handover SECONDS HOLD_MS
-//	go-mutex ENDPOINT idle SECONDS N   (N sessions, ttl 3, each holding a lock)
+//	go-mutex ENDPOINT idle SECONDS N   (N clients, ttl 3, each holding a lock)
 //
 // Prints one line: "cycles N seconds S cpu C [p50 X p99 Y]" (cpu: this
 // process's user+system seconds; p50/p99: handover ms).
@@ -155,6 +155,11 @@ func main() {
 		var count int64
 		var mu sync.Mutex
 		for i := 0; i < arg; i++ {
+			// a client each, as each locker client is (a fleet: a process each)
+			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{os.Args[1]}, DialTimeout: 5 * time.Second})
+			if err != nil {
+				fail("connect: %v", err)
+			}
 			resp, err := cli.Grant(context.Background(), 3)
 			if err != nil {
 				fail("grant: %v", err)

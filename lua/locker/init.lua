@@ -1099,7 +1099,10 @@ function _M.new(opts)
         fail_opt("locker.new", "on_event", "a function", opts.on_event)
     end
     local transport = opts.transport
-    if transport == nil then transport = os.getenv("LOCKER_TRANSPORT") or "gateway" end
+    if transport == nil then
+        transport = os.getenv("LOCKER_TRANSPORT")
+        if transport == nil or transport == "" then transport = "gateway" end
+    end
     if not _M.TRANSPORTS[transport] then
         fail_opt("locker.new", "transport", '"grpc" or "gateway"', transport)
     end
