@@ -4,6 +4,16 @@
 #include <stdio.h>
 #include <string.h>
 
+int lk_etcd_prefix_end(lk_buf *out, lk_bytes prefix)
+{
+    size_t n = prefix.n;
+    while (n > 0 && (unsigned char)prefix.p[n - 1] == 0xff) n--;
+    if (n == 0) return -1;
+    if (lk_buf_append(out, prefix.p, n)) return -1;
+    out->data[n - 1] = (char)((unsigned char)out->data[n - 1] + 1);
+    return 0;
+}
+
 lk_range_req lk_recipe_key(lk_bytes key)
 {
     return (lk_range_req){.key = key};

@@ -7,6 +7,11 @@
 
 #include "etcd/requests.h"
 
+/* Smallest key greater than every key that starts with prefix (etcd's
+ * "prefix end", the range_end every transport sends for a request's
+ * prefix); written to out. 0 or -1 (no memory, or all bytes 0xff). */
+int lk_etcd_prefix_end(lk_buf *out, lk_bytes prefix);
+
 typedef struct lk_txn_build {
     lk_compare compare[1];
     lk_op success[3];

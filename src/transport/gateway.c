@@ -9,16 +9,6 @@
 
 #include "base/b64.h"
 
-int lk_etcd_prefix_end(lk_buf *out, lk_bytes prefix)
-{
-    size_t n = prefix.n;
-    while (n > 0 && (unsigned char)prefix.p[n - 1] == 0xff) n--;
-    if (n == 0) return -1;
-    if (lk_buf_append(out, prefix.p, n)) return -1;
-    out->data[n - 1] = (char)((unsigned char)out->data[n - 1] + 1);
-    return 0;
-}
-
 /* Appends "name":"<base64 of b>". */
 static int field64(lk_buf *out, const char *name, lk_bytes b)
 {

@@ -11,6 +11,7 @@
 
 #include "base/buf.h"
 #include "etcd/answers.h"
+#include "etcd/recipes.h"
 #include "etcd/requests.h"
 
 /* Gateway paths. */
@@ -23,10 +24,6 @@
 #define LK_PATH_WATCH     "/v3/watch"
 #define LK_PATH_PUT       "/v3/kv/put"
 #define LK_PATH_AUTH      "/v3/auth/authenticate"
-
-/* Smallest key greater than every key that starts with prefix (etcd's
- * "prefix end"); written to out. 0 or -1 (no memory, or all bytes 0xff). */
-int lk_etcd_prefix_end(lk_buf *out, lk_bytes prefix);
 
 /* Request bodies. Each appends to out and returns 0, or -1 (no memory). */
 int lk_etcd_grant_body(lk_buf *out, int64_t ttl);

@@ -84,12 +84,6 @@ static int auth_answer(lk_req *r, lk_buf *token, int *grpc_code, char *msg, size
     return rc;
 }
 
-static int stream_message(const lk_req *r, const char *m, size_t n, lk_watch_resp *out,
-                          char *msg, size_t msg_size, int *grpc_code)
-{
-    return lk_gw_stream_message(r, m, n, out, msg, msg_size, grpc_code);
-}
-
 const lk_wire lk_gateway_wire = {
     .name = "gateway",
     .range = LK_PATH_RANGE, .put = LK_PATH_PUT, .del = LK_PATH_DELETE, .txn = LK_PATH_TXN,
@@ -102,6 +96,6 @@ const lk_wire lk_gateway_wire = {
     .answer_range = lk_gw_answer_range, .answer_txn = lk_gw_answer_txn,
     .answer_lease = lk_gw_answer_lease,
     .answer_plain = lk_gw_answer_plain,
-    .stream_message = stream_message, .stream_end = lk_gw_stream_end,
+    .stream_message = lk_gw_stream_message, .stream_end = lk_gw_stream_end,
     .auth_answer = auth_answer,
 };

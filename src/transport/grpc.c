@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "transport/gateway.h"   /* lk_etcd_prefix_end */
+#include "etcd/recipes.h"   /* lk_etcd_prefix_end */
 #include "transport/proto/rpc.pb-c.h"
 
 typedef Etcdserverpb__RangeRequest RangeRequest;
@@ -238,17 +238,6 @@ int lk_grpc_watch_body(lk_buf *out, const lk_watch_req *w)
     int rc = frame(out, &m.base);
     lk_buf_free(&end);
     return rc;
-}
-
-int lk_grpc_progress_body(lk_buf *out)
-{
-    Etcdserverpb__WatchProgressRequest p;
-    etcdserverpb__watch_progress_request__init(&p);
-    Etcdserverpb__WatchRequest m;
-    etcdserverpb__watch_request__init(&m);
-    m.request_union_case = ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_PROGRESS_REQUEST;
-    m.progress_request = &p;
-    return frame(out, &m.base);
 }
 
 int lk_grpc_grant_body(lk_buf *out, int64_t ttl)

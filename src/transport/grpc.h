@@ -35,8 +35,6 @@ int lk_grpc_put_body(lk_buf *out, const lk_put_req *p);
 int lk_grpc_delete_body(lk_buf *out, const lk_delete_req *d);
 int lk_grpc_txn_body(lk_buf *out, const lk_txn_req *t);
 int lk_grpc_watch_body(lk_buf *out, const lk_watch_req *w);
-/* A WatchRequest asking for a progress note (the stream shows it is live). */
-int lk_grpc_progress_body(lk_buf *out);
 int lk_grpc_grant_body(lk_buf *out, int64_t ttl);
 int lk_grpc_lease_body(lk_buf *out, int64_t lease);  /* keepalive, revoke */
 /* The caller wipes out once it is sent (it holds the password). */

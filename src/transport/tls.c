@@ -11,8 +11,9 @@ void lk_tls_setopt(CURL *c, const lk_config *cfg, int max_tls12)
     curl_easy_setopt(c, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-    /* one request per connection, as over http: a stalled answer holds up
-     * no other (HTTP/2 would multiplex them all on one connection) */
+    /* the gateway: one request per connection, as over http, so a stalled
+     * answer holds up no other (http.c asks for HTTP/2 after this for gRPC,
+     * whose calls share one connection by design) */
     curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     if (!cfg->proxy_env) curl_easy_setopt(c, CURLOPT_PROXY, "");
     if (cfg->cacert) curl_easy_setopt(c, CURLOPT_CAINFO, cfg->cacert);
