@@ -38,9 +38,11 @@ static int call_failed(const lk_req *r, lk_err *code, char *msg, size_t msg_size
         return -1;
     }
     if (r->grpc_status < 0) {
-        *code = LK_ERR_PROTOCOL;
+        /* libcurl ends a call whose connection was cut after its headers
+         * as if it were done; gRPC's own clients call that Unavailable */
+        *code = LK_ERR_UNAVAILABLE;
         snprintf(msg, msg_size, "etcd at %s ended a gRPC call without its status "
-                 "(no grpc-status trailer)", ep);
+                 "(no grpc-status trailer: was the connection cut?)", ep);
         return -1;
     }
     if (r->grpc_status != GRPC_OK) {

@@ -636,10 +636,11 @@ const char *lk_req_endpoint(const lk_req *r)
  * off or without a leader (5xx). Another member may do better; every
  * request we send is safe to repeat (puts are guarded, deletes and reads
  * idempotent; a repeated grant leaves a lease that expires unused). */
-static int endpoint_fault(CURLcode rc, long status, int grpc_status)
+static int endpoint_fault(const lk_http *h, CURLcode rc, long status, int grpc_status)
 {
     switch (rc) {
-    case CURLE_OK: return status >= 500 || grpc_status == 14;  /* Unavailable */
+    case CURLE_OK:  /* 5xx; gRPC's Unavailable, or a call cut before its status */
+        return status >= 500 || grpc_status == 14 || (h->grpc && status == 200 && grpc_status < 0);
     case CURLE_HTTP2: case CURLE_HTTP2_STREAM:  /* RST_STREAM, GOAWAY */
     case CURLE_COULDNT_CONNECT: case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY: case CURLE_OPERATION_TIMEDOUT:
@@ -943,7 +944,7 @@ int lk_http_perform(lk_http *h)
             link_held(r);
             continue;
         }
-        int fault = !r->too_big && endpoint_fault(rc, status, r->grpc_status);
+        int fault = !r->too_big && endpoint_fault(h, rc, status, r->grpc_status);
         if (fault) lk_http_endpoint_failed(h, r->endpoint);
         else if (rc == CURLE_OK && !r->on_line) endpoint_ok(h, r->endpoint);
         if (fault && try_again(r)) continue;
