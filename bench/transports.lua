@@ -79,6 +79,35 @@ local function child(transport, mode, secs, arg)
         cycles = k1 - k0
         extra = (" requests %d"):format(r1 - r0)
         for i = 1, arg do cs[i]:close() end
+    elseif mode == "held" then
+        -- one client (ttl 3) holding arg locks, idle for secs: what it
+        -- sends then (renewals, and every other call by kind)
+        local c = assert(locker.new { endpoints = { ENDPOINT }, transport = transport,
+                                      prefix = prefix, ttl = 3 })
+        local n, failed = 0, nil
+        for i = 1, arg do
+            locker.spawn(function()
+                local l, msg = c:lock("held" .. i, "v")
+                if l then n = n + 1 else failed = failed or msg end
+            end)
+        end
+        while n < arg and not failed do locker.sleep(0.05) end
+        assert(not failed, failed)
+        local function calls()
+            local m, total = c:metrics(), 0
+            for kind, by in pairs(m.requests) do
+                if kind ~= "lease_keepalive" then total = total + by.ok + by.failed end
+            end
+            return m.renewals_sent, total
+        end
+        locker.sleep(0.5)  -- the last answers settle
+        local k0, r0 = calls()
+        c0, t0 = self_cpu(), now()
+        locker.sleep(secs)
+        local k1, r1 = calls()
+        cycles = k1 - k0
+        extra = (" requests %d held %d"):format(r1 - r0, c:metrics().locks_held)
+        c:close()
     else  -- handover
         local a, b = client(), client()
         assert(a:lock("warm-a", "v")):release()
@@ -127,7 +156,7 @@ local function etcd_cpu()
 end
 
 local function run(who, mode, a)
-    local span = mode == "idle" and IDLE_SECONDS or SECONDS
+    local span = (mode == "idle" or mode == "held") and IDLE_SECONDS or SECONDS
     local cmd = who == "go" and ("%s %s %s %s %s"):format(GO, ENDPOINT, mode, span, a)
         or ("%s bench/transports.lua child %s %s %s %s"):format(LUA, who, mode, span, a)
     local e0 = etcd_cpu()
@@ -139,7 +168,8 @@ local function run(who, mode, a)
     assert(cycles, who .. " " .. mode .. " failed: " .. out)
     cycles = tonumber(cycles)
     return { rate = cycles / tonumber(secs), etcd = (e1 - e0) / cycles * 1000, n = cycles,
-             requests = tonumber(out:match("requests (%d+)")),
+             requests = tonumber(out:match("requests (%d+)")), held = tonumber(out:match("held (%d+)")),
+             etcd_total = e1 - e0, cpu_ms = tonumber(cpu) * 1000,
              client = tonumber(cpu) / cycles * 1000,
              p50 = tonumber(out:match("p50 ([%d.]+)")), p99 = tonumber(out:match("p99 ([%d.]+)")) }
 end
@@ -176,6 +206,16 @@ for _ = 1, ROUNDS do
         r.etcd = r.n > 0 and math.max(0, r.etcd - alone / r.n * 1000) or 0
         g.i[#g.i + 1] = r
     end
+end
+
+-- 10 000 held locks, idle: once per transport, after the rounds
+local HELD = tonumber(os.getenv("TRANSPORT_HELD") or "10000")
+local held = {}
+for _, w in ipairs { "grpc", "gateway" } do
+    local alone = etcd_alone()
+    local r = run(w, "held", HELD)
+    r.etcd_net = math.max(0, r.etcd_total - alone)
+    held[w] = r
 end
 
 local function med(list, key)
@@ -220,5 +260,14 @@ for _, w in ipairs(whos) do
     print(("| %s | %.0f | %s | %.0f | %s |"):format(names[w], med(g.i, "n"),
           g.i[1].requests and tostring(med(g.i, "requests")) or "—", med(g.i, "etcd") * 1000,
           x and ("%.2f"):format(x) or "—"))
+end
+print(("\none client (ttl 3) holding %d locks, idle for %g s: what it sends"
+       .. " (target: a renewal every ttl/3 and nothing else)"):format(HELD, IDLE_SECONDS))
+print("| who | locks held | renewals | other calls | etcd CPU ms (net) | client CPU ms |")
+print("|---|---:|---:|---:|---:|---:|")
+for _, w in ipairs { "grpc", "gateway" } do
+    local r = held[w]
+    print(("| %s | %d | %d | %d | %.0f | %.0f |"):format(names[w], r.held, r.n, r.requests,
+          r.etcd_net * 1000, r.cpu_ms))
 end
 if not GO then print("(no Go toolchain: etcd's Go client not measured)") end

@@ -77,6 +77,29 @@ describe("locks", function()
         c:close()
     end)
 
+    it("acquires a burst of locks longer than the request timeout takes to drain", function()
+        -- 40 lock() calls at once, 7 requests in flight at a time, each
+        -- answer 150 ms late: the last ones wait in the client's queue
+        -- longer than the 0.4 s request timeout, which is not etcd's fault
+        local proxy = helper.proxy(etcd)
+        local c = client({ endpoints = { proxy.endpoint }, timeout = 0.4 })
+        assert(c:lock("warm", "v")):release()
+        proxy:mode("delay 150")
+        local boxes = {}
+        for i = 1, 40 do boxes[i] = helper.go(function() return c:lock("burst" .. i, "v") end) end
+        helper.wait_until("every lock() to return", function()
+            for _, b in ipairs(boxes) do if not b.done then return false end end
+            return true
+        end, 20)
+        proxy:mode("delay 0")
+        for i, b in ipairs(boxes) do
+            assert.truthy(b.r[1], ("lock %d: %s"):format(i, tostring(b.r[2])))
+            assert.is_true(b.r[1]:owned())
+        end
+        c:close()
+        proxy:stop()
+    end)
+
     it("returns nil, msg, 'locked' for wait = false on a held lock, leaving no key", function()
         local a, b = client(), client()
         local lock = assert(a:lock("try", "a"))

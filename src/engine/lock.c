@@ -391,6 +391,9 @@ static void send_txn(lk_locks *ls, lk_lock *l, const lk_txn_req *txn,
     l->seen_rev = 0;  /* the answer will reflect every change seen so far */
     l->req = lk_send_txn(ls->io, txn, done, l, time_left(ls, l));
     if (!l->req) transient(ls, l, LK_ERR_NOMEM, "could not start a request");
+    /* lock() bounds its own wait (lk_locks_tick): a burst of locks that
+     * waits for a free connection is not etcd being unreachable */
+    else if (!l->reported) lk_req_patient(l->req);
 }
 
 static void on_set(lk_req *r);

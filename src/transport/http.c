@@ -533,6 +533,7 @@ static void start_queued(lk_http *h)
 {
     while (h->queue && h->n_counted < LK_MAX_REQUESTS) {
         lk_req *r = h->queue;
+        if (r->patient && r->timeout_ms > 0) r->deadline = lk_now_ms() + r->timeout_ms;
         if (out_of_time(r)) {  /* its time went by in the queue: not the member's fault */
             unlink_req(r);
             link_inflight(r);
@@ -562,6 +563,11 @@ static void enqueue(lk_req *r)
     if (h->queue_tail) h->queue_tail->next = r;
     else h->queue = r;
     h->queue_tail = r;
+}
+
+void lk_req_patient(lk_req *r)
+{
+    r->patient = 1;
 }
 
 int lk_req_start(lk_req *r)

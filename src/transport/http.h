@@ -56,6 +56,7 @@ struct lk_req {
     int64_t tag_rev;         /* and which key of it, a write was for) */
     void *sender;            /* whoever notes its answer (io.c's lk_io) */
     int urgent;              /* never queued (lease renewals) */
+    int patient;             /* its timeout counts from leaving the queue */
     int queued;              /* waiting for a free slot, not yet sent */
     int64_t queued_at;       /* ms: when it started waiting */
     int64_t sent_at;         /* ms: when it was last handed to libcurl */
@@ -128,6 +129,10 @@ lk_req *lk_req_new(lk_http *h, const char *path, lk_req_done_fn on_done,
  * time counts against its timeout). 0, or -1 (the request was freed
  * without on_done). */
 int lk_req_start(lk_req *r);
+/* The queue time of r does not count against its timeout: its owner bounds
+ * the wait (a lock that lock() waits for). Call it before the next
+ * lk_http_perform. */
+void lk_req_patient(lk_req *r);
 /* An upload stream's next message: appended to what waits to be sent
  * (or in place of it, once all of it went), and libcurl woken to send it.
  * 0, or -1 (no memory). */
