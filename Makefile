@@ -114,13 +114,13 @@ ngx-build:
 	@$(MAKE) --no-print-directory LUA_VERSION=jit BUILD=$(NGX_BUILD) all
 
 test: deps ## lint, fuzz briefly, and the specs on Lua 5.4, LuaJIT, 5.1, 5.3 and under ASan+UBSan (CI)
-	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw \
+	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw $(BUILD)/badgrpc \
 	   $(BUILD)/codec_probe.so ngx-build build/go-elect
 	@sh tools/install-deps $(FUZZ_DEB) && sh fuzz/run $(FUZZ_TEST_SECONDS)
 	@MAKE="$(MAKE)" BUILD=$(BUILD) NGX_BUILD=$(NGX_BUILD) sh tools/test-matrix
 
 check: deps ## the quick loop: lint, build, and the specs on LUA_VERSION but the long ones (cluster, chaos, nginx), two at a time
-	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw \
+	@$(MAKE) --no-print-directory lint all $(BUILD)/faultproxy $(BUILD)/badgw $(BUILD)/badgrpc \
 	   $(BUILD)/codec_probe.so build/go-elect
 	@LOCKER_BUILD=$(BUILD) LUA="$(LUA)" SPEC_JOBS=$${SPEC_JOBS:-2} \
 	   SKIP_SPECS="$${SKIP_SPECS:-cluster chaos nginx nginx_upstream}" sh tools/run-specs
@@ -145,7 +145,7 @@ sanitize: deps ## the specs with the core built under ASan + UBSan (not nginx's:
 	@$(MAKE) --no-print-directory BUILD=build/sanitize \
 	   OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	   LDFLAGS="-fsanitize=address,undefined" all build/sanitize/faultproxy build/sanitize/badgw \
-	   build/sanitize/codec_probe.so
+	   build/sanitize/badgrpc build/sanitize/codec_probe.so
 	@LOCKER_BUILD=build/sanitize LUA="$(LUA)" LOCKER_SANITIZE=1 SKIP_SPECS="$${SKIP_SPECS:-nginx nginx_upstream}" sh tools/run-specs
 
 LUA_ENV = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;"
@@ -189,6 +189,12 @@ build/go-mutex: bench/go-mutex/main.go
 $(BUILD)/badgw: tools/badgw.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c99 -O2 -Wall -Wextra -o $@ tools/badgw.c
+
+# The gRPC specs' misbehaving etcd gRPC server (HTTP/2 by nghttp2; a test
+# tool, not sanitized).
+$(BUILD)/badgrpc: tools/badgrpc.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c99 -O2 -Wall -Wextra -o $@ tools/badgrpc.c $(shell $(PKG_CONFIG) --libs libnghttp2)
 
 fuzz: ## libFuzzer (ASan + UBSan): answer decoders, stream framer, base64; FUZZ_SECONDS each
 	@sh tools/install-deps $(DEPS_DEB) $(FUZZ_DEB)

@@ -259,6 +259,10 @@ static int line_to_req(void *ctx, const char *line, size_t n)
  * the stream, -1 when the stream cannot be read on (r->error says why). */
 static int split_frames(lk_req *r)
 {
+    /* an HTTP/1.1 answer (etcd's 404 page to a call that found no HTTP/2
+     * connection) or an error page is not read as frames: it is judged,
+     * or sent again, once it ends */
+    if (!r->grpc_ok) return 0;
     size_t at = 0;
     int stop = 0;
     for (;;) {
@@ -330,7 +334,9 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     memcpy(line, p, len);
     line[len] = '\0';
     while (len && (line[len - 1] == '\r' || line[len - 1] == '\n')) line[--len] = '\0';
-    if (!strncasecmp(line, "grpc-status:", 12)) {
+    if (!strncmp(line, "HTTP/", 5)) {  /* a status line: only HTTP/2's 200 carries frames */
+        r->grpc_ok = !strncmp(line, "HTTP/2 200", 10);
+    } else if (!strncasecmp(line, "grpc-status:", 12)) {
         char *end;
         long v = strtol(line + 12, &end, 10);
         r->grpc_status = end != line + 12 && v >= 0 && v < 1000 ? (int)v : 2;  /* Unknown */
@@ -489,6 +495,7 @@ static int launch(lk_req *r)
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, r->headers);
     }
     r->grpc_status = -1;
+    r->grpc_ok = 0;
     r->grpc_msg[0] = '\0';
     r->error[0] = '\0';
     r->result = CURLE_OK;
@@ -892,12 +899,26 @@ static int tls_handled(lk_req *r, CURLcode rc)
     }
 }
 
-/* gRPC: notes whether r went over HTTP/2. One that found no connection
+/* gRPC: a stream that ended inside a message (its length said more than
+ * came) is unreadable, whatever its status said. */
+static void note_cut_message(lk_req *r)
+{
+    char why[256];
+    snprintf(why, sizeof why, "etcd at %s ended a gRPC stream inside a message "
+             "(a truncated gRPC message)", lk_req_endpoint(r));
+    r->fail_code = LK_ERR_PROTOCOL;
+    free(r->fail_msg);
+    r->fail_msg = strdup(why);
+}
+
+/* gRPC: notes whether r went over HTTP/2 (*rcp: libcurl's result, which
+ * an HTTP/1.1 answer that stays one becomes a fault). One that found no connection
  * went as HTTP/1.1 (etcd's 404): it goes again, opening one; one that met
  * libcurl's bug (prior knowledge on a connection that exists) goes again
  * on that connection. Whether r went again. */
-static int h2_settled(lk_req *r, CURLcode rc)
+static int h2_settled(lk_req *r, CURLcode *rcp)
 {
+    CURLcode rc = *rcp;
     lk_http *h = r->http;
     long version = 0, connects = 1;
     curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &version);
@@ -912,13 +933,29 @@ static int h2_settled(lk_req *r, CURLcode rc)
     } else if (rc == CURLE_HTTP2 && r->h2_pk && connects == 0) {  /* the bug */
         h->h2[r->endpoint] = H2_UP;
         again = 1;
+    } else if (rc == CURLE_HTTP2_STREAM && h->h2[r->endpoint] == H2_OPENING && r->h2_pk &&
+               !strstr(r->error, "end of the underlying stream")) {
+        /* a reset (RST_STREAM) ends a call, not its connection: asking for
+         * prior knowledge on it again would meet the bug, for every later
+         * call (libcurl says "before end of the underlying stream" when the
+         * connection went) */
+        h->h2[r->endpoint] = H2_UP;
+        again = 0;
     } else {                                /* a fault: the connection may be gone */
         if (h->h2[r->endpoint] == H2_OPENING && r->h2_pk) h->h2[r->endpoint] = H2_NONE;
         again = 0;
     }
-    if (!again || r->h2_retries++ >= 2) return 0;
+    if (!again) return 0;
+    if (r->h2_retries++ >= 2) {
+        if (rc == CURLE_OK) {  /* HTTP/1.1 again: no answer of etcd's, a member without HTTP/2 */
+            *rcp = CURLE_HTTP2;
+            snprintf(r->error, sizeof r->error, "no HTTP/2 connection could be opened "
+                     "(the calls went out as HTTP/1.1)");
+        }
+        return 0;
+    }
     if (launch(r) == 0) return 1;
-    r->result = CURLE_OUT_OF_MEMORY;
+    *rcp = r->result = CURLE_OUT_OF_MEMORY;
     return 0;
 }
 
@@ -938,7 +975,7 @@ int lk_http_perform(lk_http *h)
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
         curl_multi_remove_handle(h->multi, m->easy_handle);
         if (rc == CURLE_FILESIZE_EXCEEDED) r->too_big = 1;
-        if (h->grpc && h2_settled(r, rc)) continue;
+        if (h->grpc && h2_settled(r, &rc)) continue;
         if (rc != CURLE_OK) {
             r->result = rc;  /* for lk_req_error */
             if (tls_handled(r, rc)) continue;
@@ -960,6 +997,8 @@ int lk_http_perform(lk_http *h)
             /* (not after on_line asked to stop: the rest is not for it) */
             if (split_lines(r) == 0 && r->answer.len && !h->grpc)
                 r->on_line(r, r->answer.data, r->answer.len);
+            else if (h->grpc && r->grpc_ok && r->answer.len && !r->fail_code && rc == CURLE_OK)
+                note_cut_message(r);
             lk_buf_reset(&r->answer);
         }
         finish(r);

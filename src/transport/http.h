@@ -85,6 +85,7 @@ struct lk_req {
     CURLcode result;
     long status;
     int grpc_status;         /* gRPC: grpc-status of the answer, -1: none came */
+    int grpc_ok;             /* gRPC: the answer is HTTP/2 200 (its body is frames) */
     char grpc_msg[256];      /* gRPC: grpc-message, decoded */
     char error[CURL_ERROR_SIZE];
     lk_req *prev, *next;     /* in-flight list */
