@@ -23,14 +23,10 @@ local GUARD = 512 * MIB  -- a call whose memory grows past this is cut short
 local function gateway(scenario)
     local gw = helper.tool("badgw", badgw, scenario)
     gw.scenario = scenario
-    gw.stats = gw.command
     return gw
 end
 
--- This process's resident memory, KiB.
-local function rss()
-    return tonumber(helper.read("/proc/self/status"):match("VmRSS:%s*(%d+)"))
-end
+local rss = helper.rss
 
 -- Clients made by the running test; after_each closes any left open.
 local clients = {}
@@ -69,11 +65,7 @@ local function bounded(c, limit, guard, fn, ...)
     return box
 end
 
-local function set_of(list)
-    local s = {}
-    for _, v in ipairs(list) do s[v] = true end
-    return s
-end
+local set_of = helper.set_of
 
 -- Why box is not "nil, msg, code" in time with code in codes (nil: it is).
 local function problem(what, box, limit, codes)

@@ -27,14 +27,10 @@ local MAX_CONNS, MAX_STREAMS = 40, 60  -- at most, in LOOP_SECONDS
 local function server(scenario)
     local srv = helper.tool("badgrpc", badgrpc, scenario)
     srv.scenario = scenario
-    srv.stats = srv.command
     return srv
 end
 
--- This process's resident memory, KiB.
-local function rss()
-    return tonumber(helper.read("/proc/self/status"):match("VmRSS:%s*(%d+)"))
-end
+local rss = helper.rss
 
 -- Clients made by the running test (or setup); cleanup closes them.
 local clients = {}
@@ -145,11 +141,7 @@ local function run_all(srv, loop_srv)
     return run
 end
 
-local function set_of(list)
-    local s = {}
-    for _, v in ipairs(list) do s[v] = true end
-    return s
-end
+local set_of = helper.set_of
 
 -- Why box is not "nil, msg, code" in time, with code in case.codes and msg
 -- naming the problem (one of case.words, Lua patterns) and the endpoint

@@ -190,6 +190,18 @@ function helper.connections(port)
     return n
 end
 
+--- Resident memory of process pid (default: this one), KiB.
+function helper.rss(pid)
+    return tonumber(helper.read("/proc/" .. (pid or "self") .. "/status"):match("VmRSS:%s*(%d+)"))
+end
+
+--- { [v] = true } for each v of list.
+function helper.set_of(list)
+    local s = {}
+    for _, v in ipairs(list) do s[v] = true end
+    return s
+end
+
 local Tool = {}
 Tool.__index = Tool
 
@@ -248,6 +260,10 @@ function Tool:command(line)
     return fields
 end
 
+--- Tool:stats([line]): the tool's stats (after line, when given), as
+-- Tool:command.
+Tool.stats = Tool.command
+
 --- Ends the tool (its connections with it) and waits until it is gone.
 -- Idempotent.
 function Tool:close()
@@ -290,11 +306,8 @@ function Proxy:mode(line)
     return self:command(line)
 end
 
---- { conns = open connections, accepted = connections so far, dropped =
--- requests swallowed so far }.
-function Proxy:stats()
-    return self:command(nil)
-end
+-- Proxy:stats() (Tool's): { conns = open connections, accepted =
+-- connections so far, dropped = requests swallowed so far }.
 
 --- Cuts every connection through the proxy and stops listening.
 function Proxy:stop()

@@ -145,9 +145,7 @@ local function count(dir)
     return tonumber(out:match("%d+"))
 end
 
-local function rss_kb(pid)
-    return tonumber(helper.read("/proc/" .. pid .. "/status"):match("VmRSS:%s*(%d+)"))
-end
+local rss_kb = helper.rss
 
 local error_lines, bad_lines = nginx_helper.error_lines, nginx_helper.bad_lines
 

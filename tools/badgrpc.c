@@ -201,6 +201,17 @@ static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *out, size_t le
 }
 
 /* 200 and application/grpc, then st's body (and trailers). */
+/* A trailers-only answer: HTTP 200 and grpc-status code with message. */
+static void trailers_only(nghttp2_session *s, int32_t id, const char *code, const char *message)
+{
+    nghttp2_nv h[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
+                       { (uint8_t *)"grpc-status", (uint8_t *)code, 11, strlen(code),
+                         NGHTTP2_NV_FLAG_NONE },
+                       { (uint8_t *)"grpc-message", (uint8_t *)message, 12, strlen(message),
+                         NGHTTP2_NV_FLAG_NONE } };
+    nghttp2_submit_response(s, id, h, 4, NULL);
+}
+
 static void answer_body(nghttp2_session *s, int32_t id, struct stream *st, int body,
                         const unsigned char *fixed, size_t len, int trailers)
 {
@@ -261,20 +272,12 @@ static void respond(struct conn *c, int32_t id, struct stream *st)
          * the call for never seen; the connection closes once it is sent */
         if (c->calls == 1) nghttp2_session_terminate_session(s, NGHTTP2_NO_ERROR);
         break;
-    case STATUS_UNAVAILABLE: {
-        nghttp2_nv h[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-                           NV("grpc-status", "14"),
-                           NV("grpc-message", "badgrpc: etcdserver: no leader") };
-        nghttp2_submit_response(s, id, h, 4, NULL);
+    case STATUS_UNAVAILABLE:
+        trailers_only(s, id, "14", "badgrpc: etcdserver: no leader");
         break;
-    }
-    case STATUS_INTERNAL: {
-        nghttp2_nv h[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-                           NV("grpc-status", "13"),
-                           NV("grpc-message", "badgrpc: internal failure") };
-        nghttp2_submit_response(s, id, h, 4, NULL);
+    case STATUS_INTERNAL:
+        trailers_only(s, id, "13", "badgrpc: internal failure");
         break;
-    }
     case HTTP500: {
         nghttp2_nv h[] = { NV(":status", "500"), NV("content-type", "text/plain") };
         nghttp2_submit_response(s, id, h, 2, NULL);

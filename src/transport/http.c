@@ -798,13 +798,19 @@ int64_t lk_http_next_wakeup(const lk_http *h)
 
 /* r, in flight, ends now for a reason of ours (code, msg) instead of an
  * answer. */
+/* Our own reason why r failed (code, msg), over whatever libcurl says. */
+static void set_fault(lk_req *r, lk_err code, const char *msg)
+{
+    r->fail_code = code;
+    free(r->fail_msg);
+    r->fail_msg = strdup(msg);
+}
+
 static void fail_req(lk_req *r, CURLcode rc, lk_err code, const char *msg)
 {
     r->result = rc;
     r->status = 0;
-    r->fail_code = code;
-    free(r->fail_msg);
-    r->fail_msg = strdup(msg);
+    set_fault(r, code, msg);
     /* cut to fit: the whole message stays in fail_msg */
     snprintf(r->error, sizeof r->error, "%.*s", (int)sizeof r->error - 1, msg);
     finish(r);
@@ -906,9 +912,7 @@ static void note_cut_message(lk_req *r)
     char why[256];
     snprintf(why, sizeof why, "etcd at %s ended a gRPC stream inside a message "
              "(a truncated gRPC message)", lk_req_endpoint(r));
-    r->fail_code = LK_ERR_PROTOCOL;
-    free(r->fail_msg);
-    r->fail_msg = strdup(why);
+    set_fault(r, LK_ERR_PROTOCOL, why);
 }
 
 /* gRPC: notes whether r went over HTTP/2 (*rcp: libcurl's result, which
