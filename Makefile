@@ -158,6 +158,13 @@ $(BUILD)/floor: bench/floor.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -Wall -Wextra -o $@ bench/floor.c $(DEP_LIBS)
 
+# The gRPC floor: the module's protobuf code, libcurl and libnghttp2.
+FLOOR_GRPC_SRC = bench/floor_grpc.c src/transport/proto/rpc.pb-c.c src/transport/proto/kv.pb-c.c
+$(BUILD)/floor-grpc: $(FLOOR_GRPC_SRC)
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu99 -O2 -Isrc $(WARN) $(DEP_CFLAGS) -o $@ $(FLOOR_GRPC_SRC) $(DEP_LIBS) \
+	   $(shell $(PKG_CONFIG) --libs libnghttp2) -pthread
+
 # The fault specs' proxy (not sanitized: it is a test tool, not the module).
 $(BUILD)/faultproxy: tools/faultproxy.c
 	@mkdir -p $(dir $@)
@@ -204,11 +211,12 @@ tsan: deps ## a subset of the specs with the core under ThreadSanitizer
 	@LUA="$(LUA)" LUA_VERSION=$(LUA_VERSION) MAKE="$(MAKE)" sh tools/tsan-specs
 
 bench: deps ## speed and memory tables against a throwaway etcd: the gateway beside its floor, then gRPC, the gateway and etcd's Go Mutex side by side (several minutes)
-	@$(MAKE) --no-print-directory all $(BUILD)/floor build/go-mutex
+	@$(MAKE) --no-print-directory all $(BUILD)/floor $(BUILD)/floor-grpc build/go-mutex
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/nometrics CFLAGS="$(CFLAGS) -DLK_NO_METRICS" all
 	@$(LUA_ENV) FLOOR=$(BUILD)/floor BENCH_NOMETRICS_CPATH="$(CURDIR)/$(BUILD)/nometrics/?.so" \
 	   sh tools/with-etcd $(LUA) bench/bench.lua
-	@$(LUA_ENV) GO_MUTEX=build/go-mutex BENCH_LUA=$(LUA) sh tools/with-etcd $(LUA) bench/transports.lua
+	@$(LUA_ENV) GO_MUTEX=build/go-mutex FLOOR_GRPC=$(BUILD)/floor-grpc BENCH_LUA=$(LUA) \
+	   sh tools/with-etcd $(LUA) bench/transports.lua
 
 chaos: deps ## mutual exclusion under faults: 15 minutes against a 3-member etcd (CHAOS_ARGS="--election", "--limit 3": a semaphore, "--lock-delay 1"; TRANSPORT=grpc)
 	@$(MAKE) --no-print-directory all $(BUILD)/faultproxy

@@ -2,7 +2,12 @@
 -- gateway) beside etcd's own Go lock (clientv3/concurrency.Mutex, built
 -- from Debian's golang-etcd-server-dev when a Go toolchain is there:
 -- GO_MUTEX names the program), interleaved round by round, each scenario
--- in a process of its own. etcd's CPU is read from /proc/PID/stat of the
+-- in a process of its own. Two floors go in the uncontended rounds too
+-- (FLOOR_GRPC names bench/floor_grpc.c's program): the same two gRPC calls
+-- a cycle needs, with nothing else, over libcurl's HTTP/2 and over
+-- libnghttp2 alone from one thread, and over libnghttp2 on an I/O thread
+-- that the caller hands each call to (locker's shape), to show what each
+-- HTTP/2 stack, and the hand-over, allow on this machine. etcd's CPU is read from /proc/PID/stat of the
 -- bench's own etcd (LOCKER_ETCD_PID, set by tools/with-etcd) around each
 -- run; the client's CPU by the client itself. Rounds: TRANSPORT_ROUNDS (5);
 -- each run BENCH_SECONDS (2).
@@ -20,6 +25,20 @@ local function self_cpu()
     local fields = {}
     for x in s:match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = x end
     return (tonumber(fields[12]) + tonumber(fields[13])) / 100  -- utime, stime (ticks)
+end
+
+-- etcd's CPU seconds so far (LOCKER_ETCD_PID: the bench's own etcd), nil
+-- without it: the idle spans read it around themselves, so that setting
+-- clients up and closing them (revoking their leases) is not counted.
+local function etcd_cpu_now()
+    local pid = os.getenv("LOCKER_ETCD_PID")
+    local f = pid and io.open("/proc/" .. pid .. "/stat")
+    if not f then return nil end
+    local s = f:read("*a")
+    f:close()
+    local fields = {}
+    for x in s:match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = x end
+    return (tonumber(fields[12]) + tonumber(fields[13])) / 100
 end
 
 local function pct(list, p)
@@ -70,14 +89,24 @@ local function child(transport, mode, secs, arg)
                                         prefix = prefix, ttl = 3 })
             assert(cs[i]:lock("idle" .. i, "v"))
         end
+        -- the span starts once every client renewed once: its renewal
+        -- stream is open then (Go's session opens its own, and sends its
+        -- first renewal, before its span starts too)
+        local by = now() + 5
+        for i = 1, arg do
+            while cs[i]:stats().keepalives == 0 and now() < by do locker.sleep(0.05) end
+        end
+        locker.sleep(0.1)
         local k0, r0 = 0, 0
         for i = 1, arg do k0, r0 = k0 + cs[i]:stats().keepalives, r0 + cs[i]:stats().requests end
+        local e0 = etcd_cpu_now()
         c0, t0 = self_cpu(), now()
         locker.sleep(secs)
+        local e1 = etcd_cpu_now()
         local k1, r1 = 0, 0
         for i = 1, arg do k1, r1 = k1 + cs[i]:stats().keepalives, r1 + cs[i]:stats().requests end
         cycles = k1 - k0
-        extra = (" requests %d"):format(r1 - r0)
+        extra = (" requests %d"):format(r1 - r0) .. (e0 and (" etcd %.4f"):format(e1 - e0) or "")
         for i = 1, arg do cs[i]:close() end
     elseif mode == "held" then
         -- one client (ttl 3) holding arg locks, idle for secs: what it
@@ -102,11 +131,14 @@ local function child(transport, mode, secs, arg)
         end
         locker.sleep(0.5)  -- the last answers settle
         local k0, r0 = calls()
+        local e0 = etcd_cpu_now()
         c0, t0 = self_cpu(), now()
         locker.sleep(secs)
+        local e1 = etcd_cpu_now()
         local k1, r1 = calls()
         cycles = k1 - k0
         extra = (" requests %d held %d"):format(r1 - r0, c:metrics().locks_held)
+            .. (e0 and (" etcd %.4f"):format(e1 - e0) or "")
         c:close()
     else  -- handover
         local a, b = client(), client()
@@ -139,25 +171,21 @@ end
 
 -- --------------------------------------------------------------- parent --
 
-local ETCD_PID = os.getenv("LOCKER_ETCD_PID")
 local GO = os.getenv("GO_MUTEX")
 if GO == "" or (GO and not io.open(GO)) then GO = nil end
+local FLOOR = os.getenv("FLOOR_GRPC")
+if FLOOR == "" or (FLOOR and not io.open(FLOOR)) then FLOOR = nil end
 local LUA = os.getenv("BENCH_LUA") or "lua5.4"
 
 local function etcd_cpu()
-    if not ETCD_PID then return 0 end
-    local f = io.open("/proc/" .. ETCD_PID .. "/stat")
-    if not f then return 0 end
-    local s = f:read("*a")
-    f:close()
-    local fields = {}
-    for x in s:match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = x end
-    return (tonumber(fields[12]) + tonumber(fields[13])) / 100
+    return etcd_cpu_now() or 0
 end
 
 local function run(who, mode, a)
     local span = (mode == "idle" or mode == "held") and IDLE_SECONDS or SECONDS
+    local stack = who:match("^floor%-(.*)")
     local cmd = who == "go" and ("%s %s %s %s %s"):format(GO, ENDPOINT, mode, span, a)
+        or stack and ("%s %s %s %s"):format(FLOOR, ENDPOINT, span, stack)
         or ("%s bench/transports.lua child %s %s %s %s"):format(LUA, who, mode, span, a)
     local e0 = etcd_cpu()
     local p = io.popen(cmd .. " 2>&1")
@@ -167,6 +195,8 @@ local function run(who, mode, a)
     local cycles, secs, cpu = out:match("cycles (%d+) seconds ([%d.]+) cpu ([%d.]+)")
     assert(cycles, who .. " " .. mode .. " failed: " .. out)
     cycles = tonumber(cycles)
+    local span_etcd = tonumber(out:match(" etcd ([%d.]+)"))  -- over the child's own span
+    if span_etcd then e0, e1 = 0, span_etcd end
     return { rate = cycles / tonumber(secs), etcd = (e1 - e0) / cycles * 1000, n = cycles,
              requests = tonumber(out:match("requests (%d+)")), held = tonumber(out:match("held (%d+)")),
              etcd_total = e1 - e0, cpu_ms = tonumber(cpu) * 1000,
@@ -194,8 +224,14 @@ local IDLE_CLIENTS = 50
 local whos = { "grpc", "gateway" }
 if GO then whos[#whos + 1] = "go" end
 local got = {}
+local floors = FLOOR and { "floor-curl", "floor-nghttp2", "floor-nghttp2-thread" } or {}
 for _, w in ipairs(whos) do got[w] = { u = {}, c = {}, h = {}, i = {} } end
+for _, w in ipairs(floors) do got[w] = { u = {} } end
 for _ = 1, ROUNDS do
+    for _, w in ipairs(floors) do
+        local u = got[w].u
+        u[#u + 1] = run(w, "uncontended", 0)
+    end
     for _, w in ipairs(whos) do
         local g = got[w]
         g.u[#g.u + 1] = run(w, "uncontended", 0)
@@ -237,7 +273,10 @@ print(("\ntransports, %d interleaved rounds of %g s each (medians; ratios to Go'
 print("| who | uncontended cycles/s | ÷ Go | etcd CPU ms / cycle | ÷ Go | client CPU ms / cycle"
       .. " | 8→1 contended cycles/s | ÷ Go | handover p50 / p99 ms |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-local names = { grpc = "locker, gRPC", gateway = "locker, gateway", go = "Go concurrency.Mutex" }
+local names = { grpc = "locker, gRPC", gateway = "locker, gateway", go = "Go concurrency.Mutex",
+                ["floor-curl"] = "floor: 2 calls, 1 thread, libcurl HTTP/2",
+                ["floor-nghttp2"] = "floor: 2 calls, 1 thread, libnghttp2",
+                ["floor-nghttp2-thread"] = "floor: 2 calls, libnghttp2 on an I/O thread" }
 for _, w in ipairs(whos) do
     local g = got[w]
     local function r(set, key)
@@ -249,6 +288,16 @@ for _, w in ipairs(whos) do
         r("u", "etcd"), med(g.u, "client"), med(g.c, "rate"), r("c", "rate"),
         med(g.h, "p50"), med(g.h, "p99")))
 end
+for _, w in ipairs(floors) do
+    local g = got[w]
+    local function r(key)
+        local x = ratio(w, "u", key)
+        return x and ("%.2f"):format(x) or "—"
+    end
+    print(("| %s | %.0f | %s | %.3f | %s | %.3f | — | — | — |"):format(names[w], med(g.u, "rate"),
+          r("rate"), med(g.u, "etcd"), r("etcd"), med(g.u, "client")))
+end
+if not FLOOR then print("(no gRPC floor program: FLOOR_GRPC not set)") end
 print(("\n%d idle clients (ttl 3), each holding a lock, for %g s: etcd's CPU per renewal"
        .. " (and whatever else idle clients send; net of etcd's CPU alone over as long)")
       :format(IDLE_CLIENTS, IDLE_SECONDS))
