@@ -210,7 +210,7 @@ fuzz: ## libFuzzer (ASan + UBSan): answer decoders, stream framer, base64; FUZZ_
 tsan: deps ## a subset of the specs with the core under ThreadSanitizer
 	@LUA="$(LUA)" LUA_VERSION=$(LUA_VERSION) MAKE="$(MAKE)" sh tools/tsan-specs
 
-bench: deps ## speed and memory tables against a throwaway etcd: the gateway beside its floor, then gRPC, the gateway and etcd's Go Mutex side by side (several minutes)
+bench: deps ## speed and memory tables against a throwaway etcd: the gateway beside its floor, then gRPC, the gateway, gRPC floors and etcd's Go Mutex side by side (several minutes)
 	@$(MAKE) --no-print-directory all $(BUILD)/floor $(BUILD)/floor-grpc build/go-mutex
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/nometrics CFLAGS="$(CFLAGS) -DLK_NO_METRICS" all
 	@$(LUA_ENV) FLOOR=$(BUILD)/floor BENCH_NOMETRICS_CPATH="$(CURDIR)/$(BUILD)/nometrics/?.so" \

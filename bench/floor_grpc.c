@@ -211,7 +211,17 @@ static int h2_on_close(nghttp2_session *s, int32_t id, uint32_t err, void *ud)
     return 0;
 }
 
-/* Everything nghttp2 has to send, in one write. */
+static void write_all(int fd, const uint8_t *p, size_t n)
+{
+    for (size_t off = 0; off < n;) {
+        ssize_t w = write(fd, p + off, n - off);
+        if (w <= 0) die("write");
+        off += (size_t)w;
+    }
+}
+
+/* Everything nghttp2 has to send, in one write (a call's frames are far
+ * below the buffer; more goes out in as few writes as fit). */
 static void h2_flush(h2_floor *f)
 {
     uint8_t out[16384];
@@ -220,15 +230,18 @@ static void h2_flush(h2_floor *f)
         const uint8_t *p;
         ssize_t k = nghttp2_session_mem_send(f->session, &p);
         if (k < 0) die("nghttp2_session_mem_send");
-        if (k == 0 || n + (size_t)k > sizeof out) break;
-        memcpy(out + n, p, (size_t)k);
-        n += (size_t)k;
+        if (k == 0) break;
+        if (n + (size_t)k > sizeof out) {  /* nghttp2 counts it sent: it must go */
+            write_all(f->fd, out, n);
+            n = 0;
+        }
+        if ((size_t)k > sizeof out) write_all(f->fd, p, (size_t)k);
+        else {
+            memcpy(out + n, p, (size_t)k);
+            n += (size_t)k;
+        }
     }
-    for (size_t off = 0; off < n;) {
-        ssize_t w = write(f->fd, out + off, n - off);
-        if (w <= 0) die("write");
-        off += (size_t)w;
-    }
+    write_all(f->fd, out, n);
 }
 
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}

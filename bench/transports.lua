@@ -7,9 +7,10 @@
 -- a cycle needs, with nothing else, over libcurl's HTTP/2 and over
 -- libnghttp2 alone from one thread, and over libnghttp2 on an I/O thread
 -- that the caller hands each call to (locker's shape), to show what each
--- HTTP/2 stack, and the hand-over, allow on this machine. etcd's CPU is read from /proc/PID/stat of the
--- bench's own etcd (LOCKER_ETCD_PID, set by tools/with-etcd) around each
--- run; the client's CPU by the client itself. Rounds: TRANSPORT_ROUNDS (5);
+-- HTTP/2 stack, and the hand-over, allow on this machine. etcd's CPU is
+-- read from /proc/PID/stat of the bench's own etcd (LOCKER_ETCD_PID, set
+-- by tools/with-etcd) around each run, and by the idle runs around their
+-- idle span only; the client's CPU by the client itself. Rounds: TRANSPORT_ROUNDS (5);
 -- each run BENCH_SECONDS (2).
 local locker = require "locker"
 
@@ -18,8 +19,11 @@ local IDLE_SECONDS = tonumber(os.getenv("TRANSPORT_IDLE_SECONDS") or "6")
 local ENDPOINT = assert(os.getenv("LOCKER_ENDPOINTS"), "LOCKER_ENDPOINTS not set"):match("[^,]+")
 local now = locker.now
 
-local function self_cpu()
-    local f = assert(io.open("/proc/self/stat"))
+-- CPU seconds (user + system) of process pid ("self": this one) so far;
+-- nil when there is no such process.
+local function cpu_of(pid)
+    local f = io.open("/proc/" .. pid .. "/stat")
+    if not f then return nil end
     local s = f:read("*a")
     f:close()
     local fields = {}
@@ -27,18 +31,16 @@ local function self_cpu()
     return (tonumber(fields[12]) + tonumber(fields[13])) / 100  -- utime, stime (ticks)
 end
 
+local function self_cpu()
+    return cpu_of("self")
+end
+
 -- etcd's CPU seconds so far (LOCKER_ETCD_PID: the bench's own etcd), nil
 -- without it: the idle spans read it around themselves, so that setting
 -- clients up and closing them (revoking their leases) is not counted.
 local function etcd_cpu_now()
     local pid = os.getenv("LOCKER_ETCD_PID")
-    local f = pid and io.open("/proc/" .. pid .. "/stat")
-    if not f then return nil end
-    local s = f:read("*a")
-    f:close()
-    local fields = {}
-    for x in s:match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = x end
-    return (tonumber(fields[12]) + tonumber(fields[13])) / 100
+    return pid and cpu_of(pid)
 end
 
 local function pct(list, p)
@@ -171,10 +173,17 @@ end
 
 -- --------------------------------------------------------------- parent --
 
-local GO = os.getenv("GO_MUTEX")
-if GO == "" or (GO and not io.open(GO)) then GO = nil end
-local FLOOR = os.getenv("FLOOR_GRPC")
-if FLOOR == "" or (FLOOR and not io.open(FLOOR)) then FLOOR = nil end
+-- The program that environment variable name names, nil when none is there.
+local function program(name)
+    local path = os.getenv(name)
+    local f = path and path ~= "" and io.open(path)
+    if not f then return nil end
+    f:close()
+    return path
+end
+
+local GO = program("GO_MUTEX")
+local FLOOR = program("FLOOR_GRPC")
 local LUA = os.getenv("BENCH_LUA") or "lua5.4"
 
 local function etcd_cpu()

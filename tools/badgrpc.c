@@ -200,7 +200,6 @@ static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *out, size_t le
     return (ssize_t)n;
 }
 
-/* 200 and application/grpc, then st's body (and trailers). */
 /* A trailers-only answer: HTTP 200 and grpc-status code with message. */
 static void trailers_only(nghttp2_session *s, int32_t id, const char *code, const char *message)
 {
@@ -212,6 +211,7 @@ static void trailers_only(nghttp2_session *s, int32_t id, const char *code, cons
     nghttp2_submit_response(s, id, h, 4, NULL);
 }
 
+/* 200 and application/grpc, then st's body (and trailers). */
 static void answer_body(nghttp2_session *s, int32_t id, struct stream *st, int body,
                         const unsigned char *fixed, size_t len, int trailers)
 {

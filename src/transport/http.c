@@ -796,8 +796,6 @@ int64_t lk_http_next_wakeup(const lk_http *h)
     return t;
 }
 
-/* r, in flight, ends now for a reason of ours (code, msg) instead of an
- * answer. */
 /* Our own reason why r failed (code, msg), over whatever libcurl says. */
 static void set_fault(lk_req *r, lk_err code, const char *msg)
 {
@@ -806,6 +804,8 @@ static void set_fault(lk_req *r, lk_err code, const char *msg)
     r->fail_msg = strdup(msg);
 }
 
+/* r, in flight, ends now for a reason of ours (code, msg) instead of an
+ * answer. */
 static void fail_req(lk_req *r, CURLcode rc, lk_err code, const char *msg)
 {
     r->result = rc;
