@@ -187,8 +187,10 @@ local grid = {
     { "no_trailers", codes = { "unavailable" },
       words = { "no grpc%-status", "before the watch was confirmed" } },
     { "rst", codes = { "unavailable" }, words = { "INTERNAL_ERROR" } },
+    -- (a call that goes out as the server closes after its GOAWAY meets
+    -- the closed socket: libcurl says "Send failure: Broken pipe")
     { "goaway", codes = { "unavailable" },
-      words = { "not closed cleanly", "GOAWAY", "Connection reset" } },
+      words = { "not closed cleanly", "GOAWAY", "Connection reset", "Broken pipe" } },
     { "wrongtypes", codes = { "protocol" }, words = { "malformed gRPC answer" } },
     { "status_unavailable", codes = { "unavailable" }, own_words = true,
       words = { "badgrpc: etcdserver: no leader %(gRPC status 14%)" } },
